@@ -1,0 +1,43 @@
+"""Names and layouts: published checkpoint keys <-> the Paddle network's parameter names."""
+
+from __future__ import annotations
+
+from paddle import nn
+
+# Weights in the published files that serving never uses: the SigLIP attention-pool head, the VQ encoder side,
+# and the quantizer's training statistics.
+UNUSED_PREFIXES = (
+    "vision_model.vision_tower.attn_pool.",
+    "gen_vision_model.encoder.",
+    "gen_vision_model.quant_conv.",
+    "gen_vision_model.quantize.codebook_used",
+)
+
+_RENAMES = (("language_model.model.", "language_model.llama."),)
+
+
+def is_unused(checkpoint_key: str) -> bool:
+    return checkpoint_key.startswith(UNUSED_PREFIXES)
+
+
+def to_paddle_name(checkpoint_key: str) -> str:
+    for theirs, ours in _RENAMES:
+        if checkpoint_key.startswith(theirs):
+            return ours + checkpoint_key[len(theirs):]
+    return checkpoint_key
+
+
+def to_checkpoint_name(paddle_name: str) -> str:
+    for theirs, ours in _RENAMES:
+        if paddle_name.startswith(ours):
+            return theirs + paddle_name[len(ours):]
+    return paddle_name
+
+
+def transposed_names(model: nn.Layer) -> set[str]:
+    """Parameters stored [out, in] in the checkpoint but [in, out] in Paddle: Linear weights and the LM head."""
+    names = {f"{prefix}.weight" for prefix, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+    head = getattr(getattr(model, "language_model", None), "lm_head", None)
+    if head is not None and not head.transpose_y:
+        names.add("language_model.lm_head.weight")
+    return names

@@ -1,0 +1,101 @@
+"""One-time conversion of a published checkpoint into the network's own layout, kept on disk.
+
+Reading a 4 GB torch pickle and transposing every Linear weight takes far longer than memory-mapping a file that
+already holds the Paddle names and layouts. The first start converts (validating every key and shape) and writes
+`weights.safetensors` into a folder keyed by the checkpoint files' names, sizes and modification times; later
+starts memory-map it. Tensors keep their stored dtype (bf16 stays bf16), so the cache is lossless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from model.checkpoint import keys, safetensors_io, sources
+from model.checkpoint.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+Native = dict[str, tuple[np.ndarray, str]]  # paddle name -> (array in paddle layout, safetensors dtype code)
+
+
+def cache_key(directory: Path, files: list[Path]) -> str:
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps([FORMAT_VERSION, str(directory.resolve()), stats])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str]) -> Native:
+    """Read every weight file, keep what the network uses, in its layout; fail on anything that does not fit."""
+    native: Native = {}
+    origin: dict[str, Path] = {}
+    for path in files:
+        for key, arr, is_bf16 in sources.iter_tensors(path):
+            if keys.is_unused(key):
+                continue
+            name = keys.to_paddle_name(key)
+            if name not in expected:
+                raise CheckpointError(f"{path.name}: unexpected key {key!r} (shape {list(arr.shape)}): "
+                                      "the network has no such parameter")
+            if name in native:
+                raise CheckpointError(f"key {key!r} appears twice: in {origin[name].name} and {path.name}")
+            if name in transposed and arr.ndim == 2:
+                arr = arr.T
+            if list(arr.shape) != expected[name]:
+                found = list(arr.shape[::-1]) if name in transposed else list(arr.shape)
+                want = expected[name][::-1] if name in transposed else expected[name]
+                raise CheckpointError(f"{path.name}: key {key!r} has shape {found}, expected {want}")
+            native[name] = (np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr))
+            origin[name] = path
+    missing = sorted(set(expected) - set(native))
+    if missing:
+        shown = ", ".join(repr(keys.to_checkpoint_name(m)) for m in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"missing key(s) {shown}{more} in {', '.join(f.name for f in files)}")
+    return native
+
+
+def load_native(directory: Path, expected: dict[str, list[int]], transposed: set[str],
+                cache_dir: Path | None) -> tuple[Native, str]:
+    """The network's weights from the cache when it is current, else converted (and cached when possible).
+
+    Returns the weights and how they were obtained: "cache", "converted" or "converted (not cached)".
+    """
+    files = sources.weight_files(directory)
+    target = cache_dir / cache_key(directory, files) / "weights.safetensors" if cache_dir else None
+    if target is not None and target.exists():
+        try:
+            native = safetensors_io.load(target)
+            if {n: list(a.shape) for n, (a, _) in native.items()} == expected:
+                return native, "cache"
+            log.warning("converted-weights cache %s does not match the network; converting again", target)
+        except CheckpointError as err:
+            log.warning("ignoring unreadable converted-weights cache: %s", err)
+    native = convert(files, expected, transposed)
+    if target is None:
+        return native, "converted (not cached)"
+    try:
+        _write_atomically(target, native, directory)
+    except OSError as err:
+        log.warning("could not cache converted weights in %s: %s", target.parent, err)
+        return native, "converted (not cached)"
+    return safetensors_io.load(target), "converted"
+
+
+def _write_atomically(target: Path, native: Native, source: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        safetensors_io.save(Path(tmp), native, metadata={"source": str(source.resolve())})
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

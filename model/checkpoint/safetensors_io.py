@@ -1,0 +1,85 @@
+"""Minimal safetensors reader/writer on numpy memory maps.
+
+Our own implementation because numpy has no bfloat16: BF16 tensors are handed out as their raw uint16 bits (and
+written from them), which keeps bf16 checkpoints lossless and lets loading memory-map instead of copying.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from model.checkpoint.errors import CheckpointError
+
+_NUMPY_OF = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_CODE_OF = {np.dtype(v): k for k, v in _NUMPY_OF.items() if k != "BF16"}
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > 100_000_000:
+                raise CheckpointError(f"{path}: corrupt safetensors header length {header_len}")
+            header = json.loads(f.read(header_len))
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + header_len
+
+
+def load(path: Path) -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (memory-mapped array, safetensors dtype code). BF16 arrays hold uint16 bits."""
+    header, data_start = read_header(path)
+    size = path.stat().st_size
+    mapped = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for name, info in header.items():
+        code = info.get("dtype")
+        if code not in _NUMPY_OF:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code!r}")
+        begin, end = info["data_offsets"]
+        if data_start + end > size:
+            raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file (truncated?)")
+        dtype = np.dtype(_NUMPY_OF[code])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if (end - begin) != count * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {name!r} byte size does not match its shape {info['shape']}")
+        arr = mapped[data_start + begin:data_start + end].view(dtype).reshape(info["shape"])
+        out[name] = (arr, code)
+    return out
+
+
+def save(path: Path, tensors: dict[str, tuple[np.ndarray, str]], metadata: dict[str, str] | None = None) -> None:
+    """Write name -> (array, dtype code); pass code "BF16" with uint16 bits for bfloat16."""
+    header: dict[str, object] = {}
+    offset = 0
+    ordered = sorted(tensors.items())
+    for name, (arr, code) in ordered:
+        nbytes = arr.size * arr.dtype.itemsize
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, (arr, _) in ordered:
+            f.write(np.ascontiguousarray(arr).tobytes(order="C"))
+
+
+def dtype_code(arr: np.ndarray) -> str:
+    return _CODE_OF[arr.dtype]

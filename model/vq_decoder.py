@@ -1,0 +1,143 @@
+"""VQ-16 image decoder (LlamaGen): image tokens -> pixels. The encoder is not needed for serving.
+
+Sub-layer names mirror the checkpoint keys under `gen_vision_model.`.
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from model.config import VQConfig
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, epsilon=1e-6)
+
+
+def _swish(x: paddle.Tensor) -> paddle.Tensor:
+    return x * F.sigmoid(x)
+
+
+class ResnetBlock(nn.Layer):
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_ch)
+        self.conv1 = nn.Conv2D(in_ch, out_ch, 3, padding=1)
+        self.norm2 = _norm(out_ch)
+        self.conv2 = nn.Conv2D(out_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = nn.Conv2D(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv2(_swish(self.norm2(h)))
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Layer):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm = _norm(ch)
+        self.q = nn.Conv2D(ch, ch, 1)
+        self.k = nn.Conv2D(ch, ch, 1)
+        self.v = nn.Conv2D(ch, ch, 1)
+        self.proj_out = nn.Conv2D(ch, ch, 1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        h = self.norm(x)
+        B, C, H, W = h.shape
+        q = self.q(h).reshape([B, C, H * W]).transpose([0, 2, 1])  # [B, HW, C]
+        k = self.k(h).reshape([B, C, H * W])  # [B, C, HW]
+        v = self.v(h).reshape([B, C, H * W])  # [B, C, HW]
+        weights = F.softmax(paddle.bmm(q, k) * (C**-0.5), axis=2)  # [B, HW(q), HW(k)]
+        out = paddle.bmm(v, weights.transpose([0, 2, 1])).reshape([B, C, H, W])
+        return x + self.proj_out(out)
+
+
+class Upsample(nn.Layer):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2D(ch, ch, 3, padding=1)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        # Interpolate in the input dtype: the reference's forced bf16 cast breaks fp16 and changes nothing else.
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UpLevel(nn.Layer):
+    def __init__(self, res: list[ResnetBlock], attn: list[AttnBlock], upsample: Upsample | None) -> None:
+        super().__init__()
+        self.res = nn.LayerList(res)
+        self.attn = nn.LayerList(attn)
+        self.upsample = upsample
+
+    def forward(self, h: paddle.Tensor) -> paddle.Tensor:
+        for i, res in enumerate(self.res):
+            h = res(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        return self.upsample(h) if self.upsample is not None else h
+
+
+class Decoder(nn.Layer):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        levels = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2D(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = nn.LayerList([ResnetBlock(block_in, block_in), AttnBlock(block_in),
+                                 ResnetBlock(block_in, block_in)])
+        conv_blocks = []
+        # Lowest resolution first; attention only there.
+        for level in reversed(range(levels)):
+            block_out = cfg.ch * cfg.ch_mult[level]
+            res, attn = [], []
+            for _ in range(cfg.num_res_blocks + 1):
+                res.append(ResnetBlock(block_in, block_out))
+                block_in = block_out
+                if level == levels - 1:
+                    attn.append(AttnBlock(block_in))
+            conv_blocks.append(UpLevel(res, attn, Upsample(block_in) if level != 0 else None))
+        self.conv_blocks = nn.LayerList(conv_blocks)
+        self.norm_out = _norm(block_in)
+        self.conv_out = nn.Conv2D(block_in, 3, 3, padding=1)
+
+    def forward(self, z: paddle.Tensor) -> paddle.Tensor:
+        h = self.conv_in(z)
+        for layer in self.mid:
+            h = layer(h)
+        for level in self.conv_blocks:
+            h = level(h)
+        return self.conv_out(_swish(self.norm_out(h)))
+
+
+class Quantizer(nn.Layer):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.l2_norm = cfg.codebook_l2_norm
+        self.embedding = nn.Embedding(cfg.image_token_size, cfg.n_embed)
+
+    def lookup(self, tokens: paddle.Tensor, grid: int) -> paddle.Tensor:
+        """tokens [B, grid*grid] -> latents [B, n_embed, grid, grid]."""
+        codebook = self.embedding.weight
+        if self.l2_norm:
+            codebook = F.normalize(codebook, p=2, axis=-1)
+        z = paddle.gather(codebook, tokens.flatten())  # [B*grid*grid, C]
+        return z.reshape([tokens.shape[0], grid, grid, -1]).transpose([0, 3, 1, 2])
+
+
+class VQDecoder(nn.Layer):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.quantize = Quantizer(cfg)
+        self.post_quant_conv = nn.Conv2D(cfg.n_embed, cfg.z_channels, 1)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, tokens: paddle.Tensor) -> paddle.Tensor:
+        """tokens [B, num_tokens] int -> pixels [B, 3, image_size, image_size] in about [-1, 1]."""
+        z = self.quantize.lookup(tokens, self.cfg.grid)
+        return self.decoder(self.post_quant_conv(z))
