@@ -26,13 +26,13 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
+def tokenizer_dir(tmp_path_factory) -> Path:
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_dir) -> JanusTokenizer:
-    return JanusTokenizer.from_dir(tiny_dir)
+def tok(tokenizer_dir) -> JanusTokenizer:
+    return JanusTokenizer.from_dir(tokenizer_dir)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> Path:
@@ -51,9 +51,9 @@ def test_decode_of_encode_round_trips_the_text(tok, text):
     assert tok.decode(tok.encode(text, add_bos=False)) == text
 
 
-def test_encode_adds_bos_once_although_the_file_has_a_bos_post_processor(tok, tiny_dir):
+def test_encode_adds_bos_once_although_the_file_has_a_bos_post_processor(tok, tokenizer_dir):
     # The file's post-processor adds BOS too (as DeepSeek's does); using both would give two.
-    raw = Tokenizer.from_file(str(tiny_dir / "tokenizer.json"))
+    raw = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     assert raw.encode("a cat").ids[0] == tok.bos_id
 
     ids = tok.encode("a cat")
@@ -92,8 +92,8 @@ def test_decode_drops_special_tokens_unless_asked_to_keep_them(tok):
 # --- configuration files ---------------------------------------------------------------------------------
 
 
-def test_eos_text_is_read_from_special_tokens_map_including_addedtoken_dicts(tiny_dir, tmp_path):
-    directory = _copy_tokenizer(tiny_dir, tmp_path / "ckpt")
+def test_eos_text_is_read_from_special_tokens_map_including_addedtoken_dicts(tokenizer_dir, tmp_path):
+    directory = _copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     (directory / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": {"content": BOS_TOKEN}, "eos_token": {"content": PAD_TOKEN}}))
     tok = JanusTokenizer.from_dir(directory)
@@ -101,17 +101,17 @@ def test_eos_text_is_read_from_special_tokens_map_including_addedtoken_dicts(tin
     assert tok.eos_id == tok.pad_id
 
 
-def test_tokenizer_config_is_used_when_special_tokens_map_is_absent(tiny_dir, tmp_path):
-    directory = _copy_tokenizer(tiny_dir, tmp_path / "ckpt")
+def test_tokenizer_config_is_used_when_special_tokens_map_is_absent(tokenizer_dir, tmp_path):
+    directory = _copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     (directory / "special_tokens_map.json").unlink()
     (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOI_TOKEN}))
     assert JanusTokenizer.from_dir(directory).eos_id == JanusTokenizer.from_dir(directory).eoi_id
 
 
-def test_defaults_to_deepseek_bos_eos_without_config_files(tiny_dir, tmp_path):
+def test_defaults_to_deepseek_bos_eos_without_config_files(tokenizer_dir, tmp_path):
     directory = tmp_path / "bare"
     directory.mkdir()
-    (directory / "tokenizer.json").write_bytes((tiny_dir / "tokenizer.json").read_bytes())
+    (directory / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
     tok = JanusTokenizer.from_dir(directory)
     assert (tok.bos_token, tok.eos_token) == (BOS_TOKEN, EOS_TOKEN)
 
@@ -127,15 +127,15 @@ def test_corrupt_tokenizer_json_is_reported_with_its_path(tmp_path):
         JanusTokenizer.from_dir(tmp_path)
 
 
-def test_corrupt_special_tokens_map_is_reported_with_its_path(tiny_dir, tmp_path):
-    directory = _copy_tokenizer(tiny_dir, tmp_path / "ckpt")
+def test_corrupt_special_tokens_map_is_reported_with_its_path(tokenizer_dir, tmp_path):
+    directory = _copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     (directory / "special_tokens_map.json").write_text("{not json")
     with pytest.raises(TokenizerError, match=r"special_tokens_map\.json is not valid JSON"):
         JanusTokenizer.from_dir(directory)
 
 
-def test_a_missing_special_token_is_named(tiny_dir, tmp_path):
-    directory = _copy_tokenizer(tiny_dir, tmp_path / "ckpt")
+def test_a_missing_special_token_is_named(tokenizer_dir, tmp_path):
+    directory = _copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     raw = json.loads((directory / "tokenizer.json").read_text())
     raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != BOI_TOKEN]
     (directory / "tokenizer.json").write_text(json.dumps(raw))
@@ -143,9 +143,9 @@ def test_a_missing_special_token_is_named(tiny_dir, tmp_path):
         JanusTokenizer.from_dir(directory)
 
 
-def test_a_special_token_only_in_the_bpe_vocabulary_is_rejected(tiny_dir, tmp_path):
+def test_a_special_token_only_in_the_bpe_vocabulary_is_rejected(tokenizer_dir, tmp_path):
     # It would have an id, but prompt text containing it would be split into byte pieces.
-    directory = _copy_tokenizer(tiny_dir, tmp_path / "ckpt")
+    directory = _copy_tokenizer(tokenizer_dir, tmp_path / "ckpt")
     raw = json.loads((directory / "tokenizer.json").read_text())
     entry = next(t for t in raw["added_tokens"] if t["content"] == IMAGE_TOKEN)
     raw["added_tokens"].remove(entry)
@@ -223,12 +223,12 @@ def test_tiny_tokenizer_places_special_tokens_after_the_trained_vocabulary(tok):
     assert ids == list(range(512 - len(TINY_SPECIAL_TOKENS), 512))
 
 
-def test_tiny_tokenizer_config_declares_llama_fast_with_bos(tiny_dir):
-    config = json.loads((tiny_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+def test_tiny_tokenizer_config_declares_llama_fast_with_bos(tokenizer_dir):
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["tokenizer_class"] == "LlamaTokenizerFast"
     assert config["add_bos_token"] is True
     assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)
-    special = json.loads((tiny_dir / "special_tokens_map.json").read_text(encoding="utf-8"))
+    special = json.loads((tokenizer_dir / "special_tokens_map.json").read_text(encoding="utf-8"))
     assert IMAGE_TOKEN in special["additional_special_tokens"]
 
 
