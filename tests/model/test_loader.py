@@ -122,8 +122,10 @@ def test_wrong_shape_names_key_expected_found_and_file(fresh_dir):
 
 
 def test_wrong_shape_of_a_linear_weight_is_reported_in_checkpoint_layout(fresh_dir):
-    _rewrite(fresh_dir, lambda t: t.__setitem__("gen_head.vision_head.weight", (np.zeros((256, 32), np.float32), "F32")))
-    with pytest.raises(CheckpointError, match=r"'gen_head.vision_head.weight' has shape \[256, 32\], expected \[256, 64\]"):
+    bad = (np.zeros((256, 32), np.float32), "F32")
+    _rewrite(fresh_dir, lambda t: t.__setitem__("gen_head.vision_head.weight", bad))
+    expected = r"'gen_head.vision_head.weight' has shape \[256, 32\], expected \[256, 64\]"
+    with pytest.raises(CheckpointError, match=expected):
         load_janus(fresh_dir, cache_dir=False)
 
 
