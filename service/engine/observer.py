@@ -1,0 +1,27 @@
+"""What the engine reports about itself. The API layer plugs in a Prometheus implementation."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class EngineObserver(Protocol):
+    def on_step(self, batch_rows: int, seconds: float, text_tokens: int, image_tokens: int) -> None:
+        """One engine step ran: all running rows in one backbone forward (prefills included in `seconds`)."""
+
+    def on_queue(self, waiting: int, running_rows: dict[str, int]) -> None:
+        """Queue depth (requests) and running rows by kind ("understand", "generate") after a step."""
+
+    def on_failure(self, kind: str) -> None:
+        """A request failed inside the engine (kind: "model", "timeout", "cancelled", "overloaded", ...)."""
+
+
+class NullObserver:
+    def on_step(self, batch_rows: int, seconds: float, text_tokens: int, image_tokens: int) -> None:
+        pass
+
+    def on_queue(self, waiting: int, running_rows: dict[str, int]) -> None:
+        pass
+
+    def on_failure(self, kind: str) -> None:
+        pass

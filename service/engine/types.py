@@ -1,0 +1,128 @@
+"""What goes into the engine and what comes out of it: plain dataclasses, no pydantic, no tensors.
+
+The API layer turns HTTP requests into `UnderstandParams` / `GenerateParams` (tokenized, images preprocessed)
+and reads `Event`s back; the engine never sees HTTP and never tokenizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+class Kind(str, Enum):
+    UNDERSTAND = "understand"
+    GENERATE = "generate"
+
+
+@dataclass(slots=True)
+class UnderstandParams:
+    prompt_ids: list[int]  # BOS + chat prompt, each image already expanded to its placeholder tokens
+    pixel_values: np.ndarray | None  # [N, 3, S, S] float32, one per image in reading order
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()
+    timeout_s: float | None = None
+
+    kind = Kind.UNDERSTAND
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+    @property
+    def max_len(self) -> int:
+        return len(self.prompt_ids) + self.max_new_tokens
+
+
+@dataclass(slots=True)
+class GenerateParams:
+    prompt_ids: list[int]  # conditional prompt, ending with <begin_of_image>
+    pad_id: int  # fills the unconditional row
+    image_tokens: int  # steps to run (576 for the published models)
+    parallel_size: int = 1
+    cfg_weight: float = 5.0
+    temperature: float = 1.0  # 0 = greedy
+    seed: int = 0
+    timeout_s: float | None = None
+
+    kind = Kind.GENERATE
+
+    @property
+    def guided(self) -> bool:
+        """With cfg_weight == 1 guidance returns the conditional logits: no unconditional rows are run."""
+        return self.cfg_weight != 1.0
+
+    @property
+    def rows(self) -> int:
+        return self.parallel_size * (2 if self.guided else 1)
+
+    @property
+    def max_len(self) -> int:
+        return len(self.prompt_ids) + self.image_tokens
+
+
+Params = UnderstandParams | GenerateParams
+
+
+@dataclass(slots=True)
+class Timings:
+    queued_s: float = 0.0  # submit -> prefill start
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # first token -> last token
+    total_s: float = 0.0  # submit -> result
+
+
+@dataclass(slots=True)
+class UnderstandResult:
+    token_ids: list[int]  # new tokens, excluding the stop token
+    finish_reason: str  # "stop" (a stop id came) or "length" (max_new_tokens)
+    prompt_tokens: int
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(slots=True)
+class GenerateResult:
+    images: np.ndarray  # uint8 [parallel_size, S, S, 3]
+    tokens: np.ndarray  # int64 [parallel_size, image_tokens]
+    seed: int
+    timings: Timings = field(default_factory=Timings)
+
+
+Result = UnderstandResult | GenerateResult
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """Understanding: one new token (the stop token is not sent)."""
+
+    token_id: int
+
+
+@dataclass(slots=True)
+class ProgressEvent:
+    """Generation: image-token steps done so far (sent at most every few steps)."""
+
+    steps_done: int
+    steps_total: int
+
+
+@dataclass(slots=True)
+class FinishedEvent:
+    result: Result
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    error: Exception  # an EngineError
+
+
+Event = TokenEvent | ProgressEvent | FinishedEvent | ErrorEvent
