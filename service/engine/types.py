@@ -7,12 +7,12 @@ and reads `Event`s back; the engine never sees HTTP and never tokenizes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     UNDERSTAND = "understand"
     GENERATE = "generate"
 
@@ -22,6 +22,7 @@ class UnderstandParams:
     prompt_ids: list[int]  # BOS + chat prompt, each image already expanded to its placeholder tokens
     pixel_values: np.ndarray | None  # [N, 3, S, S] float32, one per image in reading order
     max_new_tokens: int
+    image_id: int = -1  # the <image_placeholder> id whose positions take the image features
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0

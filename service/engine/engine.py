@@ -1,0 +1,314 @@
+"""The engine: one worker thread that owns the model and runs `schedule -> step -> postprocess` in a loop.
+
+The asyncio side calls `submit()` (never blocks on the model) and reads events from the returned handle; results
+come back through `loop.call_soon_threadsafe`. A failure while processing one request fails that request only;
+the loop itself survives anything but `shutdown()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+from model.janus import JanusModel
+from model.sampling import choose, guided_logits
+from service.engine.errors import (
+    EngineError,
+    EngineStopped,
+    InvalidRequest,
+    ModelFailure,
+    RequestCancelled,
+    RequestTimeout,
+)
+from service.engine.observer import EngineObserver, NullObserver
+from service.engine.request import RequestHandle, RequestState
+from service.engine.runner import Runner
+from service.engine.scheduler import Scheduler
+from service.engine.types import (
+    FinishedEvent,
+    GenerateResult,
+    Kind,
+    Params,
+    ProgressEvent,
+    Timings,
+    TokenEvent,
+    UnderstandResult,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    max_rows: int = 32  # KV-cache slots = rows running at once
+    max_seq_len: int = 1024  # per-row context: prompt + new tokens
+    max_waiting: int = 64  # queued requests beyond the running ones
+    default_timeout_s: float = 600.0
+    progress_every: int = 16  # generation progress event cadence, in steps
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_seq_len", "progress_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_waiting < 0 or self.default_timeout_s <= 0:
+            raise ValueError("max_waiting must be >= 0 and default_timeout_s > 0")
+
+
+class Engine:
+    def __init__(self, model: JanusModel, config: EngineConfig, observer: EngineObserver | None = None) -> None:
+        limit = model.cfg.language.max_position_embeddings
+        if config.max_seq_len > limit:
+            raise ValueError(f"max_seq_len {config.max_seq_len} exceeds the model's context of {limit} tokens")
+        self.model = model
+        self.config = config
+        self.observer = observer or NullObserver()
+        self.scheduler = Scheduler(config.max_rows, config.max_waiting)
+        self.runner: Runner | None = None
+        self.fault_hook: Callable[[RequestState], None] | None = None  # lets tests fail one request on purpose
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._startup_error: BaseException | None = None
+        self._completed: list[RequestState] = []  # generation requests whose last token came this step
+
+    # lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._main, name="janus-engine", daemon=True)
+        self._thread.start()
+
+    def warmup(self) -> None:
+        """Block until the worker thread has allocated the cache and run every kernel once."""
+        self.start()
+        while not self._ready.wait(0.1):
+            if self._startup_error is not None:
+                raise RuntimeError(f"engine failed to start: {self._startup_error}") from self._startup_error
+            if self._thread is not None and not self._thread.is_alive():
+                raise RuntimeError("engine thread exited during start-up")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.alive
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and self.alive
+
+    def shutdown(self, drain_timeout_s: float) -> None:
+        """Stop accepting, let in-flight requests finish within the timeout, fail the rest, stop the thread."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self.scheduler.has_work() and time.monotonic() < deadline and self.alive:
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # submission (asyncio side)
+
+    def submit(self, params: Params) -> RequestHandle:
+        if not self.accepting:
+            raise EngineStopped("the server is shutting down and accepts no new requests")
+        self._validate(params)
+        if params.timeout_s is None:
+            params.timeout_s = self.config.default_timeout_s
+        handle = RequestHandle("", asyncio.get_running_loop())
+        request = RequestState(params=params, handle=handle)
+        handle.id = request.id
+        self.scheduler.add(request)  # raises Overloaded
+        self._wake.set()
+        return handle
+
+    def stats(self) -> dict[str, int]:
+        return self.scheduler.counts()
+
+    def _validate(self, params: Params) -> None:
+        if params.rows > self.config.max_rows:
+            raise InvalidRequest(f"the request needs {params.rows} rows but the server runs at most "
+                                 f"{self.config.max_rows}; lower parallel_size")
+        if params.max_len > self.config.max_seq_len:
+            what = ("prompt and image tokens" if params.kind is Kind.GENERATE else "prompt and max_new_tokens")
+            raise InvalidRequest(f"{what} need {params.max_len} tokens but the context is {self.config.max_seq_len} "
+                                 f"(the prompt alone is {len(params.prompt_ids)} tokens)")
+
+    # worker thread
+
+    def _main(self) -> None:
+        try:
+            paddle.set_grad_enabled(False)  # per thread: this is the thread that runs the model
+            self.runner = Runner(self.model, self.config.max_rows, self.config.max_seq_len)
+            self.runner.warmup()
+        except BaseException as err:  # noqa: BLE001 - reported through warmup()
+            self._startup_error = err
+            log.exception("engine start-up failed")
+            return
+        self._ready.set()
+        log.info("engine ready: %d rows x %d tokens of KV cache (%.1f MiB)", self.config.max_rows,
+                 self.config.max_seq_len, self.runner.cache.nbytes / 2**20)
+        while not self._stop.is_set():
+            try:
+                if not self._step():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+            except Exception:  # noqa: BLE001 - a bug in one step must not end the service
+                log.exception("engine step failed; failing the running requests")
+                for request in list(self.scheduler.running):
+                    self._fail(request, ModelFailure("internal error while running the batch"))
+        for request in list(self.scheduler.running) + self.scheduler.drain_waiting():
+            self._fail(request, EngineStopped("the server shut down before the request finished"))
+
+    def _step(self) -> bool:
+        """One iteration. Returns False when there was nothing to do."""
+        now = time.perf_counter()
+        for request in self.scheduler.drop_abandoned(now):
+            if request.handle.cancelled:
+                self._fail(request, RequestCancelled("the client went away"))
+            else:
+                self._fail(request, RequestTimeout(f"the request did not finish within {request.params.timeout_s} s"))
+        admitted = self.scheduler.admit()
+        running = self.scheduler.running
+        if not running:
+            self._report_queue()
+            return False
+        started = time.perf_counter()
+        for request in admitted:
+            self._prefill(request)
+        decoding = [r for r in self.scheduler.running if r not in admitted]
+        text_tokens = image_tokens = 0
+        if decoding:
+            logits = self._runner().decode(decoding)
+            for request in decoding:
+                if request.kind is Kind.UNDERSTAND:
+                    self._guarded(request, self._on_text, logits.text[request.id])
+                    text_tokens += 1
+                else:
+                    self._guarded(request, self._on_image, logits.image[request.id])
+                    image_tokens += request.generate.parallel_size
+        self._finish_images()
+        rows = sum(r.rows for r in decoding)
+        self.observer.on_step(rows, time.perf_counter() - started, text_tokens, image_tokens)
+        self._report_queue()
+        return True
+
+    def _prefill(self, request: RequestState) -> None:
+        request.prefill_started = time.perf_counter()
+        request.timings.queued_s = request.prefill_started - request.submitted_at
+        try:
+            logits = self._runner().prefill(request)
+        except Exception as err:  # noqa: BLE001 - fails this request only
+            log.exception("prefill failed for %s", request.id)
+            self._fail(request, ModelFailure(f"prefill failed: {err}"))
+            return
+        request.timings.prefill_s = time.perf_counter() - request.prefill_started
+        request.first_token_at = time.perf_counter()
+        handler = self._on_text if request.kind is Kind.UNDERSTAND else self._on_image
+        self._guarded(request, handler, logits[0] if request.kind is Kind.UNDERSTAND else logits)
+
+    def _guarded(self, request: RequestState, handler: Callable[[RequestState, np.ndarray], None],
+                 logits: np.ndarray) -> None:
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(request)
+            handler(request, logits)
+        except Exception as err:  # noqa: BLE001 - fails this request only
+            log.exception("processing failed for %s", request.id)
+            self._fail(request, ModelFailure(f"processing failed: {err}"))
+
+    # postprocess
+
+    def _on_text(self, request: RequestState, logits: np.ndarray) -> None:
+        params = request.understand
+        token = int(choose(logits[None], params.temperature, request.rng, params.top_p)[0])
+        if token in params.stop_ids:
+            self._finish_text(request, "stop")
+            return
+        request.text_tokens.append(token)
+        request.handle.deliver(TokenEvent(token))
+        if len(request.text_tokens) >= params.max_new_tokens:
+            self._finish_text(request, "length")
+            return
+        request.next_tokens = [token]
+
+    def _on_image(self, request: RequestState, logits: np.ndarray) -> None:
+        params = request.generate
+        P = params.parallel_size
+        mixed = guided_logits(logits[:P], logits[P:], params.cfg_weight) if params.guided else logits
+        chosen = choose(mixed, params.temperature, request.rng)
+        assert request.image_tokens is not None
+        request.image_tokens[:, request.steps_done] = chosen
+        request.steps_done += 1
+        request.next_tokens = [int(t) for t in chosen]
+        done = request.steps_done == params.image_tokens
+        if done or request.steps_done % self.config.progress_every == 0:
+            request.handle.deliver(ProgressEvent(request.steps_done, params.image_tokens))
+        if done:
+            self.scheduler.finish(request)
+            self._completed.append(request)
+
+    def _finish_text(self, request: RequestState, reason: str) -> None:
+        request.finish_reason = reason
+        self.scheduler.finish(request)
+        result = UnderstandResult(list(request.text_tokens), reason, len(request.params.prompt_ids),
+                                  self._timings(request))
+        request.handle.deliver(FinishedEvent(result))
+
+    def _finish_images(self) -> None:
+        """Decode the token grids of generation requests that completed this step (one batched VQ decode)."""
+        done, self._completed = self._completed, []
+        if not done:
+            return
+        try:
+            images = self._runner().decode_images(np.concatenate([r.image_tokens for r in done]))
+        except Exception:  # noqa: BLE001 - retried one by one below so a bad request fails alone
+            images = None
+        offset = 0
+        for request in done:
+            P = request.generate.parallel_size
+            try:
+                mine = images[offset:offset + P] if images is not None else self._runner().decode_images(
+                    request.image_tokens)
+            except Exception as err:  # noqa: BLE001
+                self._fail(request, ModelFailure(f"image decoding failed: {err}"))
+                continue
+            finally:
+                offset += P
+            result = GenerateResult(mine, request.image_tokens, request.params.seed, self._timings(request))
+            request.handle.deliver(FinishedEvent(result))
+
+    # helpers
+
+    def _timings(self, request: RequestState) -> Timings:
+        now = time.perf_counter()
+        request.timings.decode_s = now - request.first_token_at if request.first_token_at else 0.0
+        request.timings.total_s = now - request.submitted_at
+        return request.timings
+
+    def _fail(self, request: RequestState, error: EngineError) -> None:
+        self.scheduler.finish(request)
+        self.observer.on_failure(error.kind)
+        request.fail(error)
+
+    def _report_queue(self) -> None:
+        counts = self.scheduler.counts()
+        self.observer.on_queue(counts["waiting"], {"understand": counts["running_understand_rows"],
+                                                   "generate": counts["running_generate_rows"]})
+
+    def _runner(self) -> Runner:
+        assert self.runner is not None
+        return self.runner

@@ -1,0 +1,119 @@
+"""One request's state inside the engine, and the handle the asyncio side holds for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from service.engine.errors import EngineError
+from service.engine.types import (
+    ErrorEvent,
+    Event,
+    FinishedEvent,
+    GenerateParams,
+    Kind,
+    Params,
+    Result,
+    Timings,
+    UnderstandParams,
+)
+
+_ids = itertools.count(1)
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class RequestHandle:
+    """The asyncio side's view of a request: its event stream and a way to cancel it."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = request_id
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.cancelled = False  # read by the engine thread; a plain bool is enough (set once, never cleared)
+        self._done = False
+
+    def deliver(self, event: Event) -> None:
+        """Called from the engine thread."""
+        # RuntimeError: the event loop is gone (server shut down), so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[Event]:
+        while not self._done:
+            event = await self._queue.get()
+            if isinstance(event, FinishedEvent | ErrorEvent):
+                self._done = True
+            yield event
+
+    async def result(self) -> Result:
+        async for event in self.events():
+            if isinstance(event, FinishedEvent):
+                return event.result
+            if isinstance(event, ErrorEvent):
+                raise event.error
+        raise RuntimeError("request stream ended without a result")
+
+
+@dataclass(eq=False)
+class RequestState:
+    """Everything the engine tracks for one request. Rows of a request share one length (no padding)."""
+
+    params: Params
+    handle: RequestHandle
+    submitted_at: float = field(default_factory=time.perf_counter)
+    id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    status: Status = Status.WAITING
+    slots: list[int] = field(default_factory=list)  # generation: conditional rows first, then unconditional
+    length: int = 0  # tokens in each of its rows' KV cache (= next write column = next rotary position)
+    next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or the one text token
+    text_tokens: list[int] = field(default_factory=list)
+    image_tokens: np.ndarray | None = None  # [parallel_size, image_tokens]
+    steps_done: int = 0
+    finish_reason: str = ""
+    timings: Timings = field(default_factory=Timings)
+    prefill_started: float = 0.0
+    first_token_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.params.seed)
+        if isinstance(self.params, GenerateParams):
+            self.image_tokens = np.zeros((self.params.parallel_size, self.params.image_tokens), np.int64)
+        timeout = self.params.timeout_s
+        self.deadline = self.submitted_at + timeout if timeout else float("inf")
+
+    @property
+    def kind(self) -> Kind:
+        return self.params.kind
+
+    @property
+    def rows(self) -> int:
+        return self.params.rows
+
+    @property
+    def understand(self) -> UnderstandParams:
+        assert isinstance(self.params, UnderstandParams)
+        return self.params
+
+    @property
+    def generate(self) -> GenerateParams:
+        assert isinstance(self.params, GenerateParams)
+        return self.params
+
+    def fail(self, error: EngineError) -> None:
+        self.status = Status.FINISHED
+        self.handle.deliver(ErrorEvent(error))
