@@ -87,25 +87,68 @@ def _init(name: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
 
 
 def _unused_weights(cfg: JanusConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A representative set of the keys the published files carry but serving does not use."""
-    width, vq = cfg.vision.width, cfg.gen_vision
-
-    def rand(*shape: int) -> np.ndarray:
-        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-
-    return {
-        "vision_model.vision_tower.attn_pool.latent": rand(1, 1, width),
-        "vision_model.vision_tower.attn_pool.q.weight": rand(width, width),
-        "vision_model.vision_tower.attn_pool.q.bias": rand(width),
-        "vision_model.vision_tower.attn_pool.kv.weight": rand(2 * width, width),
-        "vision_model.vision_tower.attn_pool.proj.weight": rand(width, width),
-        "vision_model.vision_tower.attn_pool.norm.weight": rand(width),
-        "gen_vision_model.encoder.conv_in.weight": rand(vq.ch, 3, 3, 3),
-        "gen_vision_model.encoder.conv_out.weight": rand(vq.z_channels, vq.ch * vq.ch_mult[-1], 3, 3),
-        "gen_vision_model.quant_conv.weight": rand(vq.n_embed, vq.z_channels, 1, 1),
-        "gen_vision_model.quant_conv.bias": rand(vq.n_embed),
-        "gen_vision_model.quantize.codebook_used": np.zeros(65536, np.float32),
+    """The keys the published files carry but serving does not use: the SigLIP attention-pool head (a
+    representative part), the whole VQ encoder with quant_conv, and the quantizer's usage statistics."""
+    width = cfg.vision.width
+    shapes = {
+        "vision_model.vision_tower.attn_pool.latent": [1, 1, width],
+        "vision_model.vision_tower.attn_pool.q.weight": [width, width],
+        "vision_model.vision_tower.attn_pool.q.bias": [width],
+        "vision_model.vision_tower.attn_pool.kv.weight": [2 * width, width],
+        "vision_model.vision_tower.attn_pool.proj.weight": [width, width],
+        "vision_model.vision_tower.attn_pool.norm.weight": [width],
     }
+    shapes |= vq_encoder_shapes(cfg.gen_vision)
+    out = {name: (0.02 * rng.standard_normal(shape)).astype(np.float32) for name, shape in shapes.items()}
+    out["gen_vision_model.quantize.codebook_used"] = np.zeros(65536, np.float32)
+    return out
+
+
+def vq_encoder_shapes(vq: VQConfig) -> dict[str, list[int]]:
+    """The VQ-16 encoder and quant_conv, as LlamaGen lays them out (channels rise as resolution falls)."""
+    shapes: dict[str, list[int]] = {}
+    e = "gen_vision_model.encoder."
+
+    def conv(name: str, out_ch: int, in_ch: int, k: int) -> None:
+        shapes[name + ".weight"] = [out_ch, in_ch, k, k]
+        shapes[name + ".bias"] = [out_ch]
+
+    def norm(name: str, ch: int) -> None:
+        shapes[name + ".weight"] = [ch]
+        shapes[name + ".bias"] = [ch]
+
+    def res(name: str, in_ch: int, out_ch: int) -> None:
+        norm(name + ".norm1", in_ch)
+        conv(name + ".conv1", out_ch, in_ch, 3)
+        norm(name + ".norm2", out_ch)
+        conv(name + ".conv2", out_ch, out_ch, 3)
+        if in_ch != out_ch:
+            conv(name + ".nin_shortcut", out_ch, in_ch, 1)
+
+    def attn(name: str, ch: int) -> None:
+        norm(name + ".norm", ch)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", ch, ch, 1)
+
+    conv(e + "conv_in", vq.ch, 3, 3)
+    levels = len(vq.ch_mult)
+    block_in = vq.ch
+    for level, mult in enumerate(vq.ch_mult):
+        block_out = vq.ch * mult
+        for r in range(vq.num_res_blocks):
+            res(f"{e}conv_blocks.{level}.res.{r}", block_in, block_out)
+            block_in = block_out
+            if level == levels - 1:
+                attn(f"{e}conv_blocks.{level}.attn.{r}", block_in)
+        if level != levels - 1:
+            conv(f"{e}conv_blocks.{level}.downsample.conv", block_in, block_in, 3)
+    res(e + "mid.0", block_in, block_in)
+    attn(e + "mid.1", block_in)
+    res(e + "mid.2", block_in, block_in)
+    norm(e + "norm_out", block_in)
+    conv(e + "conv_out", vq.z_channels, block_in, 3)
+    conv("gen_vision_model.quant_conv", vq.n_embed, vq.z_channels, 1)
+    return shapes
 
 
 def build_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dtype: str = "float32",

@@ -1,0 +1,124 @@
+"""Parity with an independent implementation: Hugging Face transformers' Janus (torch, own venv), same weights.
+
+Everything in float32; logits within 1e-4 absolute; greedy sequences identical.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from model import reference
+from model.backbone import StepInput
+from model.chat_template import expand_image_ids, generation_prompt, understanding_prompt
+from model.image_processing import ImageProcessor
+from tests.oracle.client import oracle_python, run_oracle
+
+pytestmark = pytest.mark.parity
+ATOL = 1e-4
+MAX_NEW = 12
+CFG = 5.0
+
+
+def _images(size: int) -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    wide = Image.fromarray(rng.integers(0, 255, (size // 2, size, 3), dtype=np.uint8))
+    tall = Image.fromarray(np.linspace(0, 255, size * size // 2 * 3).astype(np.uint8).reshape(size, size // 2, 3))
+    return [wide, tall]
+
+
+@pytest.fixture(scope="module")
+def case(tiny_dir, tiny_model, tiny_tokenizer):
+    """Two understanding prompts (left-padded batch: one image, and two images), one generation prompt."""
+    if oracle_python() is None:
+        if os.environ.get("JANUS_REQUIRE_ORACLE") == "1":
+            pytest.fail("the oracle venv is required here but missing (tests/oracle/setup_venv.sh)")
+        pytest.skip("oracle venv not set up (tests/oracle/setup_venv.sh)")
+    tok, cfg = tiny_tokenizer, tiny_model.cfg
+    prompts = [understanding_prompt("What colour is the sky in this picture?", num_images=1),
+               understanding_prompt("<image_placeholder> and <image_placeholder>: which is brighter?", num_images=2)]
+    rows = [expand_image_ids(tok.encode(p), tok.image_id, tok.boi_id, tok.eoi_id, cfg.vision.num_tokens)
+            for p in prompts]
+    width = max(map(len, rows))
+    ids = np.full((2, width), tok.pad_id, np.int64)
+    mask = np.zeros((2, width), np.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    images = _images(64)
+    pixels = ImageProcessor.from_dir(tiny_dir)(images + images[::-1][:1])  # row 0: 1 image, row 1: 2 images
+    gen_ids = np.array([tok.encode(generation_prompt("a red cube on a wooden table"))], np.int64)
+    vq_tokens = np.random.default_rng(3).integers(0, cfg.gen_vision.image_token_size, (2, cfg.gen_vision.num_tokens))
+    requests = {
+        "und_input_ids": ids, "und_attention_mask": mask, "und_pixel_values": pixels,
+        "image_token_id": np.int64(tok.image_id), "und_max_new_tokens": np.int64(MAX_NEW),
+        "eos_token_id": np.int64(tok.eos_id), "pad_token_id": np.int64(tok.pad_id),
+        "gen_input_ids": gen_ids, "gen_pad_id": np.int64(tok.pad_id), "gen_cfg_weight": np.float64(CFG),
+        "vq_tokens": vq_tokens,
+    }
+    return requests, rows, run_oracle(tiny_dir, requests)
+
+
+def test_aligned_image_features_match(case, tiny_model):
+    requests, _, oracle = case
+    ours = tiny_model.encode_images(paddle.to_tensor(requests["und_pixel_values"])).numpy()
+    np.testing.assert_allclose(ours, oracle["image_features"], atol=ATOL, rtol=0)
+
+
+def test_understanding_logits_match_on_a_left_padded_batch(case, tiny_model, tiny_tokenizer):
+    requests, _, oracle = case
+    ids, mask = requests["und_input_ids"], requests["und_attention_mask"]
+    features = tiny_model.encode_images(paddle.to_tensor(requests["und_pixel_values"]))
+    embeds = tiny_model.embed_prompt(paddle.to_tensor(ids), features, tiny_tokenizer.image_id)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    cache = tiny_model.new_cache(2, ids.shape[1])
+    hidden = tiny_model.forward_backbone(embeds, cache, StepInput([0, 1], [0, 0], paddle.to_tensor(mask),
+                                                                   paddle.to_tensor(positions)))
+    ours = tiny_model.text_logits(hidden).numpy()
+    real = mask.astype(bool)
+    assert np.abs(oracle["und_logits"][real]).max() > 1.0  # not near-uniform: the comparison means something
+    np.testing.assert_allclose(ours[real], oracle["und_logits"][real], atol=ATOL, rtol=0)
+
+
+def test_greedy_continuation_ids_are_identical(case, tiny_model, tiny_tokenizer):
+    requests, rows, oracle = case
+    pixels = requests["und_pixel_values"]
+    per_row = [pixels[:1], pixels[1:]]
+    for i, row in enumerate(rows):
+        ours = reference.understand(tiny_model, np.array(row), per_row[i], tiny_tokenizer.image_id,
+                                    tiny_tokenizer.eos_id, MAX_NEW)
+        theirs = oracle["und_greedy_ids"][i].tolist()
+        assert ours == theirs[: len(ours)]
+
+
+def test_first_generation_step_logits_match(case, tiny_model, tiny_tokenizer):
+    requests, _, oracle = case
+    cond, uncond = reference.generation_rows(requests["gen_input_ids"][0], tiny_tokenizer.pad_id)
+    T = len(cond)
+    cache = tiny_model.new_cache(2, T)
+    hidden = tiny_model.forward_backbone(
+        tiny_model.embed_text(paddle.to_tensor(np.stack([cond, uncond]))), cache,
+        StepInput([0, 1], [0, 0], paddle.ones([2, T], "int64"), paddle.to_tensor(np.tile(np.arange(T), (2, 1)))))
+    logits = tiny_model.image_logits(hidden[:, -1]).numpy()
+    guided = logits[1] + CFG * (logits[0] - logits[1])
+    np.testing.assert_allclose(logits[0], oracle["gen_cond_logits"], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(logits[1], oracle["gen_uncond_logits"], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(guided, oracle["gen_guided_logits"], atol=ATOL * CFG, rtol=0)
+
+
+def test_whole_greedy_image_token_sequence_is_identical(case, tiny_model, tiny_tokenizer):
+    requests, _, oracle = case
+    tokens = reference.generate(tiny_model, requests["gen_input_ids"][0], tiny_tokenizer.pad_id, parallel_size=1,
+                                cfg_weight=CFG, temperature=0.0)
+    assert len(set(oracle["gen_greedy_tokens"].tolist())) > 1
+    np.testing.assert_array_equal(tokens[0], oracle["gen_greedy_tokens"])
+
+
+def test_vq_decoded_pixels_match(case, tiny_model):
+    requests, _, oracle = case
+    ours = tiny_model.decode_pixels(paddle.to_tensor(requests["vq_tokens"])).numpy()
+    assert ours.shape == oracle["vq_pixels"].shape
+    np.testing.assert_allclose(ours, oracle["vq_pixels"], atol=ATOL, rtol=0)
