@@ -200,3 +200,19 @@ def test_copy_of_checkpoint_elsewhere_converts_again(tmp_path, fresh_dir):
     moved = shutil.copytree(fresh_dir, tmp_path / "moved")
     _, report = load_janus(moved, cache_dir=cache)
     assert report.source == "converted"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gpu_dtypes_load_as_that_dtype(tmp_path, dtype):
+    directory = build_tiny_checkpoint(tmp_path / "ckpt", dtype="bfloat16")
+    model, report = load_janus(directory, dtype=dtype, cache_dir=False)
+    assert report.dtype == dtype
+    assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
+    reference_model, _ = load_janus(directory, cache_dir=False)
+    name, param = "gen_head.vision_head.weight", dict(model.named_parameters())["gen_head.vision_head.weight"]
+    widened = param.astype("float32").numpy()
+    exact = dict(reference_model.named_parameters())[name].numpy()
+    if dtype == "bfloat16":  # bf16 storage -> bf16 parameters: bit for bit
+        np.testing.assert_array_equal(widened, exact)
+    else:
+        np.testing.assert_allclose(widened, exact, rtol=1e-3, atol=1e-6)
