@@ -1,0 +1,104 @@
+"""The FastAPI app: routers, the error table, middleware, and the engine's lifecycle in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.api import docs, errors
+from service.api.images import allow_pixels
+from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware
+from service.api.routes import generate, health, info, metrics, understand
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TITLE = "janus-serve"
+VERSION = "0.1.0"
+DESCRIPTION = """\
+HTTP inference for DeepSeek's Janus-Pro: image understanding (images + question -> text) and text-to-image
+generation, continuously batched on one model.
+
+Every error has the same body: `{"error": {"type", "message", "status", "details"?}}`. 429 and 503 carry
+`Retry-After`. When the server has an API key, send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`
+(not needed for /health and /ready). Every response has an `X-Random-Weights` header, and JSON bodies a
+`random_weights` field: true means a demo model with random weights.
+"""
+TAGS = [
+    {"name": "inference", "description": "Understanding and generation."},
+    {"name": "operations", "description": "Probes, metrics and model information."},
+]
+
+
+def build_app(runtime: Runtime) -> FastAPI:
+    """The app serving `runtime`; its lifespan starts the engine, warms it up, and drains it on shutdown."""
+    app = _create(runtime.settings, _lifespan(runtime), runtime)
+    app.state.runtime = runtime
+    return app
+
+
+def schema_app() -> FastAPI:
+    """Routes and documentation only, with default settings and no model (for exporting the OpenAPI document)."""
+    return _create(Settings.model_construct(), None, None)
+
+
+def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None,
+            runtime: Runtime | None) -> FastAPI:
+    app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    app.state.settings = settings
+    for module in (understand, generate, health, info, metrics):
+        app.include_router(module.router)
+    errors.install(app)
+    # Added last = outermost: latency covers everything, including bodies refused for size.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObserveMiddleware, metrics=runtime.metrics if runtime else None,
+                       random_weights=runtime.info.random_weights if runtime else False)
+    allow_pixels(settings.max_image_pixels)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes, tags=app.openapi_tags)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(docs.request_schemas())
+        schema["components"]["schemas"] = dict(sorted(schema["components"]["schemas"].items()))
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = runtime.engine
+        engine.start()
+        # Warm up in the background: /health answers meanwhile, /ready says 503 until it is done.
+        warming = asyncio.create_task(_warm_up(runtime))
+        try:
+            yield
+        finally:
+            warming.cancel()
+            drain = runtime.settings.drain_timeout_s
+            log.info("stopping the engine: up to %.0f s for requests still in flight", drain)
+            await asyncio.to_thread(engine.shutdown, drain)
+            log.info("engine stopped")
+
+    return lifespan
+
+
+async def _warm_up(runtime: Runtime) -> None:
+    try:
+        await asyncio.to_thread(runtime.engine.warmup)
+    except Exception:  # noqa: BLE001 - the loop is dead: /health now says 503 and an orchestrator restarts us
+        log.critical("engine warm-up failed; the server cannot answer requests", exc_info=True)
+        return
+    log.info("ready: %s (%s on %s)%s", runtime.info.name, runtime.info.dtype, runtime.info.device,
+             " -- RANDOM WEIGHTS" if runtime.info.random_weights else "")

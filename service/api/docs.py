@@ -1,0 +1,103 @@
+"""OpenAPI documentation pieces shared by the routes: error responses, stream responses, request bodies."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import BaseModel
+
+from service.api.protocol import MAX_IMAGES, ErrorResponse, GenerateRequest, UnderstandOptions, UnderstandRequest
+
+REF = "#/components/schemas/{model}"
+
+_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("Malformed content: invalid JSON or base64, an image that cannot be decoded, a bad multipart form.",
+          "bad_request", "image 1 is truncated or corrupt (PNG): image file is truncated"),
+    401: ("The server has an API key and the request did not carry it.",
+          "unauthorized", "the API key is missing: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"),
+    413: ("The body, an image file or an image's pixel count is over the server's limit.",
+          "payload_too_large", "image 1 is 20000x20000 = 400000000 pixels; the limit is 40000000"),
+    415: ("The body's content type is not one this route reads.",
+          "unsupported_media_type", "expected an application/json body, got text/plain"),
+    422: ("A field is missing or out of range, or the request cannot fit the model (prompt too long for the "
+          "context, more rows than the server has).",
+          "validation_error", "body.max_new_tokens: Input should be less than or equal to 4096"),
+    429: ("Every row is busy and the waiting queue is full. Retry after `Retry-After` seconds.",
+          "overloaded", "the server is at capacity (32 rows running, 64 requests waiting); retry later"),
+    500: ("The model failed on this request (other requests are unaffected).",
+          "model_error", "prefill failed: ..."),
+    503: ("The model is still warming up, or the server is shutting down. Retry after `Retry-After` seconds.",
+          "not_ready", "the model is warming up; retry shortly"),
+    504: ("The request did not finish within the server's per-request timeout.",
+          "timeout", "the request did not finish within 600.0 s"),
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, kind, message = _ERRORS[status]
+        example: dict[str, Any] = {"type": kind, "message": message, "status": status}
+        if kind == "validation_error":
+            example["details"] = [{"loc": "body.max_new_tokens", "message": message.split(": ", 1)[1]}]
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": description,
+                                 "content": {"application/json": {"example": {"error": example}}}}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
+
+
+INFERENCE_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503, 504)
+
+
+def stream_response(description: str, example: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}}}
+
+
+def json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model=model.__name__)},
+        "examples": {name: {"value": value} for name, value in examples.items()}}}}
+
+
+def understand_body() -> dict[str, Any]:
+    body = json_body(UnderstandRequest, {
+        "one image": {"question": "What is shown in this picture?", "images": ["<base64>"]},
+        "two images": {"question": "<image_placeholder> <image_placeholder> Which of the two is brighter?",
+                       "images": ["<base64>", "<base64>"], "max_new_tokens": 64, "stream": True},
+    })
+    body["content"]["multipart/form-data"] = {
+        "schema": {"$ref": REF.format(model="UnderstandForm")},
+        "encoding": {"image": {"contentType": "image/*"}},
+    }
+    return {"requestBody": body}
+
+
+def generate_body() -> dict[str, Any]:
+    return {"requestBody": json_body(GenerateRequest, {
+        "defaults": {"prompt": "a red fox in the snow, watercolour"},
+        "four seeded PNGs": {"prompt": "a lighthouse at dusk", "parallel_size": 4, "seed": 42, "format": "png"},
+    })}
+
+
+def request_schemas() -> dict[str, Any]:
+    """Schemas for the request bodies routes read themselves (FastAPI only sees their Request parameter)."""
+    schemas: dict[str, Any] = {}
+    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions):
+        schema = model.model_json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    form = copy.deepcopy(schemas.pop(UnderstandOptions.__name__))
+    form["title"] = "UnderstandForm"
+    form["description"] = ("Multipart form of an understanding request: one `image` file part per image, "
+                           "the options as text fields.")
+    form["properties"] = {"image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                    "minItems": 1, "maxItems": MAX_IMAGES, "description": "The image file(s)."},
+                          **form["properties"]}
+    form["required"] = ["image", *form.get("required", [])]
+    schemas["UnderstandForm"] = form
+    return schemas

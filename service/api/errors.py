@@ -1,0 +1,145 @@
+"""The one error body and the one table that maps every exception to an HTTP status.
+
+Body: `{"error": {"type": ..., "message": ..., "status": ..., "details": [...]?}}` for every error the service
+sends, whether it comes from validation, the image decoder, authentication, the engine or a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine.errors import (
+    EngineError,
+    EngineStopped,
+    InvalidRequest,
+    ModelFailure,
+    Overloaded,
+    RequestCancelled,
+    RequestTimeout,
+)
+from service.processing import InputError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base of the errors raised by the HTTP layer itself."""
+
+
+class BadInput(ApiError):
+    """Malformed request content: invalid JSON or base64, an undecodable image."""
+
+
+class PayloadTooLarge(ApiError):
+    """A body, an image file or an image's pixel count over its configured limit."""
+
+
+class UnsupportedMediaType(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    pass
+
+
+class NotReady(ApiError):
+    """The engine is still warming up, or its loop is not running."""
+
+
+class ClientDisconnected(ApiError):
+    """The client went away before the answer was ready (only ever seen in logs and metrics)."""
+
+
+# exception class -> (status, error type). Looked up along the exception's MRO, so the most specific entry wins.
+ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
+    BadInput: (400, "bad_request"),
+    Unauthorized: (401, "unauthorized"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
+    RequestValidationError: (422, "validation_error"),
+    InputError: (422, "invalid_request"),
+    InvalidRequest: (422, "invalid_request"),
+    Overloaded: (429, "overloaded"),
+    ClientDisconnected: (499, "client_closed_request"),
+    ModelFailure: (500, "model_error"),
+    EngineError: (500, "engine_error"),
+    NotReady: (503, "not_ready"),
+    EngineStopped: (503, "unavailable"),
+    RequestTimeout: (504, "timeout"),
+    RequestCancelled: (499, "client_closed_request"),
+}
+INTERNAL = (500, "internal_error")
+# Seconds a client should wait before retrying a 503 (warm-up or shutdown usually ends within that).
+UNAVAILABLE_RETRY_S = 5
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return INTERNAL
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    status, kind = classify(exc)
+    details = None
+    if isinstance(exc, RequestValidationError):
+        details = [{"loc": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                   for e in exc.errors()]
+        message = "; ".join(f"{d['loc']}: {d['message']}" if d["loc"] else d["message"] for d in details[:5])
+        if all(e.get("type") == "json_invalid" for e in exc.errors()):
+            status, kind = 400, "bad_request"
+            message = "the body is not valid JSON: " + message
+    elif isinstance(exc, StarletteHTTPException):
+        message = str(exc.detail)
+    elif status == 500 and not isinstance(exc, EngineError):
+        message = "internal server error"  # a bug: the details belong in the log, not the response
+    else:
+        message = str(exc) or HTTPStatus(status).phrase
+    error: dict[str, Any] = {"type": kind, "message": message, "status": status}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_headers(exc: BaseException, status: int) -> dict[str, str]:
+    if isinstance(exc, Overloaded):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if status == 503:
+        return {"Retry-After": str(UNAVAILABLE_RETRY_S)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="janus-serve"'}
+    if isinstance(exc, StarletteHTTPException) and exc.headers:
+        return dict(exc.headers)
+    return {}
+
+
+def error_response(request: Request | None, exc: BaseException) -> JSONResponse:
+    body = error_body(exc)
+    status = body["error"]["status"]
+    if status >= 500 and not isinstance(exc, EngineError | NotReady):
+        log.error("unhandled error: %r", exc, exc_info=exc)
+    runtime = getattr(request.app.state, "runtime", None) if request is not None else None
+    if runtime is not None:
+        runtime.metrics.count_error(body["error"]["type"])
+    return JSONResponse(body, status_code=status, headers=error_headers(exc, status))
+
+
+def install(app: FastAPI) -> None:
+    """Route every exception the app can raise through `error_response`."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, exc)
+
+    for cls in (*ERROR_TABLE, StarletteHTTPException, Exception):
+        app.add_exception_handler(cls, handle)

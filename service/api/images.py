@@ -1,0 +1,114 @@
+"""Image bytes in and out: safe decoding of uploads, JPEG/PNG + base64 encoding of generated images.
+
+Decoding guards, in order: the encoded size; the pixel count read from the header, before any pixel is
+decompressed (a 50 kB PNG can claim 100k x 100k pixels); then the full decode, so truncated files fail here
+rather than in the model. Only common raster formats are opened: some PIL plugins (EPS) run external programs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model.image_processing import to_rgb
+from service.api.errors import BadInput, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Keep PIL's own bomb check (process-wide) from refusing images our configured limit allows.
+
+    Our limit is checked first from the header; PIL's `MAX_IMAGE_PIXELS` stays as a second line and is only
+    ever raised, never lowered or disabled.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def decode_base64(text: str, what: str, limits: ImageLimits) -> bytes:
+    """Plain base64 or a `data:image/...;base64,` URL."""
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise BadInput(f"{what}: a data URL must be base64-encoded (data:image/...;base64,...)")
+    # Refuse before decoding: base64 is 4 characters per 3 bytes.
+    if len(text) // 4 * 3 > limits.max_bytes + 3:
+        raise PayloadTooLarge(f"{what} is larger than the {limits.max_bytes} byte limit for one image")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{what} is not valid base64") from None
+
+
+def decode_image(data: bytes, what: str, limits: ImageLimits) -> Image.Image:
+    """Encoded bytes -> an upright RGB image, or BadInput / PayloadTooLarge with a message for the client."""
+    if not data:
+        raise BadInput(f"{what} is empty")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"{what} is {len(data)} bytes; the limit for one image is {limits.max_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge(f"{what} is too large: {err}") from None
+    except UnidentifiedImageError:
+        raise BadInput(f"{what} is not an image in a supported format ({', '.join(FORMATS)})") from None
+    except Exception as err:  # noqa: BLE001 - plugins raise anything from SyntaxError to struct.error on bad headers
+        raise BadInput(f"{what} could not be read: {err}") from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(f"{what} is {width}x{height} = {width * height} pixels; "
+                              f"the limit is {limits.max_pixels}")
+    if width < 1 or height < 1:
+        raise BadInput(f"{what} has no pixels ({width}x{height})")
+    try:
+        image.load()
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge(f"{what} is too large: {err}") from None
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt data surfaces as OSError, ValueError, ...
+        raise BadInput(f"{what} is truncated or corrupt ({image.format}): {err}") from None
+    image = _upright(image, what)
+    try:
+        return to_rgb(image)
+    except ValueError as err:
+        raise BadInput(f"{what}: {err}") from None
+
+
+def _upright(image: Image.Image, what: str) -> Image.Image:
+    """Apply the EXIF orientation (phone photos are stored sideways); a broken EXIF block is ignored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as err:  # noqa: BLE001 - malformed EXIF must not cost the user their request
+        log.info("%s: ignoring unreadable EXIF orientation: %s", what, err)
+        return image
+
+
+def encode_images(images: np.ndarray, fmt: str, jpeg_quality: int = 90) -> list[str]:
+    """uint8 [N, H, W, 3] -> base64 JPEG or PNG strings."""
+    out: list[str] = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+        if fmt == "jpeg":
+            image.save(buffer, format="JPEG", quality=jpeg_quality)
+        elif fmt == "png":
+            image.save(buffer, format="PNG")
+        else:
+            raise ValueError(f"unknown image format {fmt!r}")
+        out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return out

@@ -1,0 +1,77 @@
+"""ASGI middleware: the request body limit, and per-request latency metrics plus the random-weights header."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import PayloadTooLarge, error_response
+from service.metrics import Metrics
+
+RANDOM_WEIGHTS_HEADER = "x-random-weights"
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`: at once when Content-Length says so, else as soon as the count passes it.
+
+    A chunked body over the limit makes `receive()` raise PayloadTooLarge inside the route, which reads its
+    body itself and so lets it reach the error table.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            error = PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            await error_response(None, error)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(f"the body is over the {self.max_bytes} byte limit")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class ObserveMiddleware:
+    """Latency by route and status (a stream counts until its last byte), and `X-Random-Weights` on everything."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, random_weights: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.header = (RANDOM_WEIGHTS_HEADER.encode(), b"true" if random_weights else b"false")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app dies before starting a response, the server sends a 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            if self.metrics is not None:
+                route = scope.get("route")
+                path = getattr(route, "path", None) or "unmatched"
+                self.metrics.observe_request(path, status, time.perf_counter() - started)

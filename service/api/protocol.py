@@ -1,0 +1,209 @@
+"""HTTP request and response models. Limits live on the fields; `to_params()` hands the engine its own dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.engine.types import GenerateParams, Timings, UnderstandParams
+from service.processing import Preprocessor, check_image_tags
+
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 8
+MAX_PARALLEL_SIZE = 16
+
+
+class _Request(BaseModel):
+    # A misspelt option (max_tokens, n) must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-whitespace text")
+    return value
+
+
+class UnderstandOptions(_Request):
+    """Everything of an understanding request except the images (the multipart form's text fields)."""
+
+    question: str = Field(min_length=1, max_length=16_000, examples=["What is shown in this picture?"],
+                          description="The question. With several images, place each with an "
+                                      "`<image_placeholder>` tag; one image may go without (it comes first).")
+    system_prompt: str | None = Field(None, max_length=16_000,
+                                      description="Replaces the default system prompt; an empty string means none.")
+    max_new_tokens: int = Field(256, ge=1, le=4096, description="Most tokens to generate.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="Sampling seed; the server picks one (and returns it) when absent.")
+    stream: bool = Field(False, description="Answer with Server-Sent Events: text deltas, then a final event.")
+
+    question_not_blank = field_validator("question")(_not_blank)
+
+    def to_params(self, prep: Preprocessor, images: Sequence[Image.Image], seed: int,
+                  timeout_s: float | None) -> UnderstandParams:
+        return prep.understand(self.question, images, system_prompt=self.system_prompt,
+                               max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                               seed=seed, timeout_s=timeout_s)
+
+
+class UnderstandRequest(UnderstandOptions):
+    """JSON form of an understanding request: images as base64 strings."""
+
+    images: list[str] = Field(min_length=1, max_length=MAX_IMAGES, examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
+                              description="Base64 images (JPEG, PNG, WebP, GIF, BMP, TIFF) or "
+                                          "`data:image/...;base64,` URLs. The server never fetches URLs.")
+
+    @model_validator(mode="after")
+    def _tags_match_images(self) -> UnderstandRequest:
+        check_image_tags(self.question, len(self.images))
+        return self
+
+
+class GenerateRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=4000, examples=["a red fox in the snow, watercolour"],
+                        description="What to draw.")
+    parallel_size: int = Field(1, ge=1, le=MAX_PARALLEL_SIZE, description="Images to generate from the prompt.")
+    cfg_weight: float = Field(5.0, ge=1.0, le=20.0,
+                              description="Classifier-free guidance strength; 1 = no guidance (half the work).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Image-token sampling temperature; 0 = greedy.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="Sampling seed; the server picks one (and returns it) when absent.")
+    format: Literal["jpeg", "png"] = Field("jpeg", description="Encoding of the returned images.")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality (format jpeg only).")
+    stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images.")
+
+    prompt_not_blank = field_validator("prompt")(_not_blank)
+
+    @model_validator(mode="after")
+    def _quality_needs_jpeg(self) -> GenerateRequest:
+        if self.format != "jpeg" and "jpeg_quality" in self.model_fields_set:
+            raise ValueError("jpeg_quality applies only to format jpeg")
+        return self
+
+    def to_params(self, prep: Preprocessor, seed: int, timeout_s: float | None) -> GenerateParams:
+        return prep.generate(self.prompt, parallel_size=self.parallel_size, cfg_weight=self.cfg_weight,
+                             temperature=self.temperature, seed=seed, timeout_s=timeout_s)
+
+
+# responses
+
+
+class TimingsOut(BaseModel):
+    queued_s: float = Field(description="Submission to start of processing.")
+    prefill_s: float = Field(description="Prompt (and image) processing.")
+    decode_s: float = Field(description="First to last new token.")
+    total_s: float = Field(description="Submission to result.")
+
+    @classmethod
+    def of(cls, timings: Timings) -> TimingsOut:
+        return cls(queued_s=round(timings.queued_s, 6), prefill_s=round(timings.prefill_s, 6),
+                   decode_s=round(timings.decode_s, 6), total_s=round(timings.total_s, 6))
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UnderstandResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length"] = Field(description="stop: the model ended its answer; "
+                                                                 "length: max_new_tokens was reached.")
+    usage: Usage
+    seed: int
+    timings: TimingsOut
+    random_weights: bool = Field(description="True when the server runs a model with random weights (a demo).")
+
+
+class TextDelta(BaseModel):
+    """Stream event `delta`: the next piece of the answer."""
+
+    id: str
+    text: str
+
+
+class GeneratedImage(BaseModel):
+    index: int
+    data: str = Field(description="Base64 of the encoded image.")
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    images: list[GeneratedImage]
+    format: Literal["jpeg", "png"]
+    media_type: str
+    width: int
+    height: int
+    seed: int
+    timings: TimingsOut
+    random_weights: bool = Field(description="True when the server runs a model with random weights (a demo).")
+
+
+class Progress(BaseModel):
+    """Stream event `progress`: image-token steps done (every image of the request advances together)."""
+
+    id: str
+    steps_done: int
+    steps_total: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    random_weights: bool
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    random_weights: bool
+
+
+class ImageSpec(BaseModel):
+    image_size: int = Field(description="Pixels per side.")
+    image_tokens: int = Field(description="Sequence positions per image.")
+
+
+class Limits(BaseModel):
+    max_rows: int
+    max_seq_len: int
+    max_waiting: int
+    request_timeout_s: float
+    max_body_bytes: int
+    max_image_bytes: int
+    max_image_pixels: int
+    max_images: int
+    max_parallel_size: int
+
+
+class InfoResponse(BaseModel):
+    model: str
+    dtype: str
+    device: str
+    random_weights: bool
+    context_length: int = Field(description="The model's own position limit.")
+    understanding: ImageSpec
+    generation: ImageSpec
+    limits: Limits
+
+
+class ErrorDetail(BaseModel):
+    loc: str = Field(description="Where the problem is, e.g. body.max_new_tokens.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="Stable machine-readable kind, e.g. validation_error, overloaded.")
+    message: str
+    status: int
+    details: list[ErrorDetail] | None = Field(None, description="Per-field problems (validation errors only).")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,1 @@
+"""One router per resource: inference (understand, generate), health, metrics, model info."""

@@ -1,0 +1,99 @@
+"""POST /generate: images from a text prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.api import docs
+from service.api.auth import Authenticated
+from service.api.bodies import read_json
+from service.api.deps import ReadyRuntimeDep
+from service.api.errors import error_body
+from service.api.images import MEDIA_TYPES, encode_images
+from service.api.protocol import MAX_SEED, GeneratedImage, GenerateRequest, GenerateResponse, Progress, TimingsOut
+from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
+from service.engine.request import RequestHandle
+from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, ProgressEvent
+from service.runtime import Runtime
+
+router = APIRouter(tags=["inference"], dependencies=[Authenticated])
+
+DESCRIPTION = """\
+Draws `parallel_size` images for `prompt` with classifier-free guidance (`cfg_weight`; 1 turns guidance off and
+halves the work).
+
+The images come back base64-encoded as JPEG (default, `jpeg_quality`) or PNG, with the `seed` used: send it back to
+get the same images, whatever else the server is doing. `temperature` 0 is greedy.
+
+With `stream: true` the answer is a Server-Sent Events stream: `progress` events (`{"id", "steps_done",
+"steps_total"}`; a step produces one image token of every image), then one `done` event carrying the full response,
+or one `error` event carrying the error body.
+
+Every response says `random_weights`: true means the server runs a demo model with random weights.
+"""
+
+STREAM_EXAMPLE = (
+    'event: progress\ndata: {"id":"req-9","steps_done":16,"steps_total":576}\n\n'
+    'event: progress\ndata: {"id":"req-9","steps_done":32,"steps_total":576}\n\n'
+    'event: done\ndata: {"id":"req-9","model":"Janus-Pro-1B","images":[{"index":0,"data":"/9j/4AAQ..."}],...}\n\n'
+)
+
+
+@router.post(
+    "/generate",
+    operation_id="generate_images",
+    summary="Generate images from a prompt",
+    description=DESCRIPTION,
+    response_model=GenerateResponse,
+    responses={200: docs.stream_response("The images (JSON), or with `stream: true` an event stream.",
+                                         STREAM_EXAMPLE),
+               **docs.error_responses(*docs.INFERENCE_ERRORS)},
+    openapi_extra=docs.generate_body(),
+)
+async def generate_images(request: Request, response: Response,
+                          runtime: ReadyRuntimeDep) -> GenerateResponse | StreamingResponse:
+    body = await read_json(request, GenerateRequest)
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s)
+    handle = runtime.engine.submit(params)
+    if body.stream:
+        return StreamingResponse(_stream(runtime, handle, body), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    response.headers["X-Request-Id"] = handle.id
+    result = await result_or_cancel(handle, request)
+    assert isinstance(result, GenerateResult)
+    return await _response(runtime, handle.id, result, body)
+
+
+async def _response(runtime: Runtime, request_id: str, result: GenerateResult,
+                    body: GenerateRequest) -> GenerateResponse:
+    encoded = await asyncio.to_thread(encode_images, result.images, body.format, body.jpeg_quality)
+    _, height, width, _ = result.images.shape
+    return GenerateResponse(
+        id=request_id, model=runtime.info.name,
+        images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)],
+        format=body.format, media_type=MEDIA_TYPES[body.format], width=width, height=height, seed=result.seed,
+        timings=TimingsOut.of(result.timings), random_weights=runtime.info.random_weights)
+
+
+async def _stream(runtime: Runtime, handle: RequestHandle, body: GenerateRequest) -> AsyncIterator[bytes]:
+    try:
+        async for event in handle.events():
+            if isinstance(event, ProgressEvent):
+                yield sse("progress", Progress(id=handle.id, steps_done=event.steps_done,
+                                               steps_total=event.steps_total))
+            elif isinstance(event, FinishedEvent):
+                assert isinstance(event.result, GenerateResult)
+                yield sse("done", await _response(runtime, handle.id, event.result, body))
+            elif isinstance(event, ErrorEvent):
+                error = error_body(event.error)
+                runtime.metrics.count_error(error["error"]["type"])
+                yield sse("error", error)
+    finally:
+        # Reached early only when the client went away mid-stream: free the rows at the next step.
+        handle.cancel()

@@ -1,0 +1,43 @@
+"""GET /info: which model is served, on what, and the limits requests must respect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api import docs
+from service.api.auth import Authenticated
+from service.api.deps import RuntimeDep
+from service.api.protocol import MAX_IMAGES, MAX_PARALLEL_SIZE, ImageSpec, InfoResponse, Limits
+
+router = APIRouter(tags=["operations"], dependencies=[Authenticated])
+
+EXAMPLE = {
+    "model": "Janus-Pro-1B", "dtype": "bfloat16", "device": "gpu", "random_weights": False, "context_length": 16384,
+    "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
+    "limits": {"max_rows": 32, "max_seq_len": 1024, "max_waiting": 64, "request_timeout_s": 600.0,
+               "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
+               "max_images": 8, "max_parallel_size": 16},
+}
+
+
+@router.get(
+    "/info",
+    operation_id="get_model_info",
+    summary="Model and limits",
+    description="The served model (name, dtype, device), whether its weights are random (the demo checkpoint), "
+                "the image sizes in and out, and the server's limits.",
+    response_model=InfoResponse,
+    responses={200: {"content": {"application/json": {"example": EXAMPLE}}}, **docs.error_responses(401)},
+)
+async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
+    info, settings = runtime.info, runtime.settings
+    return InfoResponse(
+        model=info.name, dtype=info.dtype, device=info.device, random_weights=info.random_weights,
+        context_length=info.context_length,
+        understanding=ImageSpec(image_size=info.input_image_size, image_tokens=info.input_image_tokens),
+        generation=ImageSpec(image_size=info.output_image_size, image_tokens=info.output_image_tokens),
+        limits=Limits(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
+                      max_waiting=settings.max_waiting, request_timeout_s=settings.request_timeout_s,
+                      max_body_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes,
+                      max_image_pixels=settings.max_image_pixels, max_images=MAX_IMAGES,
+                      max_parallel_size=MAX_PARALLEL_SIZE))

@@ -1,0 +1,112 @@
+"""POST /understand: answer a question about one or more images."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.api import docs
+from service.api.auth import Authenticated
+from service.api.bodies import UnderstandInput, read_understand
+from service.api.deps import ReadyRuntimeDep
+from service.api.errors import error_body
+from service.api.images import ImageLimits, decode_base64, decode_image
+from service.api.protocol import MAX_SEED, TextDelta, TimingsOut, UnderstandResponse, Usage
+from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
+from service.engine.request import RequestHandle
+from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, UnderstandParams, UnderstandResult
+from service.runtime import Runtime
+
+router = APIRouter(tags=["inference"], dependencies=[Authenticated])
+
+DESCRIPTION = """\
+Answers `question` about the images, like a chat turn with Janus-Pro.
+
+Send either **JSON** (`images`: base64 strings) or a **multipart form** (one `image` file part per image, the
+options as text fields). With one image the question needs no tag; with several, put one `<image_placeholder>`
+where each image belongs, in order.
+
+`temperature` 0 (the default) is greedy decoding; the same request with the same `seed` gives the same answer,
+whatever else the server is doing. With `stream: true` the answer is a Server-Sent Events stream: `delta` events
+(`{"id", "text"}`) as the text grows, then one `done` event carrying the full response, or one `error` event
+carrying the error body.
+
+Every response says `random_weights`: true means the server runs a demo model with random weights.
+"""
+
+STREAM_EXAMPLE = (
+    'event: delta\ndata: {"id":"req-7","text":"A red"}\n\n'
+    'event: delta\ndata: {"id":"req-7","text":" fox."}\n\n'
+    'event: done\ndata: {"id":"req-7","model":"Janus-Pro-1B","text":"A red fox.","finish_reason":"stop",...}\n\n'
+)
+
+
+@router.post(
+    "/understand",
+    operation_id="understand_image",
+    summary="Answer a question about images",
+    description=DESCRIPTION,
+    response_model=UnderstandResponse,
+    responses={200: docs.stream_response("The answer (JSON), or with `stream: true` an event stream.",
+                                         STREAM_EXAMPLE),
+               **docs.error_responses(*docs.INFERENCE_ERRORS)},
+    openapi_extra=docs.understand_body(),
+)
+async def understand_image(request: Request, response: Response,
+                           runtime: ReadyRuntimeDep) -> UnderstandResponse | StreamingResponse:
+    body = await read_understand(request)
+    seed = body.options.seed if body.options.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    params = await asyncio.to_thread(_prepare, runtime, body, seed)
+    handle = runtime.engine.submit(params)
+    if body.options.stream:
+        return StreamingResponse(_stream(runtime, handle, seed), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    response.headers["X-Request-Id"] = handle.id
+    result = await result_or_cancel(handle, request)
+    assert isinstance(result, UnderstandResult)
+    return _response(runtime, handle.id, result, seed)
+
+
+def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:
+    """Decode, check and preprocess the images and tokenize the prompt (CPU work, off the event loop)."""
+    settings = runtime.settings
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    images = []
+    for number, raw in enumerate(body.images, start=1):
+        what = f"image {number}"
+        data = decode_base64(raw, what, limits) if isinstance(raw, str) else raw
+        images.append(decode_image(data, what, limits))
+    return body.options.to_params(runtime.preprocessor, images, seed, settings.request_timeout_s)
+
+
+def _response(runtime: Runtime, request_id: str, result: UnderstandResult, seed: int) -> UnderstandResponse:
+    return UnderstandResponse(
+        id=request_id, model=runtime.info.name, text=runtime.preprocessor.decode(result.token_ids),
+        finish_reason=result.finish_reason,  # type: ignore[arg-type]
+        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+        seed=seed, timings=TimingsOut.of(result.timings), random_weights=runtime.info.random_weights)
+
+
+async def _stream(runtime: Runtime, handle: RequestHandle, seed: int) -> AsyncIterator[bytes]:
+    detokenizer = runtime.preprocessor.detokenizer()
+    try:
+        async for event in handle.events():
+            if isinstance(event, TokenEvent):
+                if text := detokenizer.push(event.token_id):
+                    yield sse("delta", TextDelta(id=handle.id, text=text))
+            elif isinstance(event, FinishedEvent):
+                if text := detokenizer.flush():
+                    yield sse("delta", TextDelta(id=handle.id, text=text))
+                assert isinstance(event.result, UnderstandResult)
+                yield sse("done", _response(runtime, handle.id, event.result, seed))
+            elif isinstance(event, ErrorEvent):
+                body = error_body(event.error)
+                runtime.metrics.count_error(body["error"]["type"])
+                yield sse("error", body)
+    finally:
+        # Reached early only when the client went away mid-stream: free the rows at the next step.
+        handle.cancel()

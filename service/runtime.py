@@ -1,0 +1,80 @@
+"""Everything one server process holds: settings, the loaded model inside its engine, the preprocessor, metrics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.config import JanusConfig
+from service.engine import Engine, EngineConfig
+from service.metrics import Metrics
+from service.processing import Preprocessor
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_BANNER = (
+    "\n" + "!" * 78 + "\n"
+    "!!  NO MODEL DIRECTORY GIVEN: serving the built-in demo checkpoint with RANDOM WEIGHTS.\n"
+    "!!  Answers are gibberish and images are noise. Set JANUS_MODEL_DIR (or --model-dir)\n"
+    "!!  to a Janus-Pro checkpoint folder to serve a real model.\n" + "!" * 78
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    dtype: str
+    device: str
+    random_weights: bool
+    input_image_size: int  # pixels per side the understanding encoder sees
+    input_image_tokens: int  # prompt positions per input image
+    output_image_size: int
+    output_image_tokens: int  # decoding steps per generated image
+    context_length: int  # the model's own limit (positions)
+
+    @classmethod
+    def describe(cls, cfg: JanusConfig, dtype: str, device: str, random_weights: bool) -> ModelInfo:
+        return cls(cfg.name, dtype, device, random_weights, cfg.vision.image_size, cfg.vision.num_tokens,
+                   cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings)
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    engine: Engine
+    preprocessor: Preprocessor
+    metrics: Metrics
+    info: ModelInfo
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        """Load the checkpoint and build the engine (not started: the app's lifespan starts it)."""
+        import paddle
+
+        from model.checkpoint.loader import load_janus
+        from model.tiny_checkpoint import demo_checkpoint_dir
+
+        if settings.device == "gpu" and not paddle.is_compiled_with_cuda():
+            raise RuntimeError("device gpu was requested but this Paddle build has no CUDA support")
+        paddle.set_device(settings.device)
+        directory: Path = settings.model_dir or demo_checkpoint_dir()
+        if settings.model_dir is None:
+            log.warning(RANDOM_WEIGHTS_BANNER)
+        dtype = settings.compute_dtype
+        model, report = load_janus(directory, dtype)
+        random_weights = settings.model_dir is None or model.cfg.random_weights
+        if random_weights and settings.model_dir is not None:
+            log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
+        config = EngineConfig(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
+                              max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
+                              progress_every=settings.progress_every)
+        metrics = Metrics()
+        engine = Engine(model, config, observer=metrics)
+        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.chat_template)
+        info = ModelInfo.describe(model.cfg, dtype, settings.device, random_weights)
+        metrics.set_model(info.name, dtype, settings.device, random_weights)
+        log.info("model %s ready to start (%s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
+                 settings.device, report.seconds, report.source, preprocessor.template.name)
+        return cls(settings, engine, preprocessor, metrics, info)

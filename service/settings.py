@@ -1,0 +1,65 @@
+"""Service configuration: environment variables with the `JANUS_` prefix, overridable by `janus-serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JANUS_", extra="ignore", frozen=True)
+
+    # model
+    model_dir: Path | None = Field(
+        None, description="Local checkpoint folder. Unset: the embedded demo checkpoint with RANDOM weights.")
+    device: Literal["cpu", "gpu"] = Field("cpu", description="Where the model runs.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype; auto = float32 on cpu, bfloat16 on gpu.")
+    chat_template: Literal["deepseek", "legacy"] | None = Field(
+        None, description="Prompt roles; unset: read from the checkpoint (Janus-Pro: deepseek, Janus-1.3B: legacy).")
+
+    # server
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but /health and /ready needs it (Bearer or X-API-Key).")
+
+    # engine capacity
+    max_rows: int = Field(32, ge=1, description="KV-cache rows = sequences running at once "
+                                                "(generation uses 2 per image, 1 with cfg_weight 1).")
+    max_seq_len: int = Field(1024, ge=16, description="Tokens per row: prompt + new tokens (or image tokens).")
+    max_waiting: int = Field(64, ge=0, description="Requests queued beyond the running ones; past that: 429.")
+    progress_every: int = Field(16, ge=1, description="Generation progress events every this many steps.")
+
+    # time
+    request_timeout_s: float = Field(600.0, gt=0, description="Per-request limit from submission to result (504).")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time given to in-flight requests.")
+
+    # input limits
+    max_body_bytes: int = Field(64 * MiB, ge=1024, description="Largest request body (413).")
+    max_image_bytes: int = Field(16 * MiB, ge=1024, description="Largest encoded image (413).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image, width x height (413).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.device == "cpu" and self.dtype in ("bfloat16", "float16"):
+            # Paddle's CPU build lacks half-precision kernels for most ops: fail at start, not on the first request.
+            raise ValueError(f"dtype {self.dtype} is not supported on cpu; use float32 (or auto)")
+        if self.model_dir is not None and not self.model_dir.is_dir():
+            raise ValueError(f"model_dir {self.model_dir} is not a directory")
+        return self
+
+    @property
+    def compute_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.device == "cpu" else "bfloat16"
+
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
