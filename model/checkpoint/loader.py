@@ -13,7 +13,7 @@ from paddlenlp.transformers.model_utils import no_init_weights
 
 from model.checkpoint import keys
 from model.checkpoint.errors import CheckpointError
-from model.checkpoint.native_cache import load_native
+from model.checkpoint.native_cache import load_native, widen_bf16
 from model.config import JanusConfig
 from model.janus import JanusModel
 from model.runtime_env import cache_root
@@ -57,10 +57,14 @@ def load_janus(directory: str | Path, dtype: str = "float32",
     model = build_lazy(cfg, dtype)
     params = dict(model.named_parameters())
     expected = {name: list(p.shape) for name, p in params.items()}
-    native, source = load_native(directory, expected, keys.transposed_names(model), cache_dir or None)
+    native, source = load_native(directory, expected, keys.transposed_names(model), cache_dir or None,
+                                 widen=dtype == "float32")
     for name, param in params.items():
         arr, code = native[name]
-        weights = _as_float32(arr, code)
+        if code == "BF16" and dtype == "bfloat16":
+            param.set_value(paddle.to_tensor(arr, dtype="bfloat16"))
+            continue
+        weights = widen_bf16(arr) if code == "BF16" else arr.astype(np.float32, copy=False)
         param.set_value(weights if dtype == "float32" else paddle.to_tensor(weights).astype(dtype))
     model.eval()
     report = LoadReport(time.perf_counter() - started, source, sum(int(np.prod(s)) for s in expected.values()),
@@ -68,10 +72,3 @@ def load_janus(directory: str | Path, dtype: str = "float32",
     log.info("loaded %s (%d parameters, %s) in %.2f s from %s", directory, report.parameters, dtype,
              report.seconds, source)
     return model, report
-
-
-def _as_float32(arr: np.ndarray, code: str) -> np.ndarray:
-    if code == "BF16":
-        # bf16 is the top half of a float32: widening is exact.
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.float32, copy=False)

@@ -3,7 +3,8 @@
 Reading a 4 GB torch pickle and transposing every Linear weight takes far longer than memory-mapping a file that
 already holds the Paddle names and layouts. The first start converts (validating every key and shape) and writes
 `weights.safetensors` into a folder keyed by the checkpoint files' names, sizes and modification times; later
-starts memory-map it. Tensors keep their stored dtype (bf16 stays bf16), so the cache is lossless.
+starts read it tensor by tensor. For a float32 network bf16 weights are widened once, at conversion (exact), so
+later starts only copy; for a bf16/fp16 network they stay bf16. Either way the cache is lossless.
 """
 
 from __future__ import annotations
@@ -22,17 +23,37 @@ from model.checkpoint.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 Native = dict[str, tuple[np.ndarray, str]]  # paddle name -> (array in paddle layout, safetensors dtype code)
 
 
-def cache_key(directory: Path, files: list[Path]) -> str:
+class CachedWeights:
+    """The converted cache file, read lazily (one tensor at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = safetensors_io.SafetensorsFile(path)
+
+    def shapes(self) -> dict[str, list[int]]:
+        return self.file.shapes()
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, str]:
+        return self.file.read(name)
+
+
+def cache_key(directory: Path, files: list[Path], widen_bf16: bool) -> str:
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    blob = json.dumps([FORMAT_VERSION, str(directory.resolve()), stats])
+    blob = json.dumps([FORMAT_VERSION, str(directory.resolve()), stats, widen_bf16])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str]) -> Native:
+def widen_bf16(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) -> float32. bf16 is the top half of a float32, so this is exact."""
+    out = np.empty(bits.shape, np.uint32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
+
+
+def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool = False) -> Native:
     """Read every weight file, keep what the network uses, in its layout; fail on anything that does not fit."""
     native: Native = {}
     origin: dict[str, Path] = {}
@@ -52,7 +73,10 @@ def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[s
                 found = list(arr.shape[::-1]) if name in transposed else list(arr.shape)
                 want = expected[name][::-1] if name in transposed else expected[name]
                 raise CheckpointError(f"{path.name}: key {key!r} has shape {found}, expected {want}")
-            native[name] = (np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr))
+            if is_bf16 and widen:
+                native[name] = (widen_bf16(np.ascontiguousarray(arr)), "F32")
+            else:
+                native[name] = (np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr))
             origin[name] = path
     missing = sorted(set(expected) - set(native))
     if missing:
@@ -62,23 +86,24 @@ def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[s
     return native
 
 
-def load_native(directory: Path, expected: dict[str, list[int]], transposed: set[str],
-                cache_dir: Path | None) -> tuple[Native, str]:
+def load_native(directory: Path, expected: dict[str, list[int]], transposed: set[str], cache_dir: Path | None,
+                widen: bool = False) -> tuple[Native | CachedWeights, str]:
     """The network's weights from the cache when it is current, else converted (and cached when possible).
 
-    Returns the weights and how they were obtained: "cache", "converted" or "converted (not cached)".
+    `widen`: store bf16 as float32 (for a float32 network). Returns the weights (indexable by parameter name) and
+    how they were obtained: "cache", "converted" or "converted (not cached)".
     """
     files = sources.weight_files(directory)
-    target = cache_dir / cache_key(directory, files) / "weights.safetensors" if cache_dir else None
+    target = cache_dir / cache_key(directory, files, widen) / "weights.safetensors" if cache_dir else None
     if target is not None and target.exists():
         try:
-            native = safetensors_io.load(target)
-            if {n: list(a.shape) for n, (a, _) in native.items()} == expected:
-                return native, "cache"
+            cached = CachedWeights(target)
+            if cached.shapes() == expected:
+                return cached, "cache"
             log.warning("converted-weights cache %s does not match the network; converting again", target)
         except CheckpointError as err:
             log.warning("ignoring unreadable converted-weights cache: %s", err)
-    native = convert(files, expected, transposed)
+    native = convert(files, expected, transposed, widen)
     if target is None:
         return native, "converted (not cached)"
     try:
@@ -86,7 +111,7 @@ def load_native(directory: Path, expected: dict[str, list[int]], transposed: set
     except OSError as err:
         log.warning("could not cache converted weights in %s: %s", target.parent, err)
         return native, "converted (not cached)"
-    return safetensors_io.load(target), "converted"
+    return native, "converted"
 
 
 def _write_atomically(target: Path, native: Native, source: Path) -> None:

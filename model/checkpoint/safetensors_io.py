@@ -61,6 +61,34 @@ def load(path: Path) -> dict[str, tuple[np.ndarray, str]]:
     return out
 
 
+class SafetensorsFile:
+    """Reads one tensor at a time with plain file reads: no mapping stays alive, so resident memory grows only
+    by the tensor being copied into the network (memory-mapping a whole multi-GB file would count it all)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.header, self._data_start = read_header(path)
+        size = path.stat().st_size
+        for name, info in self.header.items():
+            if info.get("dtype") not in _NUMPY_OF:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+            if self._data_start + info["data_offsets"][1] > size:
+                raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file (truncated?)")
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {name: list(info["shape"]) for name, info in self.header.items()}
+
+    def read(self, name: str) -> tuple[np.ndarray, str]:
+        info = self.header[name]
+        code = info["dtype"]
+        dtype = np.dtype(_NUMPY_OF[code])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        arr = np.fromfile(self.path, dtype=dtype, count=count, offset=self._data_start + info["data_offsets"][0])
+        if arr.size != count:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is truncated")
+        return arr.reshape(info["shape"]), code
+
+
 def save(path: Path, tensors: dict[str, tuple[np.ndarray, str]], metadata: dict[str, str] | None = None) -> None:
     """Write name -> (array, dtype code); pass code "BF16" with uint16 bits for bfloat16."""
     header: dict[str, object] = {}
