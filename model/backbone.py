@@ -69,6 +69,25 @@ def _rotate_half(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
 
 
+def _attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """q [B, T, H, D], keys/values [B, K, H, D], bias [B, 1, T, K] -> [B, T, H*D]."""
+    B, T, H, D = q.shape
+    scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys.transpose([0, 2, 1, 3]), transpose_y=True)
+    probs = F.softmax((scores * (D**-0.5) + bias).astype("float32"), axis=-1).astype(values.dtype)
+    out = paddle.matmul(probs, values.transpose([0, 2, 1, 3]))  # [B, H, T, D]
+    return out.transpose([0, 2, 1, 3]).reshape([B, T, H * D])
+
+
+def _decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
+                      bias: paddle.Tensor) -> paddle.Tensor:
+    """One query per row. Written as broadcast multiply-and-sum: batched matmuls of [1, D] x [D, K] per head run
+    one tiny GEMM each on CPU and cost several times more than these two fused reductions."""
+    B, _, H, D = q.shape
+    scores = (q * keys).sum(axis=-1) * (D**-0.5) + bias.reshape([B, -1, 1])  # [B, K, H]
+    probs = F.softmax(scores.astype("float32"), axis=1).astype(values.dtype)
+    return (probs.unsqueeze(-1) * values).sum(axis=1).reshape([B, 1, H * D])
+
+
 class Backbone:
     def __init__(self, lm: LlamaForCausalLM, cfg: LanguageConfig) -> None:
         self.lm = lm
@@ -120,14 +139,12 @@ class Backbone:
             k = k * cos + _rotate_half(k) * sin
             cache.write(i, write_index, k.reshape([B * T, KVH, D]), v.reshape([B * T, KVH, D]))
             keys, values = cache.read(i, read_index)
-            keys = keys.reshape([B, key_len, KVH, D]).transpose([0, 2, 1, 3])  # [B, KVH, K, D]
-            values = values.reshape([B, key_len, KVH, D]).transpose([0, 2, 1, 3])
+            keys = keys.reshape([B, key_len, KVH, D])
+            values = values.reshape([B, key_len, KVH, D])
             if KVH != H:
-                keys = paddle.repeat_interleave(keys, H // KVH, axis=1)
-                values = paddle.repeat_interleave(values, H // KVH, axis=1)
-            scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys, transpose_y=True) * (D**-0.5) + bias
-            probs = F.softmax(scores.astype("float32"), axis=-1).astype(values.dtype)
-            out = paddle.matmul(probs, values).transpose([0, 2, 1, 3]).reshape([B, T, H * D])
+                keys = paddle.repeat_interleave(keys, H // KVH, axis=2)
+                values = paddle.repeat_interleave(values, H // KVH, axis=2)
+            out = _decode_attention(q, keys, values, bias) if T == 1 else _attention(q, keys, values, bias)
             h = h + attn.o_proj(out)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.lm.llama.norm(h)
