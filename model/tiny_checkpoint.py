@@ -27,7 +27,10 @@ DEMO_VERSION = 1
 
 def preset_config(preset: str) -> JanusConfig:
     """"tiny": the test model (16 image tokens each way). "demo": what the service serves without weights
-    (384 px in and out, 576 image tokens, like the real model, but a few MB)."""
+    (384 px in and out, 576 image tokens, like the real model, but a few MB). "bench": the demo's transformer
+    and token counts with a one-level VQ decoder (24 px images), so that, as in the real model, image decoding
+    is a negligible share of a generation. "mid": a 0.3 B-parameter backbone where arithmetic, not per-op
+    overhead, dominates a step."""
     if preset == "tiny":
         vision = VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4)
         hidden, inter, layers, heads, max_pos = 64, 128, 2, 4, 1024
@@ -38,8 +41,18 @@ def preset_config(preset: str) -> JanusConfig:
         hidden, inter, layers, heads, max_pos = 128, 256, 2, 4, 2048
         vq = VQConfig(image_token_size=1024, n_embed=8, ch=32, ch_mult=[1, 1, 2, 2, 4], z_channels=64,
                       num_res_blocks=1, image_size=384)
+    elif preset == "bench":
+        vision = VisionConfig(image_size=384, patch_size=16, width=64, layers=2, heads=4)
+        hidden, inter, layers, heads, max_pos = 128, 256, 2, 4, 2048
+        vq = VQConfig(image_token_size=1024, n_embed=8, ch=32, ch_mult=[1], z_channels=32, num_res_blocks=0,
+                      image_size=24)
+    elif preset == "mid":
+        vision = VisionConfig(image_size=384, patch_size=16, width=256, layers=4, heads=4)
+        hidden, inter, layers, heads, max_pos = 1024, 2816, 16, 16, 2048
+        vq = VQConfig(image_token_size=16384, n_embed=8, ch=32, ch_mult=[1], z_channels=32, num_res_blocks=0,
+                      image_size=24)
     else:
-        raise ValueError(f"unknown preset {preset!r}; expected 'tiny' or 'demo'")
+        raise ValueError(f"unknown preset {preset!r}; expected 'tiny', 'demo', 'bench' or 'mid'")
     return JanusConfig(
         vision=vision,
         aligner=ProjectorConfig(input_dim=vision.width, n_embed=hidden),

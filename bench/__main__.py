@@ -1,0 +1,122 @@
+"""Baseline against service, side by side in one run on the same weights.
+
+    python -m bench --quick      # tiny model, a few minutes; last line: one JSON object
+    python -m bench              # + mid-size model and the Janus-Pro-1B shape; writes bench/results/
+
+Throughputs are measured one after the other on the same machine in the same run, and reported as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import model  # noqa: F401
+from bench import baseline
+from bench.report import markdown, plot
+from bench.service_load import drive, running_server
+from bench.workload import generate_jobs, understand_jobs
+from model.runtime_env import cache_root
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _stats(latencies: list[float], wall_s: float, units: int) -> dict:
+    return {"throughput": units / wall_s, "p50_s": float(np.percentile(latencies, 50)),
+            "p95_s": float(np.percentile(latencies, 95)), "wall_s": wall_s, "requests": len(latencies)}
+
+
+def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int], base_gen: int, base_und: int,
+                       rounds: int, workloads: tuple[str, ...] = ("generate", "understand")) -> list[dict]:
+    import paddle
+
+    from model.checkpoint.loader import load_janus
+    from model.tiny_checkpoint import build_tiny_checkpoint
+    from service.processing import Preprocessor
+
+    directory = cache_root() / f"bench-checkpoint-{preset}"
+    if not (directory / "config.json").exists():
+        build_tiny_checkpoint(directory, preset=preset, seed=7)
+    paddle.set_grad_enabled(False)
+    janus, _ = load_janus(directory)
+    max_seq_len = 1024
+    prep = Preprocessor.from_dir(directory, janus.cfg, max_seq_len)
+    sections = []
+    specs = {"generate": ("/generate", "images/s", generate_jobs, baseline.run_generate, levels_gen, base_gen, 2),
+             "understand": ("/understand", "requests/s", understand_jobs, baseline.run_understand, levels_und,
+                            base_und, 1)}
+    base_results = {}
+    for name in workloads:
+        _, unit, make_jobs, run_baseline, _, count, per_request = specs[name]
+        started = time.perf_counter()
+        latencies = run_baseline(janus, prep, make_jobs(count))
+        base_results[name] = _stats(latencies, time.perf_counter() - started, count * per_request)
+        print(f"[{preset}] baseline {name}: {base_results[name]['throughput']:.3f} {unit}", file=sys.stderr)
+    del janus
+    max_rows = 2 * 2 * max(levels_gen) if "generate" in workloads else max(levels_und)
+    with running_server(directory, max(max_rows, max(levels_und)), max_seq_len,
+                        RESULTS / f"server-{preset}.log") as base_url:
+        for name in workloads:
+            route, unit, make_jobs, _, levels, _, per_request = specs[name]
+            drive(base_url, route, make_jobs(1), 1)  # warm the HTTP path
+            service = []
+            for level in levels:
+                jobs = make_jobs(level * rounds)
+                run = drive(base_url, route, jobs, level)
+                stats = _stats(run["latencies"], run["wall_s"], len(jobs) * per_request)
+                stats["concurrency"] = level
+                stats["speedup"] = stats["throughput"] / base_results[name]["throughput"]
+                model_s = np.array(run["server_model_s"])
+                stats["http_queue_overhead"] = float(np.mean((np.array(run["latencies"]) - model_s) / model_s))
+                service.append(stats)
+                print(f"[{preset}] service {name} c{level}: {stats['throughput']:.3f} {unit} "
+                      f"({stats['speedup']:.2f}x)", file=sys.stderr)
+            sections.append({"workload": name, "model": preset, "unit": unit, "baseline": base_results[name],
+                             "service": service})
+    return sections
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model only, a few minutes")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    levels = [1, 4, 8, 16]
+    started = time.perf_counter()
+    if args.quick:
+        serving = serving_comparison("bench", levels, levels, base_gen=3, base_und=6, rounds=1)
+    else:
+        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=12, rounds=2)
+        serving += serving_comparison("mid", [1, 8], [1, 16], base_gen=2, base_und=4, rounds=1)
+    results: dict = {"quick": args.quick, "serving": serving}
+    if not args.quick:
+        out = subprocess.run([sys.executable, "-m", "bench.fullsize"], check=True, capture_output=True, text=True)
+        results["fullsize"] = json.loads(out.stdout.strip().splitlines()[-1])
+    results["elapsed_s"] = time.perf_counter() - started
+
+    def speedup(workload: str, level: int) -> float:
+        section = next(s for s in serving if s["workload"] == workload and s["model"] == "bench")
+        return next(s["speedup"] for s in section["service"] if s["concurrency"] == level)
+
+    summary = {"generate_speedup_c8": round(speedup("generate", 8), 2),
+               "understand_speedup_c16": round(speedup("understand", 16), 2),
+               "http_queue_overhead_c1": round(next(s for s in serving if s["workload"] == "generate")
+                                               ["service"][0]["http_queue_overhead"], 4),
+               "elapsed_s": round(results["elapsed_s"], 1)}
+    tag = "quick" if args.quick else "full"
+    (args.out / f"{tag}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{tag}.md").write_text(markdown(results))
+    plot(results, args.out / f"{tag}.png")
+    print(markdown(results))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

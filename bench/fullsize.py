@@ -1,0 +1,111 @@
+"""The published Janus-Pro-1B architecture (random weights, float32) on this machine: load, prefill, decode steps,
+memory, and the decode step against the memory-bandwidth floor measured in the same run.
+
+    python -m bench.fullsize [--dir DIR] [--rows 1 8 32] [--context 300]
+
+A decode step reads every backbone weight once, so it cannot beat (weight bytes / memory bandwidth). The report
+gives step time / that floor: 1.0 would be perfect; large values mean per-op overhead or extra copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import model  # noqa: F401
+from bench.big_checkpoint import build
+
+
+def memory_bandwidth_gbs(size_gib: float = 1.0, repeats: int = 3) -> float:
+    """Sustained copy bandwidth in GB/s (bytes read + bytes written, per second), best of a few runs."""
+    n = int(size_gib * 2**30 / 4)
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.nbytes / best / 1e9
+
+
+def step_weight_bytes(janus) -> int:  # noqa: ANN001
+    """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner."""
+    total = 0
+    for name, param in janus.named_parameters():
+        if name.startswith(("language_model.llama.layers.", "language_model.llama.norm", "gen_head.",
+                            "gen_aligner.", "gen_embed.")):
+            total += int(np.prod(param.shape)) * 4
+    return total
+
+
+def main() -> None:
+    import paddle
+
+    from model.backbone import StepInput
+    from model.checkpoint.loader import load_janus
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "janus-1b-random")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--context", type=int, default=300, help="tokens already in each row's cache")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    paddle.set_grad_enabled(False)
+    bandwidth = memory_bandwidth_gbs()
+    directory = build(args.dir, "1B")
+    cache_dir = Path(tempfile.gettempdir()) / "janus-bench-cache"
+    load_janus(directory, cache_dir=cache_dir)  # make sure the converted cache exists: we time a later start
+    started = time.perf_counter()
+    janus, report = load_janus(directory, cache_dir=cache_dir)
+    load_s = time.perf_counter() - started
+    cfg = janus.cfg
+    max_rows = max(args.rows)
+    cache = janus.new_cache(max_rows, max(args.context + args.steps + 1, cfg.vision.num_tokens + 64))
+
+    # prefill of a one-image understanding prompt (576 image positions + ~40 text tokens)
+    ids = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
+                          np.arange(2000, 2020)]).astype(np.int64)
+    pixels = paddle.zeros([1, 3, 384, 384], "float32")
+    started = time.perf_counter()
+    features = janus.encode_images(pixels)
+    embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
+    T = len(ids)
+    hidden = janus.forward_backbone(embeds, cache, StepInput([0], [0], paddle.ones([1, T], "int64"),
+                                                             paddle.arange(T, dtype="int64")[None]))
+    janus.text_logits(hidden[:, -1]).numpy()
+    prefill_s = time.perf_counter() - started
+
+    floor_s = step_weight_bytes(janus) / (bandwidth * 1e9)
+    steps = {}
+    for rows in args.rows:
+        slots = list(range(rows))
+        token = paddle.zeros([rows], "int64")
+        timings = []
+        for step in range(args.steps + 1):
+            start_col = args.context + step
+            started = time.perf_counter()
+            embeds = janus.embed_image_tokens(token).unsqueeze(1)
+            hidden = janus.forward_backbone(embeds, cache, StepInput(
+                slots, [start_col] * rows, paddle.ones([rows, 1], "int64"),
+                paddle.full([rows, 1], start_col, "int64")))
+            janus.image_logits(hidden[:, 0]).numpy()
+            timings.append(time.perf_counter() - started)
+        step_s = float(np.median(timings[1:]))
+        steps[str(rows)] = {"step_s": step_s, "vs_floor": step_s / floor_s}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({
+        "model": "Janus-Pro-1B shape, random weights, float32", "parameters": report.parameters,
+        "load_s": load_s, "prefill_one_image_s": prefill_s, "prompt_tokens": T, "context_tokens": args.context,
+        "memory_bandwidth_gbs": bandwidth, "step_weight_gib": step_weight_bytes(janus) / 2**30,
+        "floor_step_s": floor_s, "decode": steps, "peak_rss_gib": peak}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Benchmark results -> a markdown table and a throughput-against-concurrency plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def markdown(results: dict) -> str:
+    lines = ["| workload | model | mode | concurrency | throughput | p50 latency (s) | p95 latency (s) | vs baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for section in results["serving"]:
+        unit = section["unit"]
+        base = section["baseline"]
+        lines.append(f"| {section['workload']} | {section['model']} | baseline (one request at a time) | 1 | "
+                     f"{base['throughput']:.3f} {unit} | {base['p50_s']:.2f} | {base['p95_s']:.2f} | 1.00x |")
+        for level in section["service"]:
+            lines.append(f"| {section['workload']} | {section['model']} | service | {level['concurrency']} | "
+                         f"{level['throughput']:.3f} {unit} | {level['p50_s']:.2f} | {level['p95_s']:.2f} | "
+                         f"{level['speedup']:.2f}x |")
+    full = results.get("fullsize")
+    if full:
+        lines += ["", f"Janus-Pro-1B architecture, random weights, float32 ({full['parameters'] / 1e9:.2f} B "
+                  f"parameters): load {full['load_s']:.1f} s (converted cache), one-image prefill "
+                  f"({full['prompt_tokens']} tokens) {full['prefill_one_image_s']:.2f} s, peak RSS "
+                  f"{full['peak_rss_gib']:.1f} GiB, memory bandwidth {full['memory_bandwidth_gbs']:.1f} GB/s, "
+                  f"bandwidth floor of a decode step {full['floor_step_s'] * 1000:.0f} ms "
+                  f"({full['step_weight_gib']:.2f} GiB of weights).", "",
+                  "| rows | decode step (ms) | step / floor |", "| --- | --- | --- |"]
+        for rows, step in full["decode"].items():
+            lines.append(f"| {rows} | {step['step_s'] * 1000:.0f} | {step['vs_floor']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = results["serving"]
+    fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 4), squeeze=False)
+    for ax, section in zip(axes[0], sections, strict=True):
+        levels = [s["concurrency"] for s in section["service"]]
+        ax.plot(levels, [s["throughput"] for s in section["service"]], marker="o", label="janus-serve")
+        ax.axhline(section["baseline"]["throughput"], color="grey", linestyle="--", label="baseline (sequential)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(section["unit"])
+        ax.set_title(f"{section['workload']} ({section['model']})")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

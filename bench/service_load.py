@@ -1,0 +1,81 @@
+"""The service side: a real `janus-serve` process on 127.0.0.1, driven over HTTP at a fixed concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from bench.workload import GenerateJob, UnderstandJob
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: Path):
+    port = free_port()
+    env = dict(os.environ, JANUS_MODEL_DIR=str(model_dir), JANUS_PORT=str(port), JANUS_HOST="127.0.0.1",
+               JANUS_MAX_ROWS=str(max_rows), JANUS_MAX_SEQ_LEN=str(max_seq_len), JANUS_MAX_WAITING="256",
+               JANUS_LOG_LEVEL="warning")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+                try:
+                    if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise RuntimeError(f"server not ready after 300 s; see {log_path}")
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _drive(base: str, route: str, jobs: Sequence[GenerateJob | UnderstandJob], concurrency: int) -> dict:
+    queue: asyncio.Queue = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    latencies: list[float] = []
+    server_model_s: list[float] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            job = queue.get_nowait()
+            started = time.perf_counter()
+            response = await client.post(base + route, json=job.body())
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            timings = response.json()["timings"]
+            server_model_s.append(timings["prefill_s"] + timings["decode_s"])
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=3600) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return {"wall_s": time.perf_counter() - started, "latencies": latencies, "server_model_s": server_model_s}
+
+
+def drive(base: str, route: str, jobs: Sequence[GenerateJob | UnderstandJob], concurrency: int) -> dict:
+    return asyncio.run(_drive(base, route, jobs, concurrency))
