@@ -28,6 +28,8 @@ from model.special_tokens import IMAGE_TOKEN
 from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
 from service.engine.types import GenerateParams, UnderstandParams
 
+DEFAULT_MAX_NEW_TOKENS = 256
+
 
 class InputError(ValueError):
     """The request's content cannot be turned into a model input (the client's mistake)."""
@@ -51,15 +53,17 @@ class Preprocessor:
     template: ChatTemplate
     vision_tokens: int  # placeholder positions per input image
     gen_tokens: int  # image tokens per generated image
+    max_seq_len: int  # the engine's per-row context
 
     @classmethod
-    def from_dir(cls, directory: str | Path, cfg: JanusConfig, template: str | None = None) -> Preprocessor:
+    def from_dir(cls, directory: str | Path, cfg: JanusConfig, max_seq_len: int,
+                 template: str | None = None) -> Preprocessor:
         chat = get_template(template) if template else template_for_checkpoint(directory)
         return cls(JanusTokenizer.from_dir(directory), ImageProcessor.from_dir(directory), chat,
-                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens)
+                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens, max_seq_len)
 
     def understand(self, question: str, images: Sequence[Image.Image], *, system_prompt: str | None,
-                   max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                   max_new_tokens: int | None, temperature: float, top_p: float, seed: int,
                    timeout_s: float | None) -> UnderstandParams:
         check_image_tags(question, len(images))
         text = understanding_prompt(question, self.template,
@@ -67,6 +71,13 @@ class Preprocessor:
                                     num_images=len(images))
         tok = self.tokenizer
         ids = expand_image_ids(tok.encode(text), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
+        if max_new_tokens is None:
+            # Unasked, answer as long as the context allows (up to the default); an explicit value that does not
+            # fit is the engine's to refuse.
+            max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, self.max_seq_len - len(ids))
+            if max_new_tokens < 1:
+                raise InputError(f"the prompt is {len(ids)} tokens (images included); the context is "
+                                 f"{self.max_seq_len}: shorten the question or send fewer images")
         try:
             pixels = self.images(images)
         except ValueError as err:  # an image PIL decoded but that cannot become RGB pixels

@@ -72,7 +72,7 @@ class Runtime:
                               progress_every=settings.progress_every)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
-        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.chat_template)
+        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template)
         info = ModelInfo.describe(model.cfg, dtype, settings.device, random_weights)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
         log.info("model %s ready to start (%s, %s, %.1f s, %s; chat template %s)", info.name, dtype,

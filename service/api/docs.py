@@ -53,9 +53,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 INFERENCE_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503, 504)
 
 
-def stream_response(description: str, example: str) -> dict[str, Any]:
+def ok_response(description: str, example: dict[str, Any], stream_example: str) -> dict[str, Any]:
+    """200 as JSON (the schema comes from the route's response model) or as an event stream."""
     return {"description": description,
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": example}}}
+            "content": {"application/json": {"example": example},
+                        "text/event-stream": {"schema": {"type": "string"}, "example": stream_example}}}
+
+
+TIMINGS_EXAMPLE = {"queued_s": 0.002, "prefill_s": 0.081, "decode_s": 1.93, "total_s": 2.013}
+UNDERSTAND_EXAMPLE = {
+    "id": "req-7", "model": "Janus-Pro-1B", "text": "A red fox is sitting in the snow.", "finish_reason": "stop",
+    "usage": {"prompt_tokens": 640, "completion_tokens": 10}, "seed": 2718281828, "timings": TIMINGS_EXAMPLE,
+    "random_weights": False,
+}
+GENERATE_EXAMPLE = {
+    "id": "req-9", "model": "Janus-Pro-1B", "images": [{"index": 0, "data": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}],
+    "format": "jpeg", "media_type": "image/jpeg", "width": 384, "height": 384, "seed": 42,
+    "timings": TIMINGS_EXAMPLE, "random_weights": False,
+}
 
 
 def json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:

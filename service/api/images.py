@@ -21,7 +21,8 @@ from service.api.errors import BadInput, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+# Multi-picture JPEGs (MPO, from phones) open through the JPEG plugin.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 

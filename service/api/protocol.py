@@ -35,7 +35,9 @@ class UnderstandOptions(_Request):
                                       "`<image_placeholder>` tag; one image may go without (it comes first).")
     system_prompt: str | None = Field(None, max_length=16_000,
                                       description="Replaces the default system prompt; an empty string means none.")
-    max_new_tokens: int = Field(256, ge=1, le=4096, description="Most tokens to generate.")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096,
+                                       description="Most tokens to generate; default: 256 or what still fits the "
+                                                   "server's context after the prompt, whichever is less.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
@@ -93,14 +95,14 @@ class GenerateRequest(_Request):
 # responses
 
 
-class TimingsOut(BaseModel):
+class RequestTimings(BaseModel):
     queued_s: float = Field(description="Submission to start of processing.")
     prefill_s: float = Field(description="Prompt (and image) processing.")
     decode_s: float = Field(description="First to last new token.")
     total_s: float = Field(description="Submission to result.")
 
     @classmethod
-    def of(cls, timings: Timings) -> TimingsOut:
+    def of(cls, timings: Timings) -> RequestTimings:
         return cls(queued_s=round(timings.queued_s, 6), prefill_s=round(timings.prefill_s, 6),
                    decode_s=round(timings.decode_s, 6), total_s=round(timings.total_s, 6))
 
@@ -118,7 +120,7 @@ class UnderstandResponse(BaseModel):
                                                                  "length: max_new_tokens was reached.")
     usage: Usage
     seed: int
-    timings: TimingsOut
+    timings: RequestTimings
     random_weights: bool = Field(description="True when the server runs a model with random weights (a demo).")
 
 
@@ -143,7 +145,7 @@ class GenerateResponse(BaseModel):
     width: int
     height: int
     seed: int
-    timings: TimingsOut
+    timings: RequestTimings
     random_weights: bool = Field(description="True when the server runs a model with random weights (a demo).")
 
 

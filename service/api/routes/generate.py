@@ -15,7 +15,7 @@ from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
 from service.api.images import MEDIA_TYPES, encode_images
-from service.api.protocol import MAX_SEED, GeneratedImage, GenerateRequest, GenerateResponse, Progress, TimingsOut
+from service.api.protocol import MAX_SEED, GeneratedImage, GenerateRequest, GenerateResponse, Progress, RequestTimings
 from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
 from service.engine.request import RequestHandle
 from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, ProgressEvent
@@ -50,8 +50,8 @@ STREAM_EXAMPLE = (
     summary="Generate images from a prompt",
     description=DESCRIPTION,
     response_model=GenerateResponse,
-    responses={200: docs.stream_response("The images (JSON), or with `stream: true` an event stream.",
-                                         STREAM_EXAMPLE),
+    responses={200: docs.ok_response("The images (JSON), or with `stream: true` an event stream.",
+                                     docs.GENERATE_EXAMPLE, STREAM_EXAMPLE),
                **docs.error_responses(*docs.INFERENCE_ERRORS)},
     openapi_extra=docs.generate_body(),
 )
@@ -78,7 +78,7 @@ async def _response(runtime: Runtime, request_id: str, result: GenerateResult,
         id=request_id, model=runtime.info.name,
         images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)],
         format=body.format, media_type=MEDIA_TYPES[body.format], width=width, height=height, seed=result.seed,
-        timings=TimingsOut.of(result.timings), random_weights=runtime.info.random_weights)
+        timings=RequestTimings.of(result.timings), random_weights=runtime.info.random_weights)
 
 
 async def _stream(runtime: Runtime, handle: RequestHandle, body: GenerateRequest) -> AsyncIterator[bytes]:

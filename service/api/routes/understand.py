@@ -15,7 +15,7 @@ from service.api.bodies import UnderstandInput, read_understand
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
 from service.api.images import ImageLimits, decode_base64, decode_image
-from service.api.protocol import MAX_SEED, TextDelta, TimingsOut, UnderstandResponse, Usage
+from service.api.protocol import MAX_SEED, RequestTimings, TextDelta, UnderstandResponse, Usage
 from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
 from service.engine.request import RequestHandle
 from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, UnderstandParams, UnderstandResult
@@ -51,8 +51,8 @@ STREAM_EXAMPLE = (
     summary="Answer a question about images",
     description=DESCRIPTION,
     response_model=UnderstandResponse,
-    responses={200: docs.stream_response("The answer (JSON), or with `stream: true` an event stream.",
-                                         STREAM_EXAMPLE),
+    responses={200: docs.ok_response("The answer (JSON), or with `stream: true` an event stream.",
+                                     docs.UNDERSTAND_EXAMPLE, STREAM_EXAMPLE),
                **docs.error_responses(*docs.INFERENCE_ERRORS)},
     openapi_extra=docs.understand_body(),
 )
@@ -88,7 +88,7 @@ def _response(runtime: Runtime, request_id: str, result: UnderstandResult, seed:
         id=request_id, model=runtime.info.name, text=runtime.preprocessor.decode(result.token_ids),
         finish_reason=result.finish_reason,  # type: ignore[arg-type]
         usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
-        seed=seed, timings=TimingsOut.of(result.timings), random_weights=runtime.info.random_weights)
+        seed=seed, timings=RequestTimings.of(result.timings), random_weights=runtime.info.random_weights)
 
 
 async def _stream(runtime: Runtime, handle: RequestHandle, seed: int) -> AsyncIterator[bytes]:

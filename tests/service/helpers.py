@@ -1,0 +1,163 @@
+"""Test helpers: a real uvicorn server on 127.0.0.1 in a background thread, SSE parsing, test images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+
+from service.api.app import build_app
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def test_settings(model_dir: Path, **overrides: Any) -> Settings:
+    """Explicit values for everything a developer's environment might set differently."""
+    values: dict[str, Any] = {
+        "model_dir": model_dir, "device": "cpu", "dtype": "float32", "api_key": None, "chat_template": None,
+        "max_rows": 16, "max_seq_len": 512, "max_waiting": 16, "progress_every": 4, "request_timeout_s": 120.0,
+        "drain_timeout_s": 5.0, "max_body_bytes": 4 * 1024 * 1024, "max_image_bytes": 1024 * 1024,
+        "max_image_pixels": 4_000_000, "log_level": "info",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Poll until `condition()` holds; the bound only keeps a broken server from hanging the suite."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for: {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    runtime: Runtime
+    server: uvicorn.Server
+    thread: threading.Thread
+    gates: list[EngineGate] = field(default_factory=list)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def gate(self) -> EngineGate:
+        """Hold the engine inside its next step (released on stop at the latest)."""
+        gate = EngineGate(self.runtime)
+        self.gates.append(gate)
+        return gate
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.runtime.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def stop(self) -> None:
+        for gate in self.gates:
+            gate.release()
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def start_server(settings: Settings) -> LiveServer:
+    runtime = Runtime.load(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(build_app(runtime), log_config=None, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
+    thread.start()
+    live = LiveServer(url, runtime, server, thread)
+    wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+    assert thread.is_alive(), "uvicorn exited during start-up"
+    wait_until(lambda: _ready(url), "/ready to answer 200")
+    return live
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+class EngineGate:
+    """Holds the engine thread inside its next step until released: makes "a request is running" a fact, not a race.
+
+    Uses the engine's fault hook, which runs in the engine thread once per running request per step. After the
+    release it keeps recording what was running at each call.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.engine = runtime.engine
+        self._open = threading.Event()
+        self.seen: list[Any] = []  # engine-side request states that reached the gate
+        self.running: list[dict[str, int]] = []  # engine stats at each call after the release
+        self.engine.fault_hook = self._hook
+
+    def _hook(self, request: Any) -> None:
+        if not self._open.is_set():
+            self.seen.append(request)
+            self._open.wait()
+        else:
+            self.running.append(self.engine.stats())
+
+    def release(self) -> None:
+        self._open.set()
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: dict[str, Any]
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[SSEEvent]:
+    event, data = "message", []
+    for line in lines:
+        if line == "":
+            if data:
+                yield SSEEvent(event, json.loads("\n".join(data)))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[len("event:"):].strip()
+        elif line.startswith("data:"):
+            data.append(line[len("data:"):].strip())
+
+
+def image_bytes(size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "PNG", seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    image = rgb if mode == "RGB" else rgb.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_b64_image(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image

@@ -1,0 +1,74 @@
+"""openapi.yaml is generated from the app, committed, and complete enough to generate a client from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.api.export_openapi import DEFAULT_PATH, render
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = yaml.safe_load(render())
+OPERATIONS = {(path, method): op for path, item in SPEC["paths"].items() for method, op in item.items()}
+INFERENCE = [("/understand", "post"), ("/generate", "post")]
+
+
+def test_the_committed_openapi_yaml_matches_the_app():
+    assert DEFAULT_PATH == ROOT / "openapi.yaml"
+    committed = DEFAULT_PATH.read_text(encoding="utf-8") if DEFAULT_PATH.is_file() else ""
+    assert committed == render(), "openapi.yaml is out of date: run python -m service.api.export_openapi"
+
+
+def test_operation_ids_read_well_in_generated_clients():
+    assert {op["operationId"] for op in OPERATIONS.values()} == {
+        "understand_image", "generate_images", "get_health", "get_readiness", "get_metrics", "get_model_info"}
+
+
+@pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))
+def test_every_route_has_a_summary_a_description_and_examples(key):
+    method, path = key.split(" ")
+    op = OPERATIONS[(path, method.lower())]
+    assert op["summary"] and len(op["description"]) > 40
+    for media in op["responses"]["200"]["content"].values():
+        assert media.get("example"), f"{key}: a 200 response without an example"
+
+
+@pytest.mark.parametrize(("path", "method"), INFERENCE)
+def test_inference_routes_document_their_errors_bodies_and_streams(path, method):
+    op = OPERATIONS[(path, method)]
+    assert {"400", "401", "413", "415", "422", "429", "503", "504"} <= set(op["responses"])
+    for status in ("429", "503"):
+        assert "Retry-After" in op["responses"][status]["headers"]
+    for status, response in op["responses"].items():
+        if status != "200":
+            assert response["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+            assert response["content"]["application/json"]["example"]["error"]["status"] == int(status)
+    assert "text/event-stream" in op["responses"]["200"]["content"]
+    body = op["requestBody"]["content"]
+    assert body["application/json"]["examples"]
+    assert body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1] in SPEC["components"]["schemas"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= SPEC["components"]["securitySchemes"]["HTTPBearer"].items()
+    assert op["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+
+
+def test_the_multipart_form_and_json_body_are_both_documented_for_understand():
+    body = OPERATIONS[("/understand", "post")]["requestBody"]["content"]
+    form = SPEC["components"]["schemas"]["UnderstandForm"]
+    assert "multipart/form-data" in body and form["properties"]["image"]["items"]["format"] == "binary"
+    assert set(SPEC["components"]["schemas"]["UnderstandRequest"]["properties"]) - {"images"} \
+        == set(form["properties"]) - {"image"}
+
+
+def test_field_limits_appear_in_the_schema():
+    generate = SPEC["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert (generate["parallel_size"]["minimum"], generate["parallel_size"]["maximum"]) == (1, 16)
+    understand = SPEC["components"]["schemas"]["UnderstandRequest"]
+    assert understand["properties"]["images"]["maxItems"] == 8 and understand["additionalProperties"] is False
+
+
+def test_probes_document_503_and_need_no_key():
+    for path in ("/health", "/ready"):
+        op = OPERATIONS[(path, "get")]
+        assert "503" in op["responses"] and "security" not in op

@@ -1,0 +1,56 @@
+"""GET /health, /ready, /info and /metrics on a running server."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.helpers import b64, image_bytes
+
+
+def test_health_and_ready_answer_200_on_a_warm_server(client):
+    for path in ("/health", "/ready"):
+        reply = client.get(path)
+        assert reply.status_code == 200
+        assert reply.json()["random_weights"] is True and reply.headers["x-random-weights"] == "true"
+
+
+def test_info_names_the_model_and_its_limits(client, server, tiny_model):
+    info = client.get("/info").json()
+    cfg = tiny_model.cfg
+    assert info["model"] == cfg.name and info["random_weights"] is True
+    assert (info["dtype"], info["device"]) == ("float32", "cpu")
+    assert info["understanding"] == {"image_size": cfg.vision.image_size, "image_tokens": cfg.vision.num_tokens}
+    assert info["generation"] == {"image_size": cfg.gen_vision.image_size, "image_tokens": cfg.gen_vision.num_tokens}
+    assert info["limits"]["max_rows"] == server.runtime.settings.max_rows
+    assert info["limits"]["max_parallel_size"] == 16
+
+
+def test_metrics_cover_queue_rows_steps_tokens_latency_and_errors(client):
+    client.post("/understand", json={"question": "What?", "images": [b64(image_bytes())], "max_new_tokens": 3,
+                                     "temperature": 1, "seed": 2})
+    client.post("/generate", json={"prompt": "a fox", "seed": 1})
+    client.post("/generate", json={"prompt": ""})
+    reply = client.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    value = _reader(reply.text)
+    assert value("janus_model_info", model="janus-tiny-random", dtype="float32", device="cpu",
+                 random_weights="true") == 1
+    assert value("janus_queue_waiting_requests") == 0
+    assert value("janus_running_rows", kind="generate") == 0 and value("janus_free_rows") > 0
+    assert value("janus_batch_rows_count") > 0 and value("janus_step_seconds_count") > 0
+    assert value("janus_generated_tokens_total", kind="image") >= 1
+    assert value("janus_generated_tokens_total", kind="text") >= 1
+    assert value("janus_request_duration_seconds_count", route="/generate", status="200") >= 1
+    assert value("janus_request_duration_seconds_count", route="/generate", status="422") >= 1
+    assert value("janus_error_responses_total", type="validation_error") >= 1
+    assert value("janus_ready") == 1
+
+
+def _reader(text: str):
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    return value
