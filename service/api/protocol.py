@@ -14,6 +14,7 @@ from service.processing import Preprocessor, check_image_tags
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
 MAX_PARALLEL_SIZE = 16
+DEFAULT_JPEG_QUALITY = 90
 
 
 class _Request(BaseModel):
@@ -76,14 +77,17 @@ class GenerateRequest(_Request):
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="Sampling seed; the server picks one (and returns it) when absent.")
     format: Literal["jpeg", "png"] = Field("jpeg", description="Encoding of the returned images.")
-    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality (format jpeg only).")
+    # None rather than 90 as the default: generated clients send documented defaults, and 90 would then clash
+    # with format png.
+    jpeg_quality: int | None = Field(None, ge=1, le=100,
+                                     description=f"JPEG quality (format jpeg only); default {DEFAULT_JPEG_QUALITY}.")
     stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images.")
 
     prompt_not_blank = field_validator("prompt")(_not_blank)
 
     @model_validator(mode="after")
     def _quality_needs_jpeg(self) -> GenerateRequest:
-        if self.format != "jpeg" and "jpeg_quality" in self.model_fields_set:
+        if self.format != "jpeg" and self.jpeg_quality is not None:
             raise ValueError("jpeg_quality applies only to format jpeg")
         return self
 

@@ -35,6 +35,9 @@ def test_settings(model_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+test_settings.__test__ = False  # a helper, not a test, wherever it is imported
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
     """Poll until `condition()` holds; the bound only keeps a broken server from hanging the suite."""
     deadline = time.monotonic() + timeout_s

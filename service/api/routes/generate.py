@@ -15,7 +15,15 @@ from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
 from service.api.images import MEDIA_TYPES, encode_images
-from service.api.protocol import MAX_SEED, GeneratedImage, GenerateRequest, GenerateResponse, Progress, RequestTimings
+from service.api.protocol import (
+    DEFAULT_JPEG_QUALITY,
+    MAX_SEED,
+    GeneratedImage,
+    GenerateRequest,
+    GenerateResponse,
+    Progress,
+    RequestTimings,
+)
 from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
 from service.engine.request import RequestHandle
 from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, ProgressEvent
@@ -72,7 +80,8 @@ async def generate_images(request: Request, response: Response,
 
 async def _response(runtime: Runtime, request_id: str, result: GenerateResult,
                     body: GenerateRequest) -> GenerateResponse:
-    encoded = await asyncio.to_thread(encode_images, result.images, body.format, body.jpeg_quality)
+    quality = DEFAULT_JPEG_QUALITY if body.jpeg_quality is None else body.jpeg_quality
+    encoded = await asyncio.to_thread(encode_images, result.images, body.format, quality)
     _, height, width, _ = result.images.shape
     return GenerateResponse(
         id=request_id, model=runtime.info.name,
