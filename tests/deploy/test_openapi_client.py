@@ -177,11 +177,7 @@ def test_generated_client_understands_an_image_sent_as_a_multipart_form(client):
     assert answer.seed == 5 and 1 <= answer.usage.completion_tokens <= 4
 
 
-@pytest.mark.parametrize("fmt", [
-    pytest.param("PNG", marks=pytest.mark.xfail(
-        strict=True, reason="the generated GenerateRequest always sends jpeg_quality (its documented default, 90), "
-                            "which the server refuses with format png")),
-    "JPEG"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_generated_client_generates_images_that_decode(client, fmt: str):
     models = module("models")
     body = models.GenerateRequest(prompt="a red fox in the snow", parallel_size=2, seed=11,
