@@ -48,7 +48,6 @@ def step_weight_bytes(janus) -> int:  # noqa: ANN001
 def main() -> None:
     import paddle
 
-    from model.backbone import StepInput
     from model.checkpoint.loader import load_janus
 
     parser = argparse.ArgumentParser()
@@ -77,24 +76,20 @@ def main() -> None:
     features = janus.encode_images(pixels)
     embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
     T = len(ids)
-    hidden = janus.forward_backbone(embeds, cache, StepInput([0], [0], paddle.ones([1, T], "int64"),
-                                                             paddle.arange(T, dtype="int64")[None]))
+    hidden = janus.prefill(embeds, cache, [0])
     janus.text_logits(hidden[:, -1]).numpy()
     prefill_s = time.perf_counter() - started
 
     floor_s = step_weight_bytes(janus) / (bandwidth * 1e9)
     steps = {}
     for rows in args.rows:
-        slots = list(range(rows))
         token = paddle.zeros([rows], "int64")
         timings = []
         for step in range(args.steps + 1):
             start_col = args.context + step
             started = time.perf_counter()
             embeds = janus.embed_image_tokens(token).unsqueeze(1)
-            hidden = janus.forward_backbone(embeds, cache, StepInput(
-                slots, [start_col] * rows, paddle.ones([rows, 1], "int64"),
-                paddle.full([rows, 1], start_col, "int64")))
+            hidden = janus.decode_step(embeds, cache, [start_col] * rows)
             janus.image_logits(hidden[:, 0]).numpy()
             timings.append(time.perf_counter() - started)
         step_s = float(np.median(timings[1:]))

@@ -2,13 +2,11 @@
 
 PaddleNLP's own attention grows its cache by concatenation and cannot address slots, so the forward pass here uses
 the Llama's weights, norms and MLPs as they are and does the attention itself: rotary embedding, a write of the
-new keys/values into their slots, and attention over each row's valid history. One call handles prefill
-(many new tokens per row) and decode (one per row) alike.
+new keys/values into their slots, and attention over each row's valid history. `prefill` runs prompts into fresh
+slots; `decode` advances the rows in slots 0..B-1 by one token each, attending through zero-copy views.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import paddle
 import paddle.nn.functional as F
@@ -37,16 +35,6 @@ def llama_config(cfg: LanguageConfig) -> LlamaConfig:
     )
 
 
-@dataclass(slots=True)
-class StepInput:
-    """Where a chunk of new tokens goes: one row per sequence, T new tokens each (left-padded when ragged)."""
-
-    slots: list[int]  # cache slot of each row
-    starts: list[int]  # cache column of each row's first new token
-    token_mask: paddle.Tensor  # [B, T] 1 for real tokens, 0 for left padding
-    positions: paddle.Tensor  # [B, T] int64 rotary positions
-
-
 class RotaryTable:
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         inv_freq = 1.0 / (theta ** (paddle.arange(0, head_dim, 2, dtype="int64").astype("float32") / head_dim))
@@ -69,23 +57,17 @@ def _rotate_half(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def _attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
-    """q [B, T, H, D], keys/values [B, K, H, D], bias [B, 1, T, K] -> [B, T, H*D]."""
+def _prompt_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
+                      bias: paddle.Tensor) -> paddle.Tensor:
+    """q [B, T, H, D], keys/values [B, T, KVH, D], bias [B, 1, T, T] -> [B, T, H*D]."""
     B, T, H, D = q.shape
+    if keys.shape[2] != H:
+        keys = paddle.repeat_interleave(keys, H // keys.shape[2], axis=2)
+        values = paddle.repeat_interleave(values, H // values.shape[2], axis=2)
     scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys.transpose([0, 2, 1, 3]), transpose_y=True)
     probs = F.softmax((scores * (D**-0.5) + bias).astype("float32"), axis=-1).astype(values.dtype)
     out = paddle.matmul(probs, values.transpose([0, 2, 1, 3]))  # [B, H, T, D]
     return out.transpose([0, 2, 1, 3]).reshape([B, T, H * D])
-
-
-def _decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
-                      bias: paddle.Tensor) -> paddle.Tensor:
-    """One query per row. Written as broadcast multiply-and-sum: batched matmuls of [1, D] x [D, K] per head run
-    one tiny GEMM each on CPU and cost several times more than these two fused reductions."""
-    B, _, H, D = q.shape
-    scores = (q * keys).sum(axis=-1) * (D**-0.5) + bias.reshape([B, -1, 1])  # [B, K, H]
-    probs = F.softmax(scores.astype("float32"), axis=1).astype(values.dtype)
-    return (probs.unsqueeze(-1) * values).sum(axis=1).reshape([B, 1, H * D])
 
 
 class Backbone:
@@ -105,46 +87,82 @@ class Backbone:
     def text_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         return paddle.matmul(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
 
-    def forward(self, embeds: paddle.Tensor, cache: KVCache, step: StepInput) -> paddle.Tensor:
-        """embeds [B, T, hidden] -> final-normed hidden states [B, T, hidden]; writes the chunk's keys/values."""
-        B, T, _ = embeds.shape
+    def _qkv(self, layer: paddle.nn.Layer, h: paddle.Tensor, cos: paddle.Tensor,
+             sin: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        B, T, _ = h.shape
         H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
-        key_len = max(step.starts) + T
-        if key_len > cache.max_len:
-            raise ValueError(f"sequence of {key_len} tokens exceeds the KV cache length {cache.max_len}")
-        slots = paddle.to_tensor(step.slots, dtype="int64")
-        columns = paddle.to_tensor(step.starts, dtype="int64").unsqueeze(1) + paddle.arange(T, dtype="int64")
-        write_index = cache.flat_index(slots, columns).flatten()  # [B*T]
-        key_columns = paddle.arange(key_len, dtype="int64")
-        read_index = cache.flat_index(slots, paddle.expand(key_columns, [B, key_len])).flatten()  # [B*K]
-        cache.mark_valid(write_index, step.token_mask.flatten())
-        key_valid = paddle.index_select(cache.valid, read_index).reshape([B, 1, key_len]) > 0
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).reshape([B, T, H, D])
+        k = attn.k_proj(x).reshape([B, T, KVH, D])
+        v = attn.v_proj(x).reshape([B, T, KVH, D])
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
-        # A query sees earlier valid columns of its own row, and always itself (keeps padding rows finite).
-        causal = key_columns.reshape([1, 1, key_len]) <= columns.unsqueeze(2)  # [B, T, K]
-        itself = key_columns.reshape([1, 1, key_len]) == columns.unsqueeze(2)
-        allowed = paddle.logical_and(causal, paddle.logical_or(key_valid, itself))
-        bias = paddle.where(allowed, paddle.zeros([1], embeds.dtype),
-                            paddle.full([1], paddle.finfo(embeds.dtype).min, embeds.dtype)).unsqueeze(1)
+    def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
+                positions: paddle.Tensor) -> paddle.Tensor:
+        """Run prompts (left-padded when ragged) into fresh slots.
 
-        cos, sin = self.rotary.lookup(step.positions, embeds.dtype)
+        embeds [B, T, hidden]; token_mask [B, T] 1 for real tokens; positions [B, T] rotary positions.
+        Returns final-normed hidden states [B, T, hidden]; the slots' caches hold columns 0..T-1 afterwards.
+        """
+        B, T, _ = embeds.shape
+        if cache.max_len < T:
+            raise ValueError(f"sequence of {T} tokens exceeds the KV cache length {cache.max_len}")
+        D = self.cfg.head_dim
+        slot_ids = paddle.to_tensor(slots, dtype="int64")
+        columns = paddle.expand(paddle.arange(T, dtype="int64").unsqueeze(0), [B, T])
+        cache.clear(slots)
+        cache.mark_valid(slot_ids, columns, token_mask)
+        write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH*T]
+
+        # causal, never a padding key; a query always sees itself (keeps padding rows finite)
+        causal = paddle.tril(paddle.ones([T, T], "bool"))
+        key_real = token_mask.astype("bool").unsqueeze(1)  # [B, 1, T]
+        allowed = paddle.logical_and(causal, paddle.logical_or(key_real, paddle.eye(T, dtype="int32").astype("bool")))
+        bias = _additive(allowed, embeds.dtype).unsqueeze(1)  # [B, 1, T, T]
+
+        cos, sin = self.rotary.lookup(positions, embeds.dtype)
         h = embeds
         for i, layer in enumerate(self.lm.llama.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).reshape([B, T, H, D])
-            k = attn.k_proj(x).reshape([B, T, KVH, D])
-            v = attn.v_proj(x).reshape([B, T, KVH, D])
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            cache.write(i, write_index, k.reshape([B * T, KVH, D]), v.reshape([B * T, KVH, D]))
-            keys, values = cache.read(i, read_index)
-            keys = keys.reshape([B, key_len, KVH, D])
-            values = values.reshape([B, key_len, KVH, D])
-            if KVH != H:
-                keys = paddle.repeat_interleave(keys, H // KVH, axis=2)
-                values = paddle.repeat_interleave(values, H // KVH, axis=2)
-            out = _decode_attention(q, keys, values, bias) if T == 1 else _attention(q, keys, values, bias)
-            h = h + attn.o_proj(out)
+            q, k, v = self._qkv(layer, h, cos, sin)
+            cache.write(i, write_index, k.transpose([0, 2, 1, 3]).reshape([-1, D]),
+                        v.transpose([0, 2, 1, 3]).reshape([-1, D]))
+            h = h + layer.self_attn.o_proj(_prompt_attention(q, k, v, bias))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.lm.llama.norm(h)
+
+    def decode(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
+               positions: paddle.Tensor) -> paddle.Tensor:
+        """One new token for each of the rows in slots 0..B-1 (row i is slot i).
+
+        embeds [B, 1, hidden]; lengths[i] = the cache column row i's token goes to; positions [B, 1].
+        Returns final-normed hidden states [B, 1, hidden].
+        """
+        B = embeds.shape[0]
+        if max(lengths) >= cache.max_len:
+            raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the KV cache length {cache.max_len}")
+        H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        slot_ids = paddle.arange(B, dtype="int64")
+        columns = paddle.to_tensor(lengths, dtype="int64").unsqueeze(1)
+        cache.mark_valid(slot_ids, columns, paddle.ones([B, 1], "float32"))
+        write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH]
+        bias = _additive(cache.valid[:B] > 0, embeds.dtype).reshape([B, 1, 1, cache.max_len])
+
+        cos, sin = self.rotary.lookup(positions, embeds.dtype)
+        h = embeds
+        for i, layer in enumerate(self.lm.llama.layers):
+            q, k, v = self._qkv(layer, h, cos, sin)
+            cache.write(i, write_index, k.reshape([-1, D]), v.reshape([-1, D]))
+            keys, values = cache.view(i, B)  # [B, KVH, max_len, D], no copy
+            grouped = q.reshape([B, KVH, H // KVH, D])  # query heads that share a key/value head
+            scores = paddle.matmul(grouped, keys, transpose_y=True) * (D**-0.5) + bias  # [B, KVH, G, max_len]
+            probs = F.softmax(scores.astype("float32"), axis=-1).astype(values.dtype)
+            out = paddle.matmul(probs, values).reshape([B, 1, H * D])
+            h = h + layer.self_attn.o_proj(out)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.lm.llama.norm(h)
+
+
+def _additive(allowed: paddle.Tensor, dtype: paddle.dtype) -> paddle.Tensor:
+    """Boolean mask -> 0 where allowed, the dtype's most negative value elsewhere."""
+    return paddle.where(allowed, paddle.zeros([1], dtype), paddle.full([1], paddle.finfo(dtype).min, dtype))

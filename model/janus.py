@@ -11,7 +11,7 @@ import paddle
 from paddle import nn
 from paddlenlp.transformers import LlamaForCausalLM
 
-from model.backbone import Backbone, StepInput, llama_config
+from model.backbone import Backbone, llama_config
 from model.config import JanusConfig
 from model.kv_cache import KVCache
 from model.projector import GenHead, MlpProjector
@@ -82,8 +82,24 @@ class JanusModel(nn.Layer):
     def new_cache(self, slots: int, max_len: int) -> KVCache:
         return self.backbone.new_cache(slots, max_len, str(self.dtype).replace("paddle.", ""))
 
-    def forward_backbone(self, embeds: paddle.Tensor, cache: KVCache, step: StepInput) -> paddle.Tensor:
-        return self.backbone.forward(embeds, cache, step)
+    def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int],
+                token_mask: paddle.Tensor | None = None, positions: paddle.Tensor | None = None) -> paddle.Tensor:
+        """Prompts [B, T, hidden] into fresh cache slots -> hidden [B, T, hidden]. Without a mask: no padding."""
+        B, T, _ = embeds.shape
+        if token_mask is None:
+            token_mask = paddle.ones([B, T], "int64")
+        if positions is None:
+            positions = paddle.clip(paddle.cumsum(token_mask, axis=1) - 1, min=0)
+        return self.backbone.prefill(embeds, cache, slots, token_mask, positions)
+
+    def decode_step(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
+                    positions: list[int] | None = None) -> paddle.Tensor:
+        """One token for each row in slots 0..B-1: embeds [B, 1, hidden] -> hidden [B, 1, hidden].
+
+        lengths[i]: cache columns row i already uses (its token is written there); positions default to lengths
+        (rows without left padding)."""
+        rope = paddle.to_tensor(positions if positions is not None else lengths, dtype="int64").unsqueeze(1)
+        return self.backbone.decode(embeds, cache, lengths, rope)
 
     # image decoding
 

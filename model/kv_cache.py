@@ -1,9 +1,9 @@
-"""Preallocated key/value storage for the Llama backbone, addressed by (slot, column).
+"""Preallocated key/value storage for the Llama backbone: per layer `[slots, kv_heads, max_len, head_dim]`.
 
-Each layer owns one key and one value buffer of `slots * max_len` entries, flattened so that writing a step's keys
-for every row is a single `scatter_` and reading a row's history a single `index_select`, with no per-step
-concatenation. A slot holds one row (one sequence); `valid` marks the columns that hold real tokens, so left padding
-written by a batched prefill is never attended to.
+Head-major, so the keys of the rows in slots `0..B-1` are the zero-copy view `keys[:B]`, already in the
+`[B, heads, len, dim]` layout a batched matmul wants: decoding gathers nothing. That requires the running rows to
+occupy the lowest slots (the engine keeps them compact with `move`). Writes go through flat views with one
+`scatter_`. `valid` marks the columns that hold real tokens, so left padding and stale columns are never attended.
 """
 
 from __future__ import annotations
@@ -16,58 +16,51 @@ class KVCache:
                  dtype: str = "float32") -> None:
         self.slots = slots
         self.max_len = max_len
-        shape = [slots * max_len, kv_heads, head_dim]
+        self.kv_heads = kv_heads
+        shape = [slots, kv_heads, max_len, head_dim]
         self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.valid = paddle.zeros([slots * max_len], dtype="float32")  # 1.0 where a column holds a real token
+        # reshape shares storage: scatter_ into these lands in the 4-D buffers
+        self._flat_keys = [k.reshape([-1, head_dim]) for k in self.keys]
+        self._flat_values = [v.reshape([-1, head_dim]) for v in self.values]
+        self.valid = paddle.zeros([slots, max_len], dtype="float32")  # 1.0 where a column holds a real token
+        self._flat_valid = self.valid.reshape([-1])
 
     @property
     def nbytes(self) -> int:
-        per_buffer = self.keys[0].numel().item() * self.keys[0].element_size()
-        return 2 * len(self.keys) * per_buffer
+        k = self.keys[0]
+        return 2 * len(self.keys) * k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3] * k.element_size()
 
-    def flat_index(self, slots: paddle.Tensor, columns: paddle.Tensor) -> paddle.Tensor:
-        """slots [B], columns [B, T] -> flat entry indices [B, T]."""
-        return slots.unsqueeze(1) * self.max_len + columns
+    def entry_index(self, slots: paddle.Tensor, columns: paddle.Tensor) -> paddle.Tensor:
+        """slots [B], columns [B, T] -> flat row indices [B, kv_heads, T] into the flat key/value views."""
+        heads = paddle.arange(self.kv_heads, dtype="int64").reshape([1, -1, 1])
+        return (slots.reshape([-1, 1, 1]) * self.kv_heads + heads) * self.max_len + columns.unsqueeze(1)
 
     def write(self, layer: int, index: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor) -> None:
-        """index [N] flat entries; keys/values [N, kv_heads, head_dim]."""
-        paddle.scatter_(self.keys[layer], index, keys, overwrite=True)
-        paddle.scatter_(self.values[layer], index, values, overwrite=True)
+        """index [N] flat rows (from `entry_index`); keys/values [N, head_dim] in the same order."""
+        paddle.scatter_(self._flat_keys[layer], index, keys, overwrite=True)
+        paddle.scatter_(self._flat_values[layer], index, values, overwrite=True)
 
-    def mark_valid(self, index: paddle.Tensor, token_mask: paddle.Tensor) -> None:
-        paddle.scatter_(self.valid, index, token_mask.astype("float32"), overwrite=True)
+    def mark_valid(self, slots: paddle.Tensor, columns: paddle.Tensor, token_mask: paddle.Tensor) -> None:
+        """slots [B], columns [B, T], token_mask [B, T]."""
+        index = (slots.unsqueeze(1) * self.max_len + columns).flatten()
+        paddle.scatter_(self._flat_valid, index, token_mask.flatten().astype("float32"), overwrite=True)
 
-    def read(self, layer: int, index: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """index [N] -> keys, values [N, kv_heads, head_dim]."""
-        return (paddle.index_select(self.keys[layer], index), paddle.index_select(self.values[layer], index))
+    def view(self, layer: int, rows: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Keys and values of slots 0..rows-1: [rows, kv_heads, max_len, head_dim] views, no copy."""
+        return self.keys[layer][:rows], self.values[layer][:rows]
 
     def clear(self, slots: list[int]) -> None:
         """Forget the slots' tokens (their stale keys stay but are masked out)."""
-        if not slots:
-            return
-        index = self._columns_of(slots, self.max_len)
-        paddle.scatter_(self.valid, index, paddle.zeros([index.shape[0]], dtype="float32"), overwrite=True)
+        for slot in slots:
+            self.valid[slot] = 0.0
 
-    def copy(self, src: int, dsts: list[int], length: int) -> None:
-        """Copy the first `length` columns of slot `src` into each slot of `dsts` (prefill once, copy many)."""
-        if not dsts:
-            return
-        src_index = self._columns_of([src] * len(dsts), length)
-        dst_index = self._columns_of(dsts, length)
-        for layer in range(len(self.keys)):
-            keys, values = self.read(layer, src_index)
-            self.write(layer, dst_index, keys, values)
-        paddle.scatter_(self.valid, dst_index, paddle.index_select(self.valid, src_index), overwrite=True)
-        self.clear_tail(dsts, length)
-
-    def clear_tail(self, slots: list[int], start: int) -> None:
-        if start >= self.max_len or not slots:
-            return
-        base = paddle.to_tensor(slots, dtype="int64").unsqueeze(1) * self.max_len
-        index = (base + paddle.arange(start, self.max_len, dtype="int64").unsqueeze(0)).flatten()
-        paddle.scatter_(self.valid, index, paddle.zeros([index.shape[0]], dtype="float32"), overwrite=True)
-
-    def _columns_of(self, slots: list[int], length: int) -> paddle.Tensor:
-        base = paddle.to_tensor(slots, dtype="int64").unsqueeze(1) * self.max_len
-        return (base + paddle.arange(length, dtype="int64").unsqueeze(0)).flatten()
+    def copy(self, src: int, dsts: list[int], length: int | None = None) -> None:
+        """Make each slot of `dsts` a copy of slot `src` (prefill once, copy many; compaction)."""
+        for dst in dsts:
+            if dst == src:
+                continue
+            for layer in range(len(self.keys)):
+                self.keys[layer][dst] = self.keys[layer][src]
+                self.values[layer][dst] = self.values[layer][src]
+            self.valid[dst] = self.valid[src]

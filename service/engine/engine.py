@@ -181,18 +181,23 @@ class Engine:
                 self._fail(request, RequestCancelled("the client went away"))
             else:
                 self._fail(request, RequestTimeout(f"the request did not finish within {request.params.timeout_s} s"))
+        runner = self._runner()
+        # Compaction moves are applied as soon as they arise: a freed slot may be handed out again at once.
+        runner.move(self.scheduler.take_moves())
         admitted = self.scheduler.admit()
-        running = self.scheduler.running
-        if not running:
+        if not self.scheduler.running:
             self._report_queue()
             return False
         started = time.perf_counter()
         for request in admitted:
             self._prefill(request)
-        decoding = [r for r in self.scheduler.running if r not in admitted]
-        text_tokens = image_tokens = 0
+            runner.move(self.scheduler.take_moves())
+        text_tokens = image_tokens = rows = 0
+        # Everything running decodes together, the just-prefilled included (their first token is already chosen).
+        decoding = list(self.scheduler.running)
         if decoding:
-            logits = self._runner().decode(decoding)
+            rows = sum(r.rows for r in decoding)
+            logits = runner.decode(decoding)
             for request in decoding:
                 if request.kind is Kind.UNDERSTAND:
                     self._guarded(request, self._on_text, logits.text[request.id])
@@ -201,7 +206,6 @@ class Engine:
                     self._guarded(request, self._on_image, logits.image[request.id])
                     image_tokens += request.generate.parallel_size
         self._finish_images()
-        rows = sum(r.rows for r in decoding)
         self.observer.on_step(rows, time.perf_counter() - started, text_tokens, image_tokens)
         self._report_queue()
         return True

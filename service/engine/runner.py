@@ -1,8 +1,9 @@
-"""The only serving code that makes tensors: prefill, the shared decode step, image decoding.
+"""The only serving code that makes tensors: prefill, the shared decode step, cache moves, image decoding.
 
 Every decode step is ONE backbone forward over all running rows, whatever their kind: understanding rows feed
 their last text token through the text embedding, generation rows their last image token through gen_embed +
-gen_aligner. Afterwards text rows go through `lm_head`, image rows through `gen_head`.
+gen_aligner. Afterwards text rows go through `lm_head`, image rows through `gen_head`. Running rows occupy cache
+slots 0..B-1 (the scheduler keeps them compact), and row i of the batch is slot i.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
-from model.backbone import StepInput
 from model.janus import JanusModel
 from service.engine.request import RequestState
 from service.engine.types import Kind
@@ -20,10 +20,10 @@ from service.engine.types import Kind
 
 @dataclass(slots=True)
 class StepLogits:
-    """Host-side logits of one decode step, per request in the order given."""
+    """Host-side logits of one decode step, per request."""
 
     text: dict[str, np.ndarray]  # request id -> [vocab]
-    image: dict[str, np.ndarray]  # request id -> [rows of the request, image vocab]
+    image: dict[str, np.ndarray]  # request id -> [rows of the request (its slot order), image vocab]
 
 
 class Runner:
@@ -47,7 +47,7 @@ class Runner:
         if params.pixel_values is not None and len(params.pixel_values):
             features = self.model.encode_images(paddle.to_tensor(params.pixel_values))
         embeds = self.model.embed_prompt(ids, features, image_id=params.image_id)
-        hidden = self._run_prompt(embeds, request.slots[:1])
+        hidden = self.model.prefill(embeds, self.cache, request.slots[:1])
         request.length = ids.shape[1]
         return self.model.text_logits(hidden[:, -1]).astype("float32").numpy()
 
@@ -62,58 +62,65 @@ class Runner:
         P = params.parallel_size
         # One prefill per distinct prompt; the other rows get a copy of its keys and values.
         sources = [request.slots[0]] + ([request.slots[P]] if params.guided else [])
-        hidden = self._run_prompt(self.model.embed_text(paddle.to_tensor(np.stack(rows))), sources)
-        length = len(cond)
-        self.cache.copy(request.slots[0], request.slots[1:P], length)
+        hidden = self.model.prefill(self.model.embed_text(paddle.to_tensor(np.stack(rows))), self.cache, sources)
+        self.cache.copy(request.slots[0], request.slots[1:P])
         if params.guided:
-            self.cache.copy(request.slots[P], request.slots[P + 1:], length)
-        request.length = length
+            self.cache.copy(request.slots[P], request.slots[P + 1:])
+        request.length = len(cond)
         logits = self.model.image_logits(hidden[:, -1]).astype("float32").numpy()  # [1 or 2, V]
-        return np.repeat(logits, P, axis=0)  # rows in slot order: P conditional, then P unconditional
+        return np.repeat(logits, P, axis=0)  # rows in request order: P conditional, then P unconditional
 
-    def _run_prompt(self, embeds: paddle.Tensor, slots: list[int]) -> paddle.Tensor:
-        B, T, _ = embeds.shape
-        self.cache.clear(slots)
-        positions = paddle.expand(paddle.arange(T, dtype="int64").unsqueeze(0), [B, T])
-        step = StepInput(slots, [0] * B, paddle.ones([B, T], "int64"), positions)
-        return self.model.forward_backbone(embeds, self.cache, step)
+    def move(self, moves: list[tuple[int, int]]) -> None:
+        """Apply the scheduler's compaction moves (from slot, to slot), in order."""
+        for src, dst in moves:
+            self.cache.copy(src, [dst])
 
     # decode
 
     def decode(self, requests: list[RequestState]) -> StepLogits:
-        """One backbone forward over every row of every request; each request's rows advance by one token."""
-        text = [r for r in requests if r.kind is Kind.UNDERSTAND]
-        image = [r for r in requests if r.kind is Kind.GENERATE]
-        slots: list[int] = []
-        starts: list[int] = []
-        for request in text + image:
-            slots += request.slots
-            starts += [request.length] * request.rows
-        parts = []
-        if text:
-            ids = paddle.to_tensor([[r.next_tokens[0]] for r in text], dtype="int64")
-            parts.append(self.model.embed_text(ids))
-        if image:
-            # both rows of a pair take the same sampled token
-            tokens = [t for r in image for t in r.next_tokens * (2 if r.generate.guided else 1)]
-            parts.append(self.model.embed_image_tokens(paddle.to_tensor(tokens, dtype="int64")).unsqueeze(1))
-        embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
-        B = embeds.shape[0]
-        positions = paddle.to_tensor(starts, dtype="int64").unsqueeze(1)
-        hidden = self.model.forward_backbone(embeds, self.cache,
-                                             StepInput(slots, starts, paddle.ones([B, 1], "int64"), positions))
-        hidden = hidden[:, 0]
-        out = StepLogits({}, {})
-        if text:
-            logits = self.model.text_logits(hidden[: len(text)]).astype("float32").numpy()
-            out.text = {r.id: logits[i] for i, r in enumerate(text)}
-        if image:
-            logits = self.model.image_logits(hidden[len(text):]).astype("float32").numpy()
-            offset = 0
-            for r in image:
-                out.image[r.id] = logits[offset:offset + r.rows]
-                offset += r.rows
+        """One backbone forward over every row of every request; each request's rows advance by one token.
+
+        `requests` must own exactly the slots 0..B-1."""
+        B = sum(r.rows for r in requests)
+        kind_of = np.zeros(B, bool)  # True: image row
+        token_of = np.zeros(B, np.int64)
+        length_of = [0] * B
         for request in requests:
+            image = request.kind is Kind.GENERATE
+            # every row of a generation pair takes the token sampled for its image
+            tokens = request.next_tokens * (2 if image and request.generate.guided else 1)
+            for slot, token in zip(request.slots, tokens, strict=True):
+                kind_of[slot], token_of[slot], length_of[slot] = image, token, request.length
+        text_slots = np.flatnonzero(~kind_of)
+        image_slots = np.flatnonzero(kind_of)
+        parts = []
+        if len(text_slots):
+            parts.append(self.model.embed_text(paddle.to_tensor(token_of[text_slots][:, None])))
+        if len(image_slots):
+            parts.append(self.model.embed_image_tokens(paddle.to_tensor(token_of[image_slots])).unsqueeze(1))
+        embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
+        if len(parts) > 1:  # back to slot order
+            order = np.argsort(np.concatenate([text_slots, image_slots]), kind="stable")
+            embeds = paddle.index_select(embeds, paddle.to_tensor(order))
+        hidden = self.model.decode_step(embeds, self.cache, length_of)[:, 0]  # [B, hidden]
+
+        out = StepLogits({}, {})
+        row_in_kind = np.zeros(B, np.int64)
+        row_in_kind[text_slots] = np.arange(len(text_slots))
+        row_in_kind[image_slots] = np.arange(len(image_slots))
+        text_logits = image_logits = None
+        if len(text_slots):
+            text_logits = self.model.text_logits(paddle.index_select(hidden, paddle.to_tensor(text_slots)))
+            text_logits = text_logits.astype("float32").numpy()
+        if len(image_slots):
+            image_logits = self.model.image_logits(paddle.index_select(hidden, paddle.to_tensor(image_slots)))
+            image_logits = image_logits.astype("float32").numpy()
+        for request in requests:
+            rows = row_in_kind[request.slots]
+            if request.kind is Kind.UNDERSTAND:
+                out.text[request.id] = text_logits[rows[0]]
+            else:
+                out.image[request.id] = image_logits[rows]
             request.length += 1
         return out
 
@@ -127,12 +134,11 @@ class Runner:
         """Run every kind of kernel once so the first real request does not pay for it."""
         cfg = self.model.cfg
         ids = paddle.to_tensor([[1, 2, 3]], dtype="int64")
-        self._run_prompt(self.model.embed_text(ids), [0])
+        self.model.prefill(self.model.embed_text(ids), self.cache, [0])
         pixels = paddle.zeros([1, 3, cfg.vision.image_size, cfg.vision.image_size], self.model.dtype)
         self.model.encode_images(pixels)
-        step = StepInput([0], [3], paddle.ones([1, 1], "int64"), paddle.to_tensor([[3]], dtype="int64"))
-        hidden = self.model.forward_backbone(self.model.embed_image_tokens(paddle.to_tensor([0])).unsqueeze(1),
-                                             self.cache, step)
+        embeds = self.model.embed_image_tokens(paddle.to_tensor([0])).unsqueeze(1)
+        hidden = self.model.decode_step(embeds, self.cache, [3])
         self.model.text_logits(hidden)
         self.model.image_logits(hidden)
         self.decode_images(np.zeros((1, cfg.gen_vision.num_tokens), np.int64))

@@ -1,6 +1,9 @@
 """Which requests run: admission by free KV-cache rows, a bounded waiting queue, and row bookkeeping.
 
-Pure Python: it never touches a tensor. Thread-safe where the asyncio side calls it (`add`, `counts`).
+Running rows always occupy slots 0..used-1 (the runner decodes them through zero-copy cache views). When a request
+leaves, the rows in the highest slots move down into its holes; the scheduler records those moves and the runner
+copies the caches before the next step. Pure Python: it never touches a tensor. Thread-safe where the asyncio side
+calls it (`add`, `counts`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ class Scheduler:
         self._lock = threading.Lock()
         self._waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
-        self._free = list(range(max_rows - 1, -1, -1))  # a stack: low slots are reused first
+        self._owner: list[RequestState | None] = [None] * max_rows  # slot -> request using it
+        self.used = 0  # slots 0..used-1 hold running rows
+        self.moves: list[tuple[int, int]] = []  # (from, to) cache copies owed before the next decode
         self.avg_request_s = 5.0  # smoothed service time, for Retry-After
 
     def add(self, request: RequestState) -> None:
@@ -41,7 +46,7 @@ class Scheduler:
         for request in list(self.running):
             rows[request.kind.value] += request.rows
         return {"waiting": waiting, "running_understand_rows": rows["understand"],
-                "running_generate_rows": rows["generate"], "free_rows": len(self._free)}
+                "running_generate_rows": rows["generate"], "free_rows": self.max_rows - self.used}
 
     def has_work(self) -> bool:
         return bool(self.running) or bool(self._waiting)
@@ -61,9 +66,12 @@ class Scheduler:
         """Move waiting requests into free rows, first come first served (no overtaking, so none starves)."""
         admitted: list[RequestState] = []
         with self._lock:
-            while self._waiting and self._waiting[0].rows <= len(self._free):
+            while self._waiting and self._waiting[0].rows <= self.max_rows - self.used:
                 request = self._waiting.popleft()
-                request.slots = [self._free.pop() for _ in range(request.rows)]
+                request.slots = list(range(self.used, self.used + request.rows))
+                for slot in request.slots:
+                    self._owner[slot] = request
+                self.used += request.rows
                 request.status = Status.RUNNING
                 admitted.append(request)
         self.running.extend(admitted)
@@ -72,10 +80,35 @@ class Scheduler:
     def finish(self, request: RequestState) -> None:
         if request in self.running:
             self.running.remove(request)
-            self._free.extend(reversed(request.slots))
+            for slot in request.slots:
+                self._owner[slot] = None
+            self._compact()
             elapsed = time.perf_counter() - request.submitted_at
             self.avg_request_s = 0.8 * self.avg_request_s + 0.2 * elapsed
         request.status = Status.FINISHED
+
+    def _compact(self) -> None:
+        """Fill holes below the top with the topmost rows, recording each move."""
+        while self.used and self._owner[self.used - 1] is None:
+            self.used -= 1
+        hole = 0
+        while True:
+            while hole < self.used and self._owner[hole] is not None:
+                hole += 1
+            if hole >= self.used:
+                return
+            top = self.used - 1
+            mover = self._owner[top]
+            assert mover is not None
+            mover.slots[mover.slots.index(top)] = hole
+            self._owner[hole], self._owner[top] = mover, None
+            self.moves.append((top, hole))
+            while self.used and self._owner[self.used - 1] is None:
+                self.used -= 1
+
+    def take_moves(self) -> list[tuple[int, int]]:
+        moves, self.moves = self.moves, []
+        return moves
 
     def drain_waiting(self) -> list[RequestState]:
         with self._lock:

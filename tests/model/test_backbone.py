@@ -6,8 +6,6 @@ import numpy as np
 import paddle
 import pytest
 
-from model.backbone import StepInput
-
 
 def _left_padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     width = max(len(r) for r in rows)
@@ -23,9 +21,14 @@ def _positions(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
 
-def _prefill(model, cache, ids: np.ndarray, mask: np.ndarray, slots: list[int]) -> paddle.Tensor:
-    step = StepInput(slots, [0] * len(slots), paddle.to_tensor(mask), paddle.to_tensor(_positions(mask)))
-    return model.forward_backbone(model.embed_text(paddle.to_tensor(ids)), cache, step)
+def _prefill(model, cache, ids: np.ndarray, mask: np.ndarray, slots: list[int]) -> np.ndarray:
+    embeds = model.embed_text(paddle.to_tensor(ids))
+    return model.prefill(embeds, cache, slots, paddle.to_tensor(mask), paddle.to_tensor(_positions(mask))).numpy()
+
+
+def _decode(model, cache, tokens: np.ndarray, lengths: list[int], positions: list[int]) -> np.ndarray:
+    embeds = model.embed_text(paddle.to_tensor(tokens.reshape(-1, 1)))
+    return model.decode_step(embeds, cache, lengths, positions).numpy()[:, 0]
 
 
 ROWS = [[3, 17, 99, 250, 7, 8, 41], [5, 6, 300, 12], [400, 401]]
@@ -33,8 +36,7 @@ ROWS = [[3, 17, 99, 250, 7, 8, 41], [5, 6, 300, 12], [400, 401]]
 
 def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model):
     ids, mask = _left_padded(ROWS)
-    cache = tiny_model.new_cache(slots=4, max_len=32)
-    ours = _prefill(tiny_model, cache, ids, mask, [0, 1, 2]).numpy()
+    ours = _prefill(tiny_model, tiny_model.new_cache(slots=4, max_len=32), ids, mask, [0, 1, 2])
     theirs = tiny_model.language_model.llama(
         inputs_embeds=tiny_model.embed_text(paddle.to_tensor(ids)), attention_mask=paddle.to_tensor(mask),
         position_ids=paddle.to_tensor(_positions(mask)), return_dict=True).last_hidden_state.numpy()
@@ -44,48 +46,64 @@ def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model):
 
 def test_left_padded_batch_equals_rows_run_alone(tiny_model):
     ids, mask = _left_padded(ROWS)
-    batch = _prefill(tiny_model, tiny_model.new_cache(4, 32), ids, mask, [0, 1, 2]).numpy()
+    batch = _prefill(tiny_model, tiny_model.new_cache(4, 32), ids, mask, [0, 1, 2])
     for i, row in enumerate(ROWS):
-        alone = _prefill(tiny_model, tiny_model.new_cache(1, 32), np.array([row]), np.ones((1, len(row)), np.int64),
-                         [0]).numpy()[0]
+        alone = _prefill(tiny_model, tiny_model.new_cache(1, 32), np.array([row]),
+                         np.ones((1, len(row)), np.int64), [0])[0]
         np.testing.assert_allclose(batch[i, -len(row):], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("slots", [[0, 1, 2], [3, 0, 2]])
-def test_cached_decode_equals_full_recomputation(tiny_model, slots):
+@pytest.mark.parametrize("placement", [[0, 1, 2], [2, 0, 1]])
+def test_cached_decode_equals_full_recomputation(tiny_model, placement):
     ids, mask = _left_padded(ROWS)
     cache = tiny_model.new_cache(4, 32)
-    _prefill(tiny_model, cache, ids, mask, slots)
+    _prefill(tiny_model, cache, ids, mask, placement)
+    order = np.argsort(placement)  # decode runs rows in slot order: slot s holds ROWS[order[s]]
     width = ids.shape[1]
     rng = np.random.default_rng(1)
     for step in range(5):
         new = rng.integers(0, 500, (len(ROWS), 1))
-        positions = (mask.sum(axis=1, keepdims=True)).astype(np.int64)
-        hidden = tiny_model.forward_backbone(
-            tiny_model.embed_text(paddle.to_tensor(new)), cache,
-            StepInput(slots, [width + step] * len(ROWS), paddle.ones([len(ROWS), 1], "int64"),
-                      paddle.to_tensor(positions))).numpy()[:, 0]
+        positions = mask.sum(axis=1)
+        hidden = _decode(tiny_model, cache, new[order], [width + step] * len(ROWS), positions[order].tolist())
         ids = np.concatenate([ids, new], axis=1)
         mask = np.concatenate([mask, np.ones_like(new)], axis=1)
-        full = _prefill(tiny_model, tiny_model.new_cache(3, 32), ids, mask, [0, 1, 2]).numpy()[:, -1]
-        np.testing.assert_allclose(hidden, full, atol=1e-5, rtol=0)
+        full = _prefill(tiny_model, tiny_model.new_cache(3, 32), ids, mask, [0, 1, 2])[:, -1]
+        np.testing.assert_allclose(hidden, full[order], atol=1e-5, rtol=0)
 
 
 def test_copied_slot_continues_like_the_original(tiny_model):
     cache = tiny_model.new_cache(4, 32)
     row = np.array([ROWS[0]])
-    _prefill(tiny_model, cache, row, np.ones_like(row), [1])
-    cache.copy(1, [2, 3], length=row.shape[1])
-    token = paddle.to_tensor([[42], [42], [42]])
-    hidden = tiny_model.forward_backbone(
-        tiny_model.embed_text(token), cache,
-        StepInput([1, 2, 3], [row.shape[1]] * 3, paddle.ones([3, 1], "int64"),
-                  paddle.full([3, 1], row.shape[1], "int64"))).numpy()
+    _prefill(tiny_model, cache, row, np.ones_like(row), [0])
+    cache.copy(0, [1, 2])
+    width = row.shape[1]
+    hidden = _decode(tiny_model, cache, np.array([42, 42, 42]), [width] * 3, [width] * 3)
     np.testing.assert_allclose(hidden[1], hidden[0], atol=1e-6, rtol=0)
     np.testing.assert_allclose(hidden[2], hidden[0], atol=1e-6, rtol=0)
+
+
+def test_moving_a_row_down_a_slot_keeps_its_history(tiny_model):
+    """Compaction: when the row in slot 1 finishes, the row in slot 2 moves down and decodes on unchanged."""
+    cache = tiny_model.new_cache(4, 32)
+    for slot, row in enumerate(ROWS):
+        _prefill(tiny_model, cache, np.array([row]), np.ones((1, len(row)), np.int64), [slot])
+    cache.copy(2, [1])
+    moved = _decode(tiny_model, cache, np.array([9, 10]), [len(ROWS[0]), len(ROWS[2])],
+                    [len(ROWS[0]), len(ROWS[2])])
+    fresh = tiny_model.new_cache(1, 32)
+    _prefill(tiny_model, fresh, np.array([ROWS[2]]), np.ones((1, 2), np.int64), [0])
+    alone = _decode(tiny_model, fresh, np.array([10]), [2], [2])
+    np.testing.assert_allclose(moved[1], alone[0], atol=1e-5, rtol=0)
 
 
 def test_prompt_longer_than_cache_is_refused(tiny_model):
     row = np.arange(40)[None]
     with pytest.raises(ValueError, match="exceeds the KV cache length"):
         _prefill(tiny_model, tiny_model.new_cache(1, 32), row, np.ones_like(row), [0])
+
+
+def test_decoding_past_the_cache_is_refused(tiny_model):
+    cache = tiny_model.new_cache(1, 8)
+    _prefill(tiny_model, cache, np.arange(8)[None], np.ones((1, 8), np.int64), [0])
+    with pytest.raises(ValueError, match="exceeds the KV cache length"):
+        _decode(tiny_model, cache, np.array([1]), [8], [8])

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from model import reference
-from model.backbone import StepInput
 from model.chat_template import expand_image_ids, generation_prompt, understanding_prompt
 from model.image_processing import ImageProcessor
 from tests.oracle.client import oracle_python, run_oracle
@@ -75,8 +74,7 @@ def test_understanding_logits_match_on_a_left_padded_batch(case, tiny_model, tin
     embeds = tiny_model.embed_prompt(paddle.to_tensor(ids), features, tiny_tokenizer.image_id)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     cache = tiny_model.new_cache(2, ids.shape[1])
-    hidden = tiny_model.forward_backbone(embeds, cache, StepInput([0, 1], [0, 0], paddle.to_tensor(mask),
-                                                                   paddle.to_tensor(positions)))
+    hidden = tiny_model.prefill(embeds, cache, [0, 1], paddle.to_tensor(mask), paddle.to_tensor(positions))
     ours = tiny_model.text_logits(hidden).numpy()
     real = mask.astype(bool)
     assert np.abs(oracle["und_logits"][real]).max() > 1.0  # not near-uniform: the comparison means something
@@ -99,9 +97,7 @@ def test_first_generation_step_logits_match(case, tiny_model, tiny_tokenizer):
     cond, uncond = reference.generation_rows(requests["gen_input_ids"][0], tiny_tokenizer.pad_id)
     T = len(cond)
     cache = tiny_model.new_cache(2, T)
-    hidden = tiny_model.forward_backbone(
-        tiny_model.embed_text(paddle.to_tensor(np.stack([cond, uncond]))), cache,
-        StepInput([0, 1], [0, 0], paddle.ones([2, T], "int64"), paddle.to_tensor(np.tile(np.arange(T), (2, 1)))))
+    hidden = tiny_model.prefill(tiny_model.embed_text(paddle.to_tensor(np.stack([cond, uncond]))), cache, [0, 1])
     logits = tiny_model.image_logits(hidden[:, -1]).numpy()
     guided = logits[1] + CFG * (logits[0] - logits[1])
     np.testing.assert_allclose(logits[0], oracle["gen_cond_logits"], atol=ATOL, rtol=0)

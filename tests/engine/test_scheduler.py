@@ -1,0 +1,75 @@
+"""The scheduler alone (pure Python): admission, the bounded queue, and compaction of running rows."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.engine.errors import Overloaded
+from service.engine.request import RequestHandle, RequestState
+from service.engine.scheduler import Scheduler
+from service.engine.types import GenerateParams, UnderstandParams
+
+
+def _request(rows: int) -> RequestState:
+    loop = asyncio.new_event_loop()
+    if rows == 1:
+        params = UnderstandParams(prompt_ids=[1, 2], pixel_values=None, max_new_tokens=4)
+    else:
+        params = GenerateParams(prompt_ids=[1, 2], pad_id=0, image_tokens=4, parallel_size=rows // 2)
+    return RequestState(params=params, handle=RequestHandle("r", loop))
+
+
+def _owned(scheduler: Scheduler) -> list[int]:
+    return sorted(slot for r in scheduler.running for slot in r.slots)
+
+
+def test_admission_is_first_come_first_served_and_bounded_by_rows():
+    scheduler = Scheduler(max_rows=6, max_waiting=10)
+    big, small_a, small_b = _request(4), _request(4), _request(1)
+    for r in (big, small_a, small_b):
+        scheduler.add(r)
+    assert scheduler.admit() == [big]
+    # small_b would fit but must not overtake small_a
+    assert scheduler.admit() == []
+    scheduler.finish(big)
+    assert scheduler.admit() == [small_a, small_b]
+
+
+def test_full_queue_refuses_with_retry_after():
+    scheduler = Scheduler(max_rows=2, max_waiting=1)
+    scheduler.add(_request(1))
+    with pytest.raises(Overloaded) as refused:
+        scheduler.add(_request(1))
+    assert refused.value.retry_after_s >= 1
+
+
+@pytest.mark.parametrize("leaving", [0, 1, 2])
+def test_running_rows_stay_in_the_lowest_slots_and_moves_are_recorded(leaving):
+    scheduler = Scheduler(max_rows=16, max_waiting=10)
+    requests = [_request(4), _request(1), _request(4)]
+    for r in requests:
+        scheduler.add(r)
+    scheduler.admit()
+    before = {id(r): list(r.slots) for r in requests}
+    scheduler.finish(requests[leaving])
+    remaining = [r for r in requests if r is not requests[leaving]]
+    assert _owned(scheduler) == list(range(scheduler.used))
+    # replaying the moves on the old placement gives the new one
+    where = {slot: (id(r), i) for r in remaining for i, slot in enumerate(before[id(r)])}
+    for src, dst in scheduler.take_moves():
+        where[dst] = where.pop(src)
+    for r in remaining:
+        assert [slot for slot, (owner, _) in sorted(where.items(), key=lambda kv: kv[1][1]) if owner == id(r)] \
+            == r.slots
+    assert scheduler.take_moves() == []
+
+
+def test_counts_report_rows_by_kind():
+    scheduler = Scheduler(max_rows=8, max_waiting=10)
+    for r in (_request(4), _request(1)):
+        scheduler.add(r)
+    scheduler.admit()
+    assert scheduler.counts() == {"waiting": 0, "running_understand_rows": 1, "running_generate_rows": 4,
+                                  "free_rows": 3}
