@@ -92,7 +92,11 @@ def start_server(settings: Settings) -> LiveServer:
     live = LiveServer(url, runtime, server, thread)
     wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
     assert thread.is_alive(), "uvicorn exited during start-up"
-    wait_until(lambda: _ready(url), "/ready to answer 200")
+    # The lifespan has started the engine by now: a dead engine thread means start-up failed (see the log).
+    wait_until(lambda: _ready(url) or not runtime.engine.alive, "/ready to answer 200")
+    if not runtime.engine.alive:
+        live.stop()
+        raise AssertionError("the engine thread died during start-up")
     return live
 
 

@@ -54,3 +54,12 @@ def _reader(text: str):
         return samples[(name, frozenset(labels.items()))]
 
     return value
+
+
+def test_each_app_gets_its_own_metrics_registry():
+    from service.metrics import Metrics
+
+    first, second = Metrics(), Metrics()  # a shared global registry would refuse the second set of names
+    first.on_failure("model")
+    assert first.registry.get_sample_value("janus_engine_failures_total", {"kind": "model"}) == 1
+    assert second.registry.get_sample_value("janus_engine_failures_total", {"kind": "model"}) is None
