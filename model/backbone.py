@@ -41,7 +41,8 @@ class RotaryTable:
         freqs = paddle.outer(paddle.arange(max_positions, dtype="float32"), inv_freq)  # [P, D/2]
         emb = paddle.concat([freqs, freqs], axis=-1)  # [P, D]
         self.cos = emb.cos()
-        self.sin = emb.sin()
+        # rotate_half(x) * sin == roll(x, D/2) * signed_sin: one op instead of slice, slice, negate, concat
+        self.sin = paddle.concat([-freqs.sin(), freqs.sin()], axis=-1)
 
     def lookup(self, positions: paddle.Tensor, dtype: paddle.dtype) -> tuple[paddle.Tensor, paddle.Tensor]:
         """positions [B, T] -> cos, sin [B, T, 1, D]."""
@@ -52,9 +53,19 @@ class RotaryTable:
         return cos, sin
 
 
-def _rotate_half(x: paddle.Tensor) -> paddle.Tensor:
-    half = x.shape[-1] // 2
-    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
+def _rms_norm(norm: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+    """PaddleNLP's LlamaRMSNorm arithmetic without its per-call AMP guards (a third of a small step's time)."""
+    x32 = x if x.dtype == paddle.float32 else x.astype("float32")
+    normed = x32 * paddle.rsqrt((x32 * x32).mean(axis=-1, keepdim=True) + norm.variance_epsilon)
+    return normed.astype(x.dtype) * norm.weight
+
+
+def _mlp(mlp: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+    return mlp.down_proj(F.swiglu(mlp.gate_proj(x), mlp.up_proj(x)))
+
+
+def _rope(x: paddle.Tensor, cos: paddle.Tensor, signed_sin: paddle.Tensor) -> paddle.Tensor:
+    return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * signed_sin
 
 
 def _prompt_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
@@ -92,11 +103,11 @@ class Backbone:
         B, T, _ = h.shape
         H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
         attn = layer.self_attn
-        x = layer.input_layernorm(h)
+        x = _rms_norm(layer.input_layernorm, h)
         q = attn.q_proj(x).reshape([B, T, H, D])
         k = attn.k_proj(x).reshape([B, T, KVH, D])
         v = attn.v_proj(x).reshape([B, T, KVH, D])
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+        return _rope(q, cos, sin), _rope(k, cos, sin), v
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
                 positions: paddle.Tensor) -> paddle.Tensor:
@@ -128,8 +139,8 @@ class Backbone:
             cache.write(i, write_index, k.transpose([0, 2, 1, 3]).reshape([-1, D]),
                         v.transpose([0, 2, 1, 3]).reshape([-1, D]))
             h = h + layer.self_attn.o_proj(_prompt_attention(q, k, v, bias))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.lm.llama.norm(h)
+            h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
+        return _rms_norm(self.lm.llama.norm, h)
 
     def decode(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
                positions: paddle.Tensor) -> paddle.Tensor:
@@ -159,8 +170,8 @@ class Backbone:
             probs = F.softmax(scores.astype("float32"), axis=-1).astype(values.dtype)
             out = paddle.matmul(probs, values).reshape([B, 1, H * D])
             h = h + layer.self_attn.o_proj(out)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.lm.llama.norm(h)
+            h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
+        return _rms_norm(self.lm.llama.norm, h)
 
 
 def _additive(allowed: paddle.Tensor, dtype: paddle.dtype) -> paddle.Tensor:
