@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api import docs, errors
 from service.api.images import allow_pixels
-from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware
+from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, UnhandledErrorMiddleware
 from service.api.routes import generate, health, info, metrics, understand
 from service.runtime import Runtime
 from service.settings import Settings
@@ -57,6 +57,7 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
         app.include_router(module.router)
     errors.install(app)
     # Added last = outermost: latency covers everything, including bodies refused for size.
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics if runtime else None,
                        random_weights=runtime.info.random_weights if runtime else False)

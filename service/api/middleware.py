@@ -1,9 +1,11 @@
-"""ASGI middleware: the request body limit, and per-request latency metrics plus the random-weights header."""
+"""ASGI middleware: the request body limit, per-request latency metrics plus the random-weights header, and the
+last-resort catch of bugs."""
 
 from __future__ import annotations
 
 import time
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import PayloadTooLarge, error_response
@@ -75,3 +77,29 @@ class ObserveMiddleware:
                 route = scope.get("route")
                 path = getattr(route, "path", None) or "unmatched"
                 self.metrics.observe_request(path, status, time.perf_counter() - started)
+
+
+class UnhandledErrorMiddleware:
+    """Turns an exception no handler took (a bug) into the error table's 500, here rather than in Starlette's
+    outermost layer, which answers but then re-raises and so makes the server drop the keep-alive connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise  # too late for an error body: let the server end the response
+            await error_response(Request(scope, receive), exc)(scope, receive, send)

@@ -16,6 +16,7 @@ GOOD_IMAGE = b64(image_bytes(seed=0))
 def assert_error(reply: httpx.Response, status: int, kind: str, mentions: str = "") -> dict:
     assert reply.status_code == status, reply.text
     assert reply.headers["content-type"].startswith("application/json")
+    assert reply.headers["x-random-weights"] == "true"  # errors say it too, in the header
     body = reply.json()
     assert set(body) == {"error"}
     error = body["error"]

@@ -152,3 +152,19 @@ def test_requests_are_refused_while_the_model_warms_up(make_server, monkeypatch)
     assert health.status_code == 200
     assert ready.status_code == 503 and ready.json()["error"]["type"] == "not_ready"
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "not_ready"
+
+
+def test_a_bug_in_the_api_layer_answers_500_in_the_same_error_body_without_details(make_server):
+    live = make_server()
+
+    class Broken:
+        def generate(self, *args, **kwargs):
+            raise KeyError("secret internal detail")
+
+    live.runtime.preprocessor = Broken()  # type: ignore[assignment]
+    with live.client() as http:
+        reply = http.post("/generate", json={"prompt": "a fox"})
+        health = http.get("/health")
+    assert reply.status_code == 500
+    assert reply.json() == {"error": {"type": "internal_error", "message": "internal server error", "status": 500}}
+    assert health.status_code == 200
