@@ -70,13 +70,18 @@ def _rope(x: paddle.Tensor, cos: paddle.Tensor, signed_sin: paddle.Tensor) -> pa
 
 def _prompt_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
                       bias: paddle.Tensor) -> paddle.Tensor:
-    """q [B, T, H, D], keys/values [B, T, KVH, D], bias [B, 1, T, T] -> [B, T, H*D]."""
+    """q [B, T, H, D], keys/values [B, T, KVH, D], bias [B, H, T, T] (full shape) -> [B, T, H*D]."""
     B, T, H, D = q.shape
     if keys.shape[2] != H:
         keys = paddle.repeat_interleave(keys, H // keys.shape[2], axis=2)
         values = paddle.repeat_interleave(values, H // values.shape[2], axis=2)
-    scores = paddle.matmul(q.transpose([0, 2, 1, 3]), keys.transpose([0, 2, 1, 3]), transpose_y=True)
-    probs = F.softmax((scores * (D**-0.5) + bias).astype("float32"), axis=-1).astype(values.dtype)
+    # Scale the queries (T x D) rather than the scores (T x T), and add the mask in place: on CPU, broadcasting
+    # and freshly allocated T x T temporaries cost more than the matmuls.
+    scores = paddle.matmul((q * (D**-0.5)).transpose([0, 2, 1, 3]), keys.transpose([0, 2, 1, 3]), transpose_y=True)
+    scores.add_(bias)
+    if scores.dtype != paddle.float32:
+        scores = scores.astype("float32")
+    probs = F.softmax(scores, axis=-1).astype(values.dtype)
     out = paddle.matmul(probs, values.transpose([0, 2, 1, 3]))  # [B, H, T, D]
     return out.transpose([0, 2, 1, 3]).reshape([B, T, H * D])
 
@@ -130,7 +135,8 @@ class Backbone:
         causal = paddle.tril(paddle.ones([T, T], "bool"))
         key_real = token_mask.astype("bool").unsqueeze(1)  # [B, 1, T]
         allowed = paddle.logical_and(causal, paddle.logical_or(key_real, paddle.eye(T, dtype="int32").astype("bool")))
-        bias = _additive(allowed, embeds.dtype).unsqueeze(1)  # [B, 1, T, T]
+        H = self.cfg.num_attention_heads
+        bias = paddle.expand(_additive(allowed, embeds.dtype).unsqueeze(1), [B, H, T, T]).clone()
 
         cos, sin = self.rotary.lookup(positions, embeds.dtype)
         h = embeds
