@@ -80,16 +80,20 @@ def json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any
 
 
 def understand_body() -> dict[str, Any]:
-    body = json_body(UnderstandRequest, {
+    """JSON only: a body documented in two media types breaks generated clients (openapi-python-client 0.29
+    writes code that does not import), so the multipart form is documented on its own path."""
+    return {"requestBody": json_body(UnderstandRequest, {
         "one image": {"question": "What is shown in this picture?", "images": ["<base64>"]},
         "two images": {"question": "<image_placeholder> <image_placeholder> Which of the two is brighter?",
                        "images": ["<base64>", "<base64>"], "max_new_tokens": 64, "stream": True},
-    })
-    body["content"]["multipart/form-data"] = {
+    })}
+
+
+def understand_upload_body() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"$ref": REF.format(model="UnderstandForm")},
         "encoding": {"image": {"contentType": "image/*"}},
-    }
-    return {"requestBody": body}
+    }}}}
 
 
 def generate_body() -> dict[str, Any]:

@@ -109,9 +109,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("client"))
 
 
-@pytest.mark.xfail(bool(multi_content_bodies(DOCUMENT)), strict=True,
-                   reason="openapi-python-client 0.29.1 writes `| Unset` without importing it for a required body "
-                          "documented in several media types (upstream issue 1451)")
+def test_no_request_body_is_documented_in_two_media_types():
+    # openapi-python-client 0.29.1 writes `| Unset` without importing it for such a body (upstream issue 1451):
+    # the generated client would not import.
+    assert multi_content_bodies(DOCUMENT) == []
+
+
 def test_generated_client_imports_as_generated(pristine):
     assert unimportable_modules(pristine.parent) == []
 
@@ -123,13 +126,8 @@ def test_generated_client_has_one_module_per_operation_named_by_its_id(pristine,
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A generated client on sys.path, with the missing import above added (what its users have to do too)."""
+    """A generated client, untouched, on sys.path."""
     package = generate(tmp_path_factory.mktemp("client-used"))
-    for path in (package / "api").rglob("*.py"):
-        text = path.read_text()
-        if "| Unset" in text and "import Response, UNSET\n" in text:
-            path.write_text(text.replace("import Response, UNSET\n", "import Response, UNSET, Unset\n"))
-    assert unimportable_modules(package.parent) == []
     sys.path.insert(0, str(package.parent))
     try:
         yield package
@@ -172,7 +170,7 @@ def test_generated_client_understands_an_image_sent_as_a_multipart_form(client):
     models, types = module("models"), module("types")
     upload = types.File(payload=io.BytesIO(helpers.image_bytes(seed=2)), file_name="photo.png", mime_type="image/png")
     body = models.UnderstandForm(image=[upload], question="Describe it.", max_new_tokens=4, seed=5)
-    answer = module("api.inference.understand_image").sync(client=client, body=body)
+    answer = module("api.inference.understand_image_upload").sync(client=client, body=body)
     assert isinstance(answer, models.UnderstandResponse), answer
     assert answer.seed == 5 and 1 <= answer.usage.completion_tokens <= 4
 

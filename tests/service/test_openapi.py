@@ -23,7 +23,8 @@ def test_the_committed_openapi_yaml_matches_the_app():
 
 def test_operation_ids_read_well_in_generated_clients():
     assert {op["operationId"] for op in OPERATIONS.values()} == {
-        "understand_image", "generate_images", "get_health", "get_readiness", "get_metrics", "get_model_info"}
+        "understand_image", "understand_image_upload", "generate_images", "get_health", "get_readiness",
+        "get_metrics", "get_model_info"}
 
 
 @pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))
@@ -53,10 +54,11 @@ def test_inference_routes_document_their_errors_bodies_and_streams(path, method)
     assert op["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 
 
-def test_the_multipart_form_and_json_body_are_both_documented_for_understand():
-    body = OPERATIONS[("/understand", "post")]["requestBody"]["content"]
+def test_understand_documents_json_and_its_upload_path_the_multipart_form():
+    assert set(OPERATIONS[("/understand", "post")]["requestBody"]["content"]) == {"application/json"}
+    body = OPERATIONS[("/understand/upload", "post")]["requestBody"]["content"]
     form = SPEC["components"]["schemas"]["UnderstandForm"]
-    assert "multipart/form-data" in body and form["properties"]["image"]["items"]["format"] == "binary"
+    assert set(body) == {"multipart/form-data"} and form["properties"]["image"]["items"]["format"] == "binary"
     assert set(SPEC["components"]["schemas"]["UnderstandRequest"]["properties"]) - {"images"} \
         == set(form["properties"]) - {"image"}
 

@@ -26,9 +26,9 @@ router = APIRouter(tags=["inference"], dependencies=[Authenticated])
 DESCRIPTION = """\
 Answers `question` about the images, like a chat turn with Janus-Pro.
 
-Send either **JSON** (`images`: base64 strings) or a **multipart form** (one `image` file part per image, the
-options as text fields). With one image the question needs no tag; with several, put one `<image_placeholder>`
-where each image belongs, in order.
+Send **JSON** (`images`: base64 strings); `POST /understand/upload` takes the same request as a **multipart
+form** (one `image` file part per image, the options as text fields), and either path accepts either body. With
+one image the question needs no tag; with several, put one `<image_placeholder>` where each image belongs, in order.
 
 `temperature` 0 (the default) is greedy decoding; the same request with the same `seed` gives the same answer,
 whatever else the server is doing. With `stream: true` the answer is a Server-Sent Events stream: `delta` events
@@ -45,17 +45,6 @@ STREAM_EXAMPLE = (
 )
 
 
-@router.post(
-    "/understand",
-    operation_id="understand_image",
-    summary="Answer a question about images",
-    description=DESCRIPTION,
-    response_model=UnderstandResponse,
-    responses={200: docs.ok_response("The answer (JSON), or with `stream: true` an event stream.",
-                                     docs.UNDERSTAND_EXAMPLE, STREAM_EXAMPLE),
-               **docs.error_responses(*docs.INFERENCE_ERRORS)},
-    openapi_extra=docs.understand_body(),
-)
 async def understand_image(request: Request, response: Response,
                            runtime: ReadyRuntimeDep) -> UnderstandResponse | StreamingResponse:
     body = await read_understand(request)
@@ -69,6 +58,18 @@ async def understand_image(request: Request, response: Response,
     result = await result_or_cancel(handle, request)
     assert isinstance(result, UnderstandResult)
     return _response(runtime, handle.id, result, seed)
+
+
+RESPONSES = {200: docs.ok_response("The answer (JSON), or with `stream: true` an event stream.",
+                                   docs.UNDERSTAND_EXAMPLE, STREAM_EXAMPLE),
+             **docs.error_responses(*docs.INFERENCE_ERRORS)}
+router.add_api_route("/understand", understand_image, methods=["POST"], operation_id="understand_image",
+                     summary="Answer a question about images", description=DESCRIPTION,
+                     response_model=UnderstandResponse, responses=RESPONSES, openapi_extra=docs.understand_body())
+router.add_api_route("/understand/upload", understand_image, methods=["POST"], operation_id="understand_image_upload",
+                     summary="Answer a question about uploaded images (multipart form)", description=DESCRIPTION,
+                     response_model=UnderstandResponse, responses=RESPONSES,
+                     openapi_extra=docs.understand_upload_body())
 
 
 def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:
