@@ -8,6 +8,7 @@ slots; `decode` advances the rows in slots 0..B-1 by one token each, attending t
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
@@ -44,13 +45,16 @@ class RotaryTable:
         # rotate_half(x) * sin == roll(x, D/2) * signed_sin: one op instead of slice, slice, negate, concat
         self.sin = paddle.concat([-freqs.sin(), freqs.sin()], axis=-1)
 
-    def lookup(self, positions: paddle.Tensor, dtype: paddle.dtype) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """positions [B, T] -> cos, sin [B, T, 1, D]."""
+    def lookup(self, positions: paddle.Tensor, dtype: paddle.dtype,
+               heads: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """positions [B, T] -> cos, sin [B, T, heads, D], materialised once per forward: Paddle's CPU kernels
+        broadcast slowly, and every layer multiplies queries and keys by these."""
         flat = positions.flatten()
-        shape = [*positions.shape, 1, self.cos.shape[-1]]
-        cos = paddle.index_select(self.cos, flat).reshape(shape).astype(dtype)
-        sin = paddle.index_select(self.sin, flat).reshape(shape).astype(dtype)
-        return cos, sin
+        B, T = positions.shape
+        D = self.cos.shape[-1]
+        cos = paddle.index_select(self.cos, flat).reshape([B, T, 1, D]).astype(dtype)
+        sin = paddle.index_select(self.sin, flat).reshape([B, T, 1, D]).astype(dtype)
+        return paddle.expand(cos, [B, T, heads, D]).clone(), paddle.expand(sin, [B, T, heads, D]).clone()
 
 
 def _rms_norm(norm: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
@@ -112,7 +116,9 @@ class Backbone:
         q = attn.q_proj(x).reshape([B, T, H, D])
         k = attn.k_proj(x).reshape([B, T, KVH, D])
         v = attn.v_proj(x).reshape([B, T, KVH, D])
-        return _rope(q, cos, sin), _rope(k, cos, sin), v
+        if KVH == H:
+            return _rope(q, cos, sin), _rope(k, cos, sin), v
+        return _rope(q, cos, sin), _rope(k, cos[:, :, :KVH], sin[:, :, :KVH]), v
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
                 positions: paddle.Tensor) -> paddle.Tensor:
@@ -132,13 +138,10 @@ class Backbone:
         write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH*T]
 
         # causal, never a padding key; a query always sees itself (keeps padding rows finite)
-        causal = paddle.tril(paddle.ones([T, T], "bool"))
-        key_real = token_mask.astype("bool").unsqueeze(1)  # [B, 1, T]
-        allowed = paddle.logical_and(causal, paddle.logical_or(key_real, paddle.eye(T, dtype="int32").astype("bool")))
         H = self.cfg.num_attention_heads
-        bias = paddle.expand(_additive(allowed, embeds.dtype).unsqueeze(1), [B, H, T, T]).clone()
+        bias = paddle.to_tensor(_prompt_bias(token_mask.numpy(), H), dtype=embeds.dtype)  # [B, H, T, T]
 
-        cos, sin = self.rotary.lookup(positions, embeds.dtype)
+        cos, sin = self.rotary.lookup(positions, embeds.dtype, H)
         h = embeds
         for i, layer in enumerate(self.lm.llama.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
@@ -165,7 +168,7 @@ class Backbone:
         write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH]
         bias = _additive(cache.valid[:B] > 0, embeds.dtype).reshape([B, 1, 1, cache.max_len])
 
-        cos, sin = self.rotary.lookup(positions, embeds.dtype)
+        cos, sin = self.rotary.lookup(positions, embeds.dtype, H)
         h = embeds
         for i, layer in enumerate(self.lm.llama.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
@@ -178,6 +181,15 @@ class Backbone:
             h = h + layer.self_attn.o_proj(out)
             h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
         return _rms_norm(self.lm.llama.norm, h)
+
+
+def _prompt_bias(token_mask: np.ndarray, heads: int) -> np.ndarray:
+    """token_mask [B, T] -> additive mask [B, heads, T, T]: causal, never a padding key; a query always sees itself
+    (keeps padding rows finite). Built on the host, where these boolean ops cost a fraction of Paddle's."""
+    B, T = token_mask.shape
+    allowed = np.tril(np.ones((T, T), bool)) & (token_mask.astype(bool)[:, None, :] | np.eye(T, dtype=bool))
+    bias = np.where(allowed, np.float32(0), np.finfo(np.float32).min).astype(np.float32)
+    return np.ascontiguousarray(np.broadcast_to(bias[:, None], (B, heads, T, T)))
 
 
 def _additive(allowed: paddle.Tensor, dtype: paddle.dtype) -> paddle.Tensor:
