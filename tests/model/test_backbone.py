@@ -107,3 +107,35 @@ def test_decoding_past_the_cache_is_refused(tiny_model):
     _prefill(tiny_model, cache, np.arange(8)[None], np.ones((1, 8), np.int64), [0])
     with pytest.raises(ValueError, match="exceeds the KV cache length"):
         _decode(tiny_model, cache, np.array([1]), [8], [8])
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    """A tiny random network whose backbone shares each key/value head between two query heads."""
+    import dataclasses
+
+    from model.janus import JanusModel
+    from model.tiny_checkpoint import preset_config
+
+    cfg = preset_config("tiny")
+    cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, num_key_value_heads=2))
+    paddle.seed(3)
+    network = JanusModel(cfg)
+    network.eval()
+    return network
+
+
+def test_grouped_query_attention_matches_paddlenlp_and_recomputation(gqa_model):
+    ids, mask = _left_padded(ROWS)
+    cache = gqa_model.new_cache(4, 32)
+    ours = _prefill(gqa_model, cache, ids, mask, [0, 1, 2])
+    theirs = gqa_model.language_model.llama(
+        inputs_embeds=gqa_model.embed_text(paddle.to_tensor(ids)), attention_mask=paddle.to_tensor(mask),
+        position_ids=paddle.to_tensor(_positions(mask)), return_dict=True).last_hidden_state.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-5, rtol=0)
+    new = np.array([[11], [12], [13]])
+    hidden = _decode(gqa_model, cache, new[:, 0], [ids.shape[1]] * 3, mask.sum(axis=1).tolist())
+    ids, mask = np.concatenate([ids, new], axis=1), np.concatenate([mask, np.ones_like(new)], axis=1)
+    full = _prefill(gqa_model, gqa_model.new_cache(3, 32), ids, mask, [0, 1, 2])[:, -1]
+    np.testing.assert_allclose(hidden, full, atol=1e-5, rtol=0)
