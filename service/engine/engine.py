@@ -52,6 +52,8 @@ class EngineConfig:
     max_waiting: int = 64  # queued requests beyond the running ones
     default_timeout_s: float = 600.0
     progress_every: int = 16  # generation progress event cadence, in steps
+    prefill_batch: int = 4  # understanding prompts prefilled together at most
+    prefill_tokens: int = 4096  # and at most this many (padded) prompt tokens in one prefill
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_seq_len", "progress_every"):
@@ -182,16 +184,15 @@ class Engine:
             else:
                 self._fail(request, RequestTimeout(f"the request did not finish within {request.params.timeout_s} s"))
         runner = self._runner()
-        # Compaction moves are applied as soon as they arise: a freed slot may be handed out again at once.
+        # Requests dropped inside the scheduler left compaction moves: apply them before the slots are reused.
         runner.move(self.scheduler.take_moves())
         admitted = self.scheduler.admit()
         if not self.scheduler.running:
             self._report_queue()
             return False
         started = time.perf_counter()
-        for request in admitted:
-            self._prefill(request)
-            runner.move(self.scheduler.take_moves())
+        for group in self._prefill_groups(admitted):
+            self._prefill(group)
         text_tokens = image_tokens = rows = 0
         # Everything running decodes together, the just-prefilled included (their first token is already chosen).
         decoding = list(self.scheduler.running)
@@ -210,19 +211,47 @@ class Engine:
         self._report_queue()
         return True
 
-    def _prefill(self, request: RequestState) -> None:
-        request.prefill_started = time.perf_counter()
-        request.timings.queued_s = request.prefill_started - request.submitted_at
+    def _prefill_groups(self, admitted: list[RequestState]) -> list[list[RequestState]]:
+        """Understanding prompts are prefilled together, a few at a time (the prompt mask is batch x T x T);
+        a generation request already batches its own rows."""
+        groups: list[list[RequestState]] = []
+        text: list[RequestState] = []
+        for request in admitted:
+            if request.kind is Kind.GENERATE:
+                groups.append([request])
+                continue
+            if text and (len(text) == self.config.prefill_batch or
+                         max(len(r.params.prompt_ids) for r in [*text, request]) * (len(text) + 1)
+                         > self.config.prefill_tokens):
+                groups.append(text)
+                text = []
+            text.append(request)
+        return groups + ([text] if text else [])
+
+    def _prefill(self, group: list[RequestState]) -> None:
+        started = time.perf_counter()
+        for request in group:
+            request.prefill_started = started
+            request.timings.queued_s = started - request.submitted_at
         try:
-            logits = self._runner().prefill(request)
-        except Exception as err:  # noqa: BLE001 - fails this request only
-            log.exception("prefill failed for %s", request.id)
-            self._fail(request, ModelFailure(f"prefill failed: {err}"))
+            if group[0].kind is Kind.GENERATE:
+                first_logits = [self._runner().prefill(group[0])]
+            else:
+                first_logits = self._runner().prefill_understand(group)
+        except Exception as err:  # noqa: BLE001 - fails these requests only
+            if len(group) > 1:  # find the one that breaks: alone, each fails or succeeds on its own
+                for request in group:
+                    self._prefill([request])
+                return
+            log.exception("prefill failed for %s", group[0].id)
+            self._fail(group[0], ModelFailure(f"prefill failed: {err}"))
             return
-        request.timings.prefill_s = time.perf_counter() - request.prefill_started
-        request.first_token_at = time.perf_counter()
-        handler = self._on_text if request.kind is Kind.UNDERSTAND else self._on_image
-        self._guarded(request, handler, logits[0] if request.kind is Kind.UNDERSTAND else logits)
+        now = time.perf_counter()
+        for request, logits in zip(group, first_logits, strict=True):
+            request.timings.prefill_s = now - started
+            request.first_token_at = now
+            handler = self._on_text if request.kind is Kind.UNDERSTAND else self._on_image
+            self._guarded(request, handler, logits)
 
     def _guarded(self, request: RequestState, handler: Callable[[RequestState, np.ndarray], None],
                  logits: np.ndarray) -> None:
@@ -262,12 +291,12 @@ class Engine:
         if done or request.steps_done % self.config.progress_every == 0:
             request.handle.deliver(ProgressEvent(request.steps_done, params.image_tokens))
         if done:
-            self.scheduler.finish(request)
+            self._release(request)
             self._completed.append(request)
 
     def _finish_text(self, request: RequestState, reason: str) -> None:
         request.finish_reason = reason
-        self.scheduler.finish(request)
+        self._release(request)
         result = UnderstandResult(list(request.text_tokens), reason, len(request.params.prompt_ids),
                                   self._timings(request))
         request.handle.deliver(FinishedEvent(result))
@@ -303,8 +332,15 @@ class Engine:
         request.timings.total_s = now - request.submitted_at
         return request.timings
 
-    def _fail(self, request: RequestState, error: EngineError) -> None:
+    def _release(self, request: RequestState) -> None:
+        """Free a request's rows. The compaction moves are applied at once: until they are, the slot numbers the
+        scheduler now hands out would not match where the caches are."""
         self.scheduler.finish(request)
+        if self.runner is not None:
+            self.runner.move(self.scheduler.take_moves())
+
+    def _fail(self, request: RequestState, error: EngineError) -> None:
+        self._release(request)
         self.observer.on_failure(error.kind)
         request.fail(error)
 

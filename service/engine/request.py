@@ -79,7 +79,8 @@ class RequestState:
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     status: Status = Status.WAITING
     slots: list[int] = field(default_factory=list)  # generation: conditional rows first, then unconditional
-    length: int = 0  # tokens in each of its rows' KV cache (= next write column = next rotary position)
+    length: int = 0  # cache columns each of its rows uses (= the next write column)
+    pad: int = 0  # left-padding columns from a batched prefill (rotary position = length - pad)
     next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or the one text token
     text_tokens: list[int] = field(default_factory=list)
     image_tokens: np.ndarray | None = None  # [parallel_size, image_tokens]

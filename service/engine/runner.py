@@ -37,19 +37,30 @@ class Runner:
     def prefill(self, request: RequestState) -> np.ndarray:
         """Run the prompt into the request's rows. Returns first-token logits: text [1, V] or image [rows, V]."""
         if request.kind is Kind.UNDERSTAND:
-            return self._prefill_understand(request)
+            return self.prefill_understand([request])[0][None]
         return self._prefill_generate(request)
 
-    def _prefill_understand(self, request: RequestState) -> np.ndarray:
-        params = request.understand
-        ids = paddle.to_tensor([params.prompt_ids], dtype="int64")
-        features = None
-        if params.pixel_values is not None and len(params.pixel_values):
-            features = self.model.encode_images(paddle.to_tensor(params.pixel_values))
-        embeds = self.model.embed_prompt(ids, features, image_id=params.image_id)
-        hidden = self.model.prefill(embeds, self.cache, request.slots[:1])
-        request.length = ids.shape[1]
-        return self.model.text_logits(hidden[:, -1]).astype("float32").numpy()
+    def prefill_understand(self, requests: list[RequestState]) -> list[np.ndarray]:
+        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass).
+
+        Returns each request's first-token logits [V]."""
+        width = max(len(r.understand.prompt_ids) for r in requests)
+        ids = np.zeros((len(requests), width), np.int64)
+        mask = np.zeros((len(requests), width), np.int64)
+        pixels = []
+        for i, request in enumerate(requests):
+            params = request.understand
+            ids[i, width - len(params.prompt_ids):] = params.prompt_ids
+            mask[i, width - len(params.prompt_ids):] = 1
+            if params.pixel_values is not None and len(params.pixel_values):
+                pixels.append(params.pixel_values)
+        features = self.model.encode_images(paddle.to_tensor(np.concatenate(pixels))) if pixels else None
+        embeds = self.model.embed_prompt(paddle.to_tensor(ids), features, image_id=requests[0].understand.image_id)
+        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], paddle.to_tensor(mask))
+        for request in requests:
+            request.length = width
+            request.pad = width - len(request.understand.prompt_ids)
+        return list(self.model.text_logits(hidden[:, -1]).astype("float32").numpy())
 
     def _prefill_generate(self, request: RequestState) -> np.ndarray:
         params = request.generate
@@ -85,12 +96,14 @@ class Runner:
         kind_of = np.zeros(B, bool)  # True: image row
         token_of = np.zeros(B, np.int64)
         length_of = [0] * B
+        position_of = [0] * B
         for request in requests:
             image = request.kind is Kind.GENERATE
             # every row of a generation pair takes the token sampled for its image
             tokens = request.next_tokens * (2 if image and request.generate.guided else 1)
             for slot, token in zip(request.slots, tokens, strict=True):
                 kind_of[slot], token_of[slot], length_of[slot] = image, token, request.length
+                position_of[slot] = request.length - request.pad
         text_slots = np.flatnonzero(~kind_of)
         image_slots = np.flatnonzero(kind_of)
         parts = []
@@ -102,7 +115,7 @@ class Runner:
         if len(parts) > 1:  # back to slot order
             order = np.argsort(np.concatenate([text_slots, image_slots]), kind="stable")
             embeds = paddle.index_select(embeds, paddle.to_tensor(order))
-        hidden = self.model.decode_step(embeds, self.cache, length_of)[:, 0]  # [B, hidden]
+        hidden = self.model.decode_step(embeds, self.cache, length_of, position_of)[:, 0]  # [B, hidden]
 
         out = StepLogits({}, {})
         row_in_kind = np.zeros(B, np.int64)

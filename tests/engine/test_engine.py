@@ -204,3 +204,14 @@ def test_failure_in_one_request_fails_only_that_request(make_engine, generate_pa
     assert isinstance(results[1], ModelFailure) and "injected" in str(results[1])
     assert isinstance(results[0], GenerateResult) and isinstance(results[2], UnderstandResult)
     assert engine.alive and engine.stats()["free_rows"] == 16
+
+
+def test_a_prompt_that_breaks_a_batched_prefill_fails_alone(make_engine, understand_params):
+    engine = make_engine()
+    good = [understand_params(seed=s) for s in (21, 22, 23)]
+    solo = [run(_results(engine, [p]))[0] for p in good]
+    broken = understand_params(seed=24)
+    broken.pixel_values = np.concatenate([broken.pixel_values] * 2)  # two images for one placeholder block
+    results = run(_results(engine, [good[0], broken, good[1], good[2]]))
+    assert isinstance(results[1], ModelFailure) and "prefill failed" in str(results[1])
+    assert [r.token_ids for r in (results[0], results[2], results[3])] == [r.token_ids for r in solo]
