@@ -45,7 +45,7 @@ def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int]
         build_tiny_checkpoint(directory, preset=preset, seed=7)
     paddle.set_grad_enabled(False)
     janus, _ = load_janus(directory)
-    max_seq_len = 1024
+    max_seq_len = 768  # what these requests need (one image + question + 32 tokens; prompt + 576 image tokens)
     prep = Preprocessor.from_dir(directory, janus.cfg, max_seq_len)
     sections = []
     specs = {"generate": ("/generate", "images/s", generate_jobs, baseline.run_generate, levels_gen, base_gen, 2),
