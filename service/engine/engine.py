@@ -193,7 +193,10 @@ class Engine:
         started = time.perf_counter()
         for group in self._prefill_groups(admitted):
             self._prefill(group)
-        text_tokens = image_tokens = rows = 0
+        # the first token of each new request came out of its prefill
+        text_tokens = sum(1 for r in admitted if r.kind is Kind.UNDERSTAND and r.first_token_at)
+        image_tokens = sum(r.generate.parallel_size for r in admitted if r.kind is Kind.GENERATE and r.first_token_at)
+        rows = 0
         # Everything running decodes together, the just-prefilled included (their first token is already chosen).
         decoding = list(self.scheduler.running)
         if decoding:

@@ -63,3 +63,12 @@ def test_each_app_gets_its_own_metrics_registry():
     first.on_failure("model")
     assert first.registry.get_sample_value("janus_engine_failures_total", {"kind": "model"}) == 1
     assert second.registry.get_sample_value("janus_engine_failures_total", {"kind": "model"}) is None
+
+
+def test_generated_token_counter_counts_every_image_token_once(client, tiny_model):
+    def image_tokens() -> float:
+        return _reader(client.get("/metrics").text)("janus_generated_tokens_total", kind="image")
+
+    before = image_tokens()
+    assert client.post("/generate", json={"prompt": "a fox", "seed": 3, "parallel_size": 2}).status_code == 200
+    assert image_tokens() - before == 2 * tiny_model.cfg.gen_vision.num_tokens
