@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,19 +55,50 @@ def essence(path: str, body: dict[str, Any]) -> object:
     return body["text"] if path == "/understand" else [image["data"] for image in body["images"]]
 
 
+def send_together(url: str, requests: Sequence[tuple[str, dict[str, Any]]],
+                  while_in_flight: Callable[[list[asyncio.Task[httpx.Response]]], Awaitable[None]] | None = None,
+                  timeout_s: float = 60.0) -> list[httpx.Response]:
+    """POST all requests at once, each on its own connection; `while_in_flight(tasks)` runs meanwhile.
+
+    Bounded: each request by `timeout_s`, the whole lot by three times that, so a hung request fails the test.
+    """
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
+            tasks = [asyncio.create_task(http.post(path, json=payload)) for path, payload in requests]
+            if while_in_flight is not None:
+                await while_in_flight(tasks)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 3 * timeout_s)
+
+    return asyncio.run(run())
+
+
+async def poll_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """The asyncio twin of `wait_until`: lets the event loop run requests while waiting."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"gave up waiting for: {what}")
+        await asyncio.sleep(0.01)
+
+
 # engine hooks (the engine calls its fault hook in its own thread, once per running request per step)
 
 class StepHook:
-    """Holds the engine at its first hooked call until `release()`; then applies `action` to every call.
+    """Installed as the engine's fault hook: with `hold`, holds the engine at its first call until `release()`;
+    applies `action` to every call after that (an exception there fails that request).
 
-    Records the engine stats seen after the release, so a test can show that requests really shared steps.
+    Records the engine stats at each call after the release, so a test can show that requests shared steps.
     """
 
-    def __init__(self, engine: Any, action: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, engine: Any, action: Callable[[Any], None] | None = None, hold: bool = True) -> None:
         self.engine = engine
         self.action = action
         self.held = threading.Event()
         self._open = threading.Event()
+        if not hold:
+            self._open.set()
         self.stats: list[dict[str, int]] = []
         engine.fault_hook = self
 
@@ -84,6 +116,29 @@ class StepHook:
     def remove(self) -> None:
         self.release()
         self.engine.fault_hook = None
+
+
+class AdmissionGate:
+    """Keeps the engine from admitting waiting requests until `release()`: everything submitted meanwhile is
+    admitted in one go, prefilled in the same step, and (same length) finishes in the same step."""
+
+    def __init__(self, engine: Any) -> None:
+        self.scheduler = engine.scheduler
+        self._admit = self.scheduler.admit
+        self._open = threading.Event()
+        self.scheduler.admit = self._gated  # the engine thread looks the method up on the instance
+
+    def _gated(self) -> list[Any]:
+        if not self._open.is_set():
+            self._open.wait()
+        return self._admit()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def remove(self) -> None:
+        self.release()
+        del self.scheduler.admit
 
 
 # janus-serve processes
