@@ -20,8 +20,12 @@ def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator, top
     """logits [R, V] -> token ids [R]. temperature 0 is greedy; otherwise softmax(logits / T), optional nucleus."""
     if temperature <= 0.0:
         return logits.argmax(axis=-1)
-    scaled = logits.astype(np.float64) / temperature
-    scaled -= scaled.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = logits.astype(np.float64) / temperature
+        scaled -= scaled.max(axis=-1, keepdims=True)
+    if not np.isfinite(scaled).all():
+        # a temperature so small that logits / T overflows: its limit, greedy choice
+        return logits.argmax(axis=-1)
     probs = np.exp(scaled)
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p < 1.0:

@@ -30,10 +30,21 @@ class Scheduler:
 
     def add(self, request: RequestState) -> None:
         with self._lock:
-            if len(self._waiting) >= self.max_waiting:
+            if self._queued_beyond_free_rows(request) > self.max_waiting:
                 raise Overloaded(f"the server is at capacity ({self.max_rows} rows running, {len(self._waiting)} "
                                  "requests waiting); retry later", retry_after_s=self.retry_after())
             self._waiting.append(request)
+
+    def _queued_beyond_free_rows(self, newcomer: RequestState) -> int:
+        """How many requests would wait with the newcomer added: those the next step cannot admit into the free
+        rows (first come first served, so once one does not fit, all after it wait too)."""
+        spare = self.max_rows - self.used
+        queue = [*self._waiting, newcomer]
+        for position, request in enumerate(queue):
+            if request.rows > spare:
+                return len(queue) - position
+            spare -= request.rows
+        return 0
 
     def retry_after(self) -> float:
         busy = max(1, len(self.running))

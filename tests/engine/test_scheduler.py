@@ -39,10 +39,19 @@ def test_admission_is_first_come_first_served_and_bounded_by_rows():
 
 def test_full_queue_refuses_with_retry_after():
     scheduler = Scheduler(max_rows=2, max_waiting=1)
-    scheduler.add(_request(1))
+    scheduler.add(_request(2))  # takes the free rows at the next step
+    scheduler.add(_request(2))  # waits
     with pytest.raises(Overloaded) as refused:
-        scheduler.add(_request(1))
+        scheduler.add(_request(2))
     assert refused.value.retry_after_s >= 1
+
+
+def test_requests_that_fit_the_free_rows_do_not_count_as_waiting():
+    scheduler = Scheduler(max_rows=4, max_waiting=0)
+    scheduler.add(_request(2))
+    scheduler.add(_request(2))
+    with pytest.raises(Overloaded):
+        scheduler.add(_request(1))
 
 
 @pytest.mark.parametrize("leaving", [0, 1, 2])
