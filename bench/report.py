@@ -17,6 +17,14 @@ def markdown(results: dict) -> str:
             lines.append(f"| {section['workload']} | {section['model']} | service | {level['concurrency']} | "
                          f"{level['throughput']:.3f} {unit} | {level['p50_s']:.2f} | {level['p95_s']:.2f} | "
                          f"{level['speedup']:.2f}x |")
+    mid = results.get("midsize")
+    if mid:
+        lines += ["", f"Mid-size backbone ({mid['parameters'] / 1e9:.2f} B parameters, "
+                  f"context {mid['context_tokens']}): "
+                  f"reference loop step (4 rows) {mid['baseline_step_s_4_rows'] * 1000:.0f} ms = "
+                  f"{mid['baseline_image_tokens_per_s']:.1f} image tokens/s; engine step with 8 requests (32 rows) "
+                  f"{mid['engine_step_s_32_rows'] * 1000:.0f} ms = {mid['engine_image_tokens_per_s']:.1f} image "
+                  f"tokens/s: {mid['speedup_c8']:.1f}x."]
     full = results.get("fullsize")
     if full:
         lines += ["", f"Janus-Pro-1B architecture, random weights, float32 ({full['parameters'] / 1e9:.2f} B "
