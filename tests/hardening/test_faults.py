@@ -1,6 +1,6 @@
 """Faults while other requests run, beyond tests/service (which fails requests one at a time and disconnects a
 client before its first step): a failure in the middle of a shared batch, a failed image decode among requests
-finishing in the same step, a client leaving halfway through a generation next to another request, and SIGTERM on
+finishing in the same step, a client leaving in the middle of a generation next to another request, and SIGTERM on
 a `janus-serve` process with several requests in flight.
 """
 
@@ -58,7 +58,7 @@ def metrics(http: httpx.Client) -> dict[tuple[str, frozenset[tuple[str, str]]], 
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_an_exception_halfway_through_one_request_fails_only_it_and_the_rest_of_the_batch_is_unchanged(make_server):
+def test_an_exception_in_one_request_mid_batch_fails_only_it_and_the_others_give_their_solo_results(make_server):
     live = make_server(max_rows=16)
     others = [("/understand", understand_request(seed=11, max_new_tokens=12)),
               ("/generate", generate_request(seed=12, parallel_size=2)),
@@ -130,18 +130,18 @@ def test_a_failed_image_decode_fails_only_its_request_among_those_finishing_in_t
     assert decoded_batches[0] == 4 and sorted(decoded_batches[1:]) == [1, 1, 2]
 
 
-def test_a_client_leaving_halfway_through_a_generation_frees_its_rows_while_its_neighbour_finishes(make_server):
+def test_a_client_leaving_mid_generation_frees_its_rows_while_its_neighbour_finishes(make_server):
     live = make_server(max_rows=8, progress_every=2)
     neighbour = ("/understand", understand_request(seed=31, max_new_tokens=24))
     expected = solo(live, [neighbour])
     engine = live.runtime.engine
-    halfway: list[dict[str, int]] = []
+    at_leave: list[dict[str, int]] = []
 
     def wait_after_the_first_progress_for_the_client_to_leave(request: Any) -> None:
         # the first progress event (2 of 16 tokens) is out: hold the engine until the server has seen the client
         # leave, so the disconnect surely lands mid-generation
-        if request.params.seed == 777 and request.steps_done == 2 and not halfway:
-            halfway.append(engine.stats())
+        if request.params.seed == 777 and request.steps_done == 2 and not at_leave:
+            at_leave.append(engine.stats())
             deadline = time.monotonic() + 30
             while not request.handle.cancelled and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -170,7 +170,7 @@ def test_a_client_leaving_halfway_through_a_generation_frees_its_rows_while_its_
     finally:
         gate.remove()
         hook.remove()
-    assert halfway and halfway[0]["running_generate_rows"] == 4 and halfway[0]["running_understand_rows"] == 1
+    assert at_leave and at_leave[0]["running_generate_rows"] == 4 and at_leave[0]["running_understand_rows"] == 1
     assert out["reply"].status_code == 200 and essence(neighbour[0], out["reply"].json()) == expected[0]
     wait_until(lambda: engine.stats()["free_rows"] == 8, "the abandoned rows to be freed")
     with live.client() as http:
