@@ -138,10 +138,15 @@ def test_a_client_leaving_mid_generation_frees_its_rows_while_its_neighbour_fini
     at_leave: list[dict[str, int]] = []
 
     def wait_after_the_first_progress_for_the_client_to_leave(request: Any) -> None:
-        # the first progress event (2 of 16 tokens) is out: hold the engine until the server has seen the client
-        # leave, so the disconnect surely lands mid-generation
-        if request.params.seed == 777 and request.steps_done == 2 and not at_leave:
+        if request.params.seed != 777:
+            return
+        if request.steps_done == 1 and not at_leave:
+            # both requests are running, and no progress event has gone out yet: what the client leaves behind
             at_leave.append(engine.stats())
+        if request.steps_done == 2:
+            # the first progress event (2 of 16 tokens) is out: hold the engine until the server has seen the
+            # client leave (the engine may also notice first and drop the request before this step), so the
+            # disconnect surely lands mid-generation
             deadline = time.monotonic() + 30
             while not request.handle.cancelled and time.monotonic() < deadline:
                 time.sleep(0.005)
