@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hardening.helpers import ServerProcess, spawn_server
+from tests.service.conftest import make_server  # noqa: F401  (the same per-test server factory)
 from tests.service.helpers import LiveServer, start_server, test_settings
 
 
@@ -17,21 +18,6 @@ def server(tiny_dir: Path) -> Iterator[LiveServer]:
     live = start_server(test_settings(tiny_dir))
     yield live
     live.stop()
-
-
-@pytest.fixture
-def make_server(tiny_dir: Path) -> Iterator[Callable[..., LiveServer]]:
-    """A server of its own with some settings changed; stopped after the test."""
-    started: list[LiveServer] = []
-
-    def build(**overrides: object) -> LiveServer:
-        live = start_server(test_settings(tiny_dir, **overrides))
-        started.append(live)
-        return live
-
-    yield build
-    for live in started:
-        live.stop()
 
 
 @pytest.fixture
