@@ -13,6 +13,7 @@ import paddle
 import paddle.nn.functional as F
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
+from model.attention import decode_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import KVCache
 
@@ -72,24 +73,6 @@ def _rope(x: paddle.Tensor, cos: paddle.Tensor, signed_sin: paddle.Tensor) -> pa
     return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * signed_sin
 
 
-def _prompt_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
-                      bias: paddle.Tensor) -> paddle.Tensor:
-    """q [B, T, H, D], keys/values [B, T, KVH, D], bias [B, H, T, T] (full shape) -> [B, T, H*D]."""
-    B, T, H, D = q.shape
-    if keys.shape[2] != H:
-        keys = paddle.repeat_interleave(keys, H // keys.shape[2], axis=2)
-        values = paddle.repeat_interleave(values, H // values.shape[2], axis=2)
-    # Scale the queries (T x D) rather than the scores (T x T), and add the mask in place: on CPU, broadcasting
-    # and freshly allocated T x T temporaries cost more than the matmuls.
-    scores = paddle.matmul((q * (D**-0.5)).transpose([0, 2, 1, 3]), keys.transpose([0, 2, 1, 3]), transpose_y=True)
-    scores.add_(bias)
-    if scores.dtype != paddle.float32:
-        scores = scores.astype("float32")
-    probs = F.softmax(scores, axis=-1).astype(values.dtype)
-    out = paddle.matmul(probs, values.transpose([0, 2, 1, 3]))  # [B, H, T, D]
-    return out.transpose([0, 2, 1, 3]).reshape([B, T, H * D])
-
-
 class Backbone:
     def __init__(self, lm: LlamaForCausalLM, cfg: LanguageConfig) -> None:
         self.lm = lm
@@ -131,23 +114,20 @@ class Backbone:
         if cache.max_len < T:
             raise ValueError(f"sequence of {T} tokens exceeds the KV cache length {cache.max_len}")
         D = self.cfg.head_dim
+        starts = left_padding(token_mask.numpy())
         slot_ids = paddle.to_tensor(slots, dtype="int64")
         columns = paddle.expand(paddle.arange(T, dtype="int64").unsqueeze(0), [B, T])
         cache.clear(slots)
         cache.mark_valid(slot_ids, columns, token_mask)
         write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH*T]
 
-        # causal, never a padding key; a query always sees itself (keeps padding rows finite)
-        H = self.cfg.num_attention_heads
-        bias = paddle.to_tensor(_prompt_bias(token_mask.numpy(), H), dtype=embeds.dtype)  # [B, H, T, T]
-
-        cos, sin = self.rotary.lookup(positions, embeds.dtype, H)
+        cos, sin = self.rotary.lookup(positions, embeds.dtype, self.cfg.num_attention_heads)
         h = embeds
         for i, layer in enumerate(self.lm.llama.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
             cache.write(i, write_index, k.transpose([0, 2, 1, 3]).reshape([-1, D]),
                         v.transpose([0, 2, 1, 3]).reshape([-1, D]))
-            h = h + layer.self_attn.o_proj(_prompt_attention(q, k, v, bias))
+            h = h + layer.self_attn.o_proj(prompt_attention(q, k, v, starts, causal=True))
             h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
         return _rms_norm(self.lm.llama.norm, h)
 
@@ -161,12 +141,12 @@ class Backbone:
         B = embeds.shape[0]
         if max(lengths) >= cache.max_len:
             raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the KV cache length {cache.max_len}")
-        H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        H, D = self.cfg.num_attention_heads, self.cfg.head_dim
         slot_ids = paddle.arange(B, dtype="int64")
         columns = paddle.to_tensor(lengths, dtype="int64").unsqueeze(1)
         cache.mark_valid(slot_ids, columns, paddle.ones([B, 1], "float32"))
         write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH]
-        bias = _additive(cache.valid[:B] > 0, embeds.dtype).reshape([B, 1, 1, cache.max_len])
+        valid, attended = cache.valid[:B], max(lengths) + 1
 
         cos, sin = self.rotary.lookup(positions, embeds.dtype, H)
         h = embeds
@@ -174,24 +154,15 @@ class Backbone:
             q, k, v = self._qkv(layer, h, cos, sin)
             cache.write(i, write_index, k.reshape([-1, D]), v.reshape([-1, D]))
             keys, values = cache.view(i, B)  # [B, KVH, max_len, D], no copy
-            grouped = q.reshape([B, KVH, H // KVH, D])  # query heads that share a key/value head
-            scores = paddle.matmul(grouped, keys, transpose_y=True) * (D**-0.5) + bias  # [B, KVH, G, max_len]
-            probs = F.softmax(scores.astype("float32"), axis=-1).astype(values.dtype)
-            out = paddle.matmul(probs, values).reshape([B, 1, H * D])
-            h = h + layer.self_attn.o_proj(out)
+            h = h + layer.self_attn.o_proj(decode_attention(q, keys, values, valid, attended))
             h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
         return _rms_norm(self.lm.llama.norm, h)
 
 
-def _prompt_bias(token_mask: np.ndarray, heads: int) -> np.ndarray:
-    """token_mask [B, T] -> additive mask [B, heads, T, T]: causal, never a padding key; a query always sees itself
-    (keeps padding rows finite). Built on the host, where these boolean ops cost a fraction of Paddle's."""
-    B, T = token_mask.shape
-    allowed = np.tril(np.ones((T, T), bool)) & (token_mask.astype(bool)[:, None, :] | np.eye(T, dtype=bool))
-    bias = np.where(allowed, np.float32(0), np.finfo(np.float32).min).astype(np.float32)
-    return np.ascontiguousarray(np.broadcast_to(bias[:, None], (B, heads, T, T)))
-
-
-def _additive(allowed: paddle.Tensor, dtype: paddle.dtype) -> paddle.Tensor:
-    """Boolean mask -> 0 where allowed, the dtype's most negative value elsewhere."""
-    return paddle.where(allowed, paddle.zeros([1], dtype), paddle.full([1], paddle.finfo(dtype).min, dtype))
+def left_padding(token_mask: np.ndarray) -> np.ndarray:
+    """token_mask [B, T] (zeros, then ones) -> each row's first real token [B]."""
+    real = token_mask.astype(bool)
+    starts = real.shape[1] - real.sum(axis=1)
+    if not (real == (np.arange(real.shape[1])[None] >= starts[:, None])).all():
+        raise ValueError("token_mask must be left padding: zeros, then ones to the end of each row")
+    return starts.astype(np.int64)

@@ -6,9 +6,9 @@ Sub-layer names mirror the checkpoint keys under `vision_model.vision_tower.`.
 from __future__ import annotations
 
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
+from model.attention import prompt_attention
 from model.config import VisionConfig
 
 
@@ -31,12 +31,10 @@ class Attention(nn.Layer):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, D]
-        scores = paddle.matmul(q, k, transpose_y=True) * (self.head_dim**-0.5)
-        out = paddle.matmul(F.softmax(scores, axis=-1), v)  # [B, H, N, D]
-        return self.proj(out.transpose([0, 2, 1, 3]).reshape([B, N, C]))
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape([B, N, 3, self.heads, self.head_dim])
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, D] views
+        return self.proj(prompt_attention(q, k, v, starts=None, causal=False))
 
 
 class Mlp(nn.Layer):

@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JANUS_CACHE_DIR", str(ROOT / ".cache" / "test-cache"))
+# The fused CPU kernels must build wherever the suite runs (servers started by tests inherit this).
+os.environ.setdefault("JANUS_CPU_KERNELS", "require")
 
 import model  # noqa: E402,F401  (sets Paddle's environment before anything imports paddle)
 

@@ -1,0 +1,174 @@
+"""Fused float32 CPU kernels (attention), compiled from C on first use and cached.
+
+The library is built with the machine's C compiler for the machine's own CPU (`-march=native`) into
+`$JANUS_CACHE_DIR/cpu-kernels/<key>/`, where the key covers the source, the flags, the compiler and the CPU's
+feature flags: a cache shared between different machines never hands one a library built for another. Building
+takes about a second; later starts only load it.
+
+Threads come from OpenMP, linked against the runtime Paddle's MKL uses (Intel's libiomp5, shipped inside the
+paddle wheel) when it is there: two OpenMP runtimes in one process each keep their worker threads spinning after a
+parallel region, and on a small machine they then fight over the cores (measured: the kernels ran slower than
+Paddle's unfused ops that way). GCC's libgomp is the fallback.
+
+`JANUS_CPU_KERNELS` chooses: `auto` (default: use them when they build, else Paddle's own ops, with a warning),
+`off` (always Paddle's ops), `require` (fail when they cannot be built: tests and benchmarks use this).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from model.runtime_env import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("attention.c")
+MODES = ("auto", "off", "require")
+_COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]
+
+_P, _I, _L, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "janus_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _L, _L, _P, _I, _F],
+    "janus_decode_attention": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _L, _L, _L, _I, _F],
+}
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernels could not be compiled or loaded."""
+
+
+def mode() -> str:
+    value = os.environ.get("JANUS_CPU_KERNELS", "auto").strip().lower()
+    if value not in MODES:
+        raise ValueError(f"JANUS_CPU_KERNELS must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None when they are switched off or (in `auto` mode) cannot be built."""
+    wanted = mode()
+    if wanted == "off":
+        return None
+    with _lock:
+        if "lib" not in _loaded:
+            try:
+                _loaded["lib"] = _load(build())
+                log.info("fused CPU attention kernels loaded")
+            except KernelBuildError as err:
+                if wanted == "require":
+                    raise
+                log.warning("fused CPU kernels unavailable, using Paddle's ops (slower on CPU): %s", err)
+                _loaded["lib"] = None
+        lib = _loaded["lib"]
+    if lib is None and wanted == "require":
+        raise KernelBuildError("JANUS_CPU_KERNELS=require but the kernels failed to build earlier in this process")
+    return lib
+
+
+def build(out_root: Path | None = None) -> Path:
+    """Compile the kernels (or find them already compiled) and return the shared library's path."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise KernelBuildError("no C compiler found (install gcc, or set CC)")
+    source = SOURCE.read_bytes()
+    link = _openmp_link_flags()
+    last_error = ""
+    for arch in (["-march=native"], []):  # some compilers (or CPUs) have no -march=native
+        flags = arch + _COMPILE_FLAGS
+        key = _cache_key(compiler, flags + link, source)
+        target = (out_root or cache_root() / "cpu-kernels") / key / "libjanus_cpu_kernels.so"
+        if target.exists():
+            return target
+        try:
+            _compile(compiler, flags, link, target)
+            return target
+        except KernelBuildError as err:
+            last_error = str(err)
+    raise KernelBuildError(last_error)
+
+
+def _openmp_link_flags() -> list[str]:
+    """Link against Paddle's own libiomp5 when the wheel ships it (see the module docstring), else libgomp."""
+    spec = importlib.util.find_spec("paddle")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        libs = Path(location) / "libs"
+        if (libs / "libiomp5.so").exists():
+            return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-Wl,--no-undefined"]
+    return ["-fopenmp"]
+
+
+def _compile(compiler: str, flags: list[str], link: list[str], target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KernelBuildError(f"cannot create {target.parent}: {err}") from None
+    # Built under temporary names and renamed: processes starting together never load a half-written file.
+    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
+    os.close(fd)
+    objects = partial + ".o"
+    try:
+        for command in ([compiler, *flags, "-c", str(SOURCE), "-o", objects],
+                        [compiler, "-shared", objects, "-o", partial, *link]):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise KernelBuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise KernelBuildError(f"cannot run {compiler}: {err}") from None
+    finally:
+        for leftover in (partial, objects):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        raise KernelBuildError(f"cannot load {path}: {err}") from None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes = argtypes
+        function.restype = None
+    return lib
+
+
+def _cache_key(compiler: str, flags: list[str], source: bytes) -> str:
+    digest = hashlib.sha256(source)
+    digest.update(" ".join(flags).encode())
+    digest.update(_compiler_version(compiler).encode())
+    digest.update(platform.machine().encode())
+    digest.update(_cpu_features().encode())
+    return digest.hexdigest()[:16]
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return compiler
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (what -march=native compiles for)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()

@@ -1,0 +1,252 @@
+/* Fused float32 attention for the CPU: scores, mask, softmax and the weighted sum in one pass, without ever
+ * materialising the [heads, T, T] score tensor. Paddle's CPU build spends most of a prompt's attention time in
+ * that tensor (scaling, masking and a scalar-exp softmax over T x T elements); here the exponentials are
+ * vectorised and the masked half of a causal prompt is never computed.
+ *
+ * Written with GCC/Clang vector extensions (8 floats, one AVX register) rather than intrinsics, so it builds on
+ * any x86-64 or ARM compiler; threads come from OpenMP (libgomp, which Paddle's CPU build already loads).
+ * Every tensor is float32 with a contiguous last (head_dim) axis; the other axes are given as element strides.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#define QB 4 /* queries per register tile */
+
+static inline v8 load8(const float *p) { v8 r; memcpy(&r, p, sizeof r); return r; }
+static inline void store8(float *p, v8 x) { memcpy(p, &x, sizeof x); }
+static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
+static inline v8 select8(v8i mask, v8 a, v8 b) { return (v8)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+
+/* e^x for x <= 0 (arguments are score - max): 2^n * e^r with |r| <= ln2/2, degree-6 Taylor (relative error
+ * about 1e-7, float's own precision). Below -87 the result is clamped to e^-87 ~ 1.6e-38, never a denormal. */
+static inline v8 exp8(v8 x) {
+    const v8 lowest = splat(-87.0f), magic = splat(12582912.0f); /* 1.5 * 2^23: rounds to nearest */
+    x = select8(x < lowest, lowest, x);
+    v8 t = x * splat(1.44269504f) + magic;
+    v8 n = t - magic;
+    v8 r = x - n * splat(0.693145752f) - n * splat(1.42860677e-06f);
+    v8 p = splat(1.0f / 720);
+    p = p * r + splat(1.0f / 120);
+    p = p * r + splat(1.0f / 24);
+    p = p * r + splat(1.0f / 6);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    v8i scale = ((v8i)t - (v8i)magic + 127) << 23;
+    return p * (v8)scale;
+}
+
+static inline float hmax8(v8 x) {
+    float m = x[0];
+    for (int i = 1; i < 8; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static inline float hsum8(v8 x) {
+    return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+}
+
+/* row[0..n) <- softmax numerators exp(row - max) over the first `live` entries, zero after; returns their sum.
+ * n is a multiple of 8. */
+static float exp_row(float *row, int live, int n) {
+    v8 vm = splat(-3.0e38f);
+    int j = 0;
+    for (; j + 8 <= live; j += 8) { v8 s = load8(row + j); vm = select8(s > vm, s, vm); }
+    float m = hmax8(vm);
+    for (; j < live; j++) m = row[j] > m ? row[j] : m;
+    for (j = live; j < n; j++) row[j] = -3.0e38f;
+    v8 sum = splat(0.0f), vmax = splat(m);
+    for (j = 0; j < n; j += 8) {
+        v8 e = exp8(load8(row + j) - vmax);
+        e = select8((v8i){0, 1, 2, 3, 4, 5, 6, 7} + j < live, e, splat(0.0f));
+        store8(row + j, e);
+        sum += e;
+    }
+    return hsum8(sum);
+}
+
+/* acc[QB][D] = sum_j p[q][j] * V[j] for the tile's queries; V rows `v_stride` apart. D is a multiple of 8.
+ * Tiles of QB queries x 16 dims keep eight accumulators in registers: each V load feeds four FMAs. */
+static void weighted_sum(const float *p, int p_stride, int nq, const float *v, int64_t v_stride, int n, int D,
+                         float *acc) {
+    int d = 0;
+    for (; d + 16 <= D; d += 16) {
+        v8 a0[QB] = {0}, a1[QB] = {0};
+        for (int j = 0; j < n; j++) {
+            const float *row = v + j * v_stride + d;
+            const v8 v0 = load8(row), v1 = load8(row + 8);
+            for (int q = 0; q < QB; q++) {
+                const v8 w = splat(p[q * p_stride + j]);
+                a0[q] += w * v0;
+                a1[q] += w * v1;
+            }
+        }
+        for (int q = 0; q < nq; q++) {
+            store8(acc + q * D + d, a0[q]);
+            store8(acc + q * D + d + 8, a1[q]);
+        }
+    }
+    for (; d < D; d += 8) {
+        v8 a0[QB] = {0};
+        for (int j = 0; j < n; j++) {
+            const v8 v0 = load8(v + j * v_stride + d);
+            for (int q = 0; q < QB; q++) a0[q] += splat(p[q * p_stride + j]) * v0;
+        }
+        for (int q = 0; q < nq; q++) store8(acc + q * D + d, a0[q]);
+    }
+}
+
+/* Attention over a prompt.
+ *   q    [B, T, H, D]   strides q_b, q_t (elements); head h at +h*D
+ *   k, v [B, T, KVH, D] strides kv_b, kv_t (same for both); query head h reads key/value head h / (H / KVH)
+ *   out  [B, T, H, D]   contiguous
+ *   start[b]: row b's first real token (left padding before it); NULL means 0. Keys before it are never
+ *   attended; a padding query attends to itself only (its output is discarded, but stays finite).
+ *   causal: query t sees keys up to t; otherwise all T.
+ */
+void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
+                            int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
+                            const int64_t *start, int causal, float scale) {
+    const int G = H / KVH, block = 32;
+    const int blocks = (T + block - 1) / block;
+    const int padded = (T + 15) / 16 * 16;
+    /* Packed once per (row, key head), token j of row b at index j - start[b]: keys transposed [D][padded] (a
+     * load gives one dimension of 8 keys), values [padded][D] (one head's rows contiguous, not H*D apart). */
+    float *keys_t = malloc(sizeof(float) * B * KVH * D * padded);
+    float *values_p = malloc(sizeof(float) * B * KVH * D * padded);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int bk = 0; bk < B * KVH; bk++) {
+            const int b = bk / KVH, kh = bk % KVH, first = start ? (int)start[b] : 0;
+            float *kdst = keys_t + (int64_t)bk * D * padded, *vdst = values_p + (int64_t)bk * D * padded;
+            for (int j = first; j < T; j++) {
+                const float *krow = k + b * kv_b + j * kv_t + (int64_t)kh * D;
+                for (int d = 0; d < D; d++) kdst[d * padded + j - first] = krow[d];
+                memcpy(vdst + (int64_t)(j - first) * D, v + b * kv_b + j * kv_t + (int64_t)kh * D, sizeof(float) * D);
+            }
+            for (int d = 0; d < D; d++)
+                for (int j = T - first; j < padded; j++) kdst[d * padded + j] = 0.0f;
+        }
+        float *scores = malloc(sizeof(float) * QB * padded);
+        float *acc = malloc(sizeof(float) * QB * D);
+        float *qs = malloc(sizeof(float) * QB * D);
+#pragma omp for schedule(monotonic: dynamic) collapse(2)
+        for (int bh = 0; bh < B * H; bh++) {
+            for (int blk = 0; blk < blocks; blk++) {
+                const int b = bh / H, h = bh % H, kh = h / G;
+                const int first = start ? (int)start[b] : 0;
+                const int t0 = blk * block, t1 = t0 + block < T ? t0 + block : T;
+                const int hi = causal ? t1 : T; /* keys [first, hi) cover every query of the block */
+                const int n = hi > first ? hi - first : 0, np = (n + 15) / 16 * 16;
+                const float *kt = keys_t + ((int64_t)b * KVH + kh) * D * padded;
+                const float *vp = values_p + ((int64_t)b * KVH + kh) * D * padded;
+                const float *vbase = v + b * kv_b + (int64_t)kh * D;
+                for (int tq = t0; tq < t1; tq += QB) {
+                    const int nq = tq + QB <= t1 ? QB : t1 - tq;
+                    for (int i = 0; i < QB; i++) {
+                        const float *row = q + b * q_b + (int64_t)(tq + (i < nq ? i : 0)) * q_t + (int64_t)h * D;
+                        for (int d = 0; d < D; d++) qs[i * D + d] = row[d] * scale;
+                    }
+                    /* scores: 16 keys x QB queries per step over the head dimension */
+                    for (int j = 0; j < np; j += 16) {
+                        v8 s0[QB] = {0}, s1[QB] = {0};
+                        for (int d = 0; d < D; d++) {
+                            const v8 k0 = load8(kt + d * padded + j), k1 = load8(kt + d * padded + j + 8);
+                            for (int i = 0; i < QB; i++) {
+                                const v8 w = splat(qs[i * D + d]);
+                                s0[i] += w * k0;
+                                s1[i] += w * k1;
+                            }
+                        }
+                        for (int i = 0; i < QB; i++) {
+                            store8(scores + i * padded + j, s0[i]);
+                            store8(scores + i * padded + j + 8, s1[i]);
+                        }
+                    }
+                    int live_max = 0;
+                    float sums[QB];
+                    for (int i = 0; i < QB; i++) {
+                        const int t = tq + i;
+                        int live = (i >= nq || t < first) ? 0 : (causal ? t + 1 - first : n);
+                        if (live > 0) sums[i] = exp_row(scores + i * padded, live, np);
+                        else memset(scores + i * padded, 0, sizeof(float) * np);
+                        live_max = live > live_max ? live : live_max;
+                    }
+                    weighted_sum(scores, padded, nq, vp, D, live_max, D, acc);
+                    for (int i = 0; i < nq; i++) {
+                        const int t = tq + i;
+                        float *dst = out + (((int64_t)b * T + t) * H + h) * D;
+                        if (t < first) {
+                            memcpy(dst, vbase + t * kv_t, sizeof(float) * D);
+                        } else {
+                            const float inv = 1.0f / sums[i];
+                            for (int d = 0; d < D; d++) dst[d] = acc[i * D + d] * inv;
+                        }
+                    }
+                }
+            }
+        }
+        free(scores);
+        free(acc);
+        free(qs);
+    }
+    free(keys_t);
+    free(values_p);
+}
+
+/* One new query per row against the static KV cache.
+ *   q     [B, H, D] contiguous
+ *   k, v  cache views: row b's head kh, column j at b*c_b + kh*c_h + j*D
+ *   valid [B, *] row stride valid_b: 1.0 where a column holds a real token; only columns < cols are read
+ *   out   [B, H, D] contiguous
+ */
+void janus_decode_attention(const float *q, const float *k, const float *v, const float *valid, float *out,
+                            int B, int H, int KVH, int D, int64_t c_b, int64_t c_h, int64_t valid_b, int cols,
+                            float scale) {
+    const int G = H / KVH;
+    const int padded = (cols + 7) / 8 * 8;
+#pragma omp parallel
+    {
+        float *scores = malloc(sizeof(float) * padded);
+        int *live = malloc(sizeof(int) * padded);
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            const int b = bh / H, h = bh % H, kh = h / G;
+            const float *qrow = q + (int64_t)bh * D, *mask = valid + b * valid_b;
+            const float *kbase = k + b * c_b + kh * c_h, *vbase = v + b * c_b + kh * c_h;
+            int n = 0;
+            for (int j = 0; j < cols; j++)
+                if (mask[j] > 0.0f) live[n++] = j;
+            for (int i = 0; i < n; i++) {
+                const float *krow = kbase + (int64_t)live[i] * D;
+                v8 s = splat(0.0f);
+                for (int d = 0; d < D; d += 8) s += load8(qrow + d) * load8(krow + d);
+                scores[i] = hsum8(s) * scale;
+            }
+            float *dst = out + (int64_t)bh * D;
+            if (n == 0) { /* cannot happen for a running row (its own token is valid); stay finite */
+                memset(dst, 0, sizeof(float) * D);
+                continue;
+            }
+            const int np = (n + 7) / 8 * 8;
+            const float inv = 1.0f / exp_row(scores, n, np);
+            for (int d = 0; d < D; d += 8) {
+                v8 a = splat(0.0f), b2 = splat(0.0f);
+                int i = 0;
+                for (; i + 1 < n; i += 2) {
+                    a += splat(scores[i]) * load8(vbase + (int64_t)live[i] * D + d);
+                    b2 += splat(scores[i + 1]) * load8(vbase + (int64_t)live[i + 1] * D + d);
+                }
+                if (i < n) a += splat(scores[i]) * load8(vbase + (int64_t)live[i] * D + d);
+                store8(dst + d, (a + b2) * splat(inv));
+            }
+        }
+        free(scores);
+        free(live);
+    }
+}

@@ -1,0 +1,166 @@
+"""The fused CPU attention kernels against Paddle's own ops (the reference path), and how they are built."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import paddle
+import pytest
+
+from model import cpu_kernels
+from model.attention import decode_attention, prompt_attention
+
+
+@pytest.fixture
+def paddle_ops(monkeypatch):
+    """Run the body through Paddle's ops instead of the kernels."""
+
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setenv("JANUS_CPU_KERNELS", "off")
+            return fn(*args, **kwargs).numpy()
+
+    return run
+
+
+def _tensor(rng: np.random.Generator, *shape: int) -> paddle.Tensor:
+    return paddle.to_tensor(rng.standard_normal(shape).astype(np.float32))
+
+
+def test_kernels_are_in_use_for_the_suite():
+    # tests/conftest.py asks for them (JANUS_CPU_KERNELS=require): a failed build fails here, loudly
+    assert cpu_kernels.mode() == "require"
+    assert cpu_kernels.library() is not None
+
+
+@pytest.mark.parametrize(("B", "T", "H", "KVH", "D"), [
+    (1, 5, 4, 4, 16),  # shorter than one 16-key tile
+    (3, 37, 4, 4, 16),
+    (2, 70, 4, 2, 32),  # grouped-query attention
+    (2, 33, 8, 1, 64),  # one key/value head for all
+    (1, 130, 2, 2, 8),
+])
+def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, B, T, H, KVH, D):
+    rng = np.random.default_rng(T)
+    q, k, v = _tensor(rng, B, T, H, D), _tensor(rng, B, T, KVH, D), _tensor(rng, B, T, KVH, D)
+    starts = np.array([0] + [int(rng.integers(1, T)) for _ in range(B - 1)])
+    fused = prompt_attention(q, k, v, starts, causal=True).numpy()
+    reference = paddle_ops(prompt_attention, q, k, v, starts, causal=True)
+    assert fused.shape == (B, T, H * D)
+    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+
+
+def test_padding_query_attends_to_itself_only():
+    rng = np.random.default_rng(1)
+    q, k, v = _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8)
+    out = prompt_attention(q, k, v, np.array([3]), causal=True).numpy().reshape(6, 2, 8)
+    np.testing.assert_allclose(out[:3], v.numpy()[0, :3], atol=0)
+
+
+def test_real_queries_never_see_padding_keys():
+    rng = np.random.default_rng(2)
+    q, k, v = _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16)
+    before = prompt_attention(q, k, v, np.array([4]), causal=True).numpy()
+    k_changed, v_changed = k.numpy().copy(), v.numpy().copy()
+    k_changed[:, :4] = 50.0
+    v_changed[:, :4] = -50.0
+    after = prompt_attention(q, paddle.to_tensor(k_changed), paddle.to_tensor(v_changed), np.array([4]),
+                             causal=True).numpy()
+    np.testing.assert_allclose(after[:, 4:], before[:, 4:], atol=1e-6)
+
+
+def test_full_attention_over_strided_views_matches_paddle(paddle_ops):
+    # the vision encoder's layout: q, k and v are views into one [B, N, 3, H, D] projection
+    rng = np.random.default_rng(3)
+    qkv = _tensor(rng, 2, 50, 3, 4, 16)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    fused = prompt_attention(q, k, v, None, causal=False).numpy()
+    reference = paddle_ops(prompt_attention, q, k, v, None, causal=False)
+    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+
+
+def test_large_scores_stay_finite():
+    rng = np.random.default_rng(4)
+    q = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
+    k = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
+    out = prompt_attention(q, k, _tensor(rng, 1, 20, 2, 16), None, causal=True).numpy()
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("B", "H", "KVH", "D"), [(1, 4, 4, 16), (5, 8, 2, 32), (3, 4, 1, 64)])
+def test_decode_matches_paddle_with_holes_in_the_cache(paddle_ops, B, H, KVH, D):
+    rng = np.random.default_rng(B * H)
+    max_len, columns = 40, 31
+    q = _tensor(rng, B, 1, H, D)
+    keys, values = _tensor(rng, B, KVH, max_len, D), _tensor(rng, B, KVH, max_len, D)
+    valid_np = (rng.random((B, max_len)) < 0.6).astype(np.float32)
+    valid_np[:, columns - 1] = 1.0  # the row's own new token
+    valid_np[:, columns:] = 0.0  # nothing is valid past the newest column
+    valid = paddle.to_tensor(valid_np)
+    fused = decode_attention(q, keys, values, valid, columns).numpy()
+    reference = paddle_ops(decode_attention, q, keys, values, valid, columns)
+    assert fused.shape == (B, 1, H * D)
+    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+
+
+def test_decode_over_a_prefix_of_cache_rows_reads_only_those_rows(paddle_ops):
+    # the backbone passes cache views of slots 0..B-1 of a bigger cache
+    rng = np.random.default_rng(5)
+    cache_k, cache_v = _tensor(rng, 6, 2, 24, 16), _tensor(rng, 6, 2, 24, 16)
+    valid = paddle.to_tensor(np.ones((6, 24), np.float32))
+    q = _tensor(rng, 3, 1, 2, 16)
+    fused = decode_attention(q, cache_k[:3], cache_v[:3], valid[:3], 24).numpy()
+    reference = paddle_ops(decode_attention, q, cache_k[:3], cache_v[:3], valid[:3], 24)
+    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+
+
+def test_head_dim_not_a_multiple_of_8_uses_paddle(paddle_ops):
+    rng = np.random.default_rng(6)
+    q, k, v = _tensor(rng, 1, 7, 2, 12), _tensor(rng, 1, 7, 2, 12), _tensor(rng, 1, 7, 2, 12)
+    np.testing.assert_allclose(prompt_attention(q, k, v, None, causal=True).numpy(),
+                               paddle_ops(prompt_attention, q, k, v, None, causal=True), atol=0)
+
+
+# building
+
+def test_unknown_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("JANUS_CPU_KERNELS", "fast")
+    with pytest.raises(ValueError, match="JANUS_CPU_KERNELS must be one of auto, off, require"):
+        cpu_kernels.mode()
+
+
+def test_build_is_cached_by_source_compiler_and_cpu(tmp_path):
+    first = cpu_kernels.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernels.build(tmp_path) == first
+    assert first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial files left behind
+
+
+def test_failing_compiler_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(cpu_kernels.KernelBuildError, match="false"):
+        cpu_kernels.build(tmp_path)
+
+
+def test_auto_mode_falls_back_to_paddle_with_a_warning(monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("JANUS_CPU_KERNELS", "auto")
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setattr(cpu_kernels, "cache_root", lambda: tmp_path)
+    with caplog.at_level(logging.WARNING, logger="model.cpu_kernels"):
+        assert cpu_kernels.library() is None
+    assert "using Paddle's ops" in caplog.text
+    rng = np.random.default_rng(7)
+    q = _tensor(rng, 1, 5, 2, 16)
+    assert prompt_attention(q, q, q, None, causal=True).shape == [1, 5, 32]
+
+
+def test_require_mode_fails_when_the_build_fails(monkeypatch, tmp_path):
+    monkeypatch.setenv("JANUS_CPU_KERNELS", "require")
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setattr(cpu_kernels, "cache_root", lambda: tmp_path)
+    with pytest.raises(cpu_kernels.KernelBuildError, match="false"):
+        cpu_kernels.library()
