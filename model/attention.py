@@ -7,6 +7,8 @@ Both paths compute the same function; tests hold them to each other.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -53,14 +55,9 @@ def decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tenso
     return out
 
 
-def _native(*tensors: paddle.Tensor):  # noqa: ANN202 - a ctypes library or None
+def _native(*tensors: paddle.Tensor) -> ctypes.CDLL | None:
     """The fused kernels when every tensor suits them: float32 on the CPU, head_dim a multiple of 8."""
-    first = tensors[0]
-    if first.shape[-1] % 8 or not first.place.is_cpu_place():
-        return None
-    if any(t.dtype != paddle.float32 or t.strides[-1] != 1 for t in tensors):
-        return None
-    return cpu_kernels.library()
+    return None if tensors[0].shape[-1] % 8 else cpu_kernels.for_tensors(*tensors)
 
 
 def _rows_of_heads(x: paddle.Tensor) -> bool:

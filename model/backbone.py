@@ -8,6 +8,8 @@ slots; `decode` advances the rows in slots 0..B-1 by one token each, attending t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -16,6 +18,7 @@ from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 from model.attention import decode_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import KVCache
+from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, linear, rms_norm
 
 
 def llama_config(cfg: LanguageConfig) -> LlamaConfig:
@@ -37,71 +40,22 @@ def llama_config(cfg: LanguageConfig) -> LlamaConfig:
     )
 
 
-class RotaryTable:
-    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
-        inv_freq = 1.0 / (theta ** (paddle.arange(0, head_dim, 2, dtype="int64").astype("float32") / head_dim))
-        freqs = paddle.outer(paddle.arange(max_positions, dtype="float32"), inv_freq)  # [P, D/2]
-        emb = paddle.concat([freqs, freqs], axis=-1)  # [P, D]
-        self.cos = emb.cos()
-        # rotate_half(x) * sin == roll(x, D/2) * signed_sin: one op instead of slice, slice, negate, concat
-        self.sin = paddle.concat([-freqs.sin(), freqs.sin()], axis=-1)
-
-    def lookup(self, positions: paddle.Tensor, dtype: paddle.dtype,
-               heads: int) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """positions [B, T] -> cos, sin [B, T, heads, D], materialised once per forward: Paddle's CPU kernels
-        broadcast slowly, and every layer multiplies queries and keys by these."""
-        flat = positions.flatten()
-        B, T = positions.shape
-        D = self.cos.shape[-1]
-        cos = paddle.index_select(self.cos, flat).reshape([B, T, 1, D]).astype(dtype)
-        sin = paddle.index_select(self.sin, flat).reshape([B, T, 1, D]).astype(dtype)
-        return paddle.expand(cos, [B, T, heads, D]).clone(), paddle.expand(sin, [B, T, heads, D]).clone()
-
-
-def _rms_norm(norm: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
-    """PaddleNLP's LlamaRMSNorm arithmetic without its per-call AMP guards (a third of a small step's time)."""
-    x32 = x if x.dtype == paddle.float32 else x.astype("float32")
-    normed = x32 * paddle.rsqrt((x32 * x32).mean(axis=-1, keepdim=True) + norm.variance_epsilon)
-    return normed.astype(x.dtype) * norm.weight
-
-
-def _mlp(mlp: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
-    return mlp.down_proj(F.swiglu(mlp.gate_proj(x), mlp.up_proj(x)))
-
-
-def _rope(x: paddle.Tensor, cos: paddle.Tensor, signed_sin: paddle.Tensor) -> paddle.Tensor:
-    return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * signed_sin
-
-
 class Backbone:
     def __init__(self, lm: LlamaForCausalLM, cfg: LanguageConfig) -> None:
         self.lm = lm
         self.cfg = cfg
-        self.rotary = RotaryTable(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
 
     @property
     def embed_tokens(self) -> paddle.nn.Embedding:
         return self.lm.llama.embed_tokens
 
-    def new_cache(self, slots: int, max_len: int, dtype: str) -> KVCache:
+    def new_cache(self, slots: int, max_len: int, dtype: str, host_views: bool | None = None) -> KVCache:
         c = self.cfg
-        return KVCache(c.num_hidden_layers, slots, max_len, c.num_key_value_heads, c.head_dim, dtype)
+        return KVCache(c.num_hidden_layers, slots, max_len, c.num_key_value_heads, c.head_dim, dtype, host_views)
 
     def text_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         return paddle.matmul(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
-
-    def _qkv(self, layer: paddle.nn.Layer, h: paddle.Tensor, cos: paddle.Tensor,
-             sin: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        B, T, _ = h.shape
-        H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
-        attn = layer.self_attn
-        x = _rms_norm(layer.input_layernorm, h)
-        q = attn.q_proj(x).reshape([B, T, H, D])
-        k = attn.k_proj(x).reshape([B, T, KVH, D])
-        v = attn.v_proj(x).reshape([B, T, KVH, D])
-        if KVH == H:
-            return _rope(q, cos, sin), _rope(k, cos, sin), v
-        return _rope(q, cos, sin), _rope(k, cos[:, :, :KVH], sin[:, :, :KVH]), v
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
                 positions: paddle.Tensor) -> paddle.Tensor:
@@ -113,50 +67,56 @@ class Backbone:
         B, T, _ = embeds.shape
         if cache.max_len < T:
             raise ValueError(f"sequence of {T} tokens exceeds the KV cache length {cache.max_len}")
-        D = self.cfg.head_dim
-        starts = left_padding(token_mask.numpy())
-        slot_ids = paddle.to_tensor(slots, dtype="int64")
-        columns = paddle.expand(paddle.arange(T, dtype="int64").unsqueeze(0), [B, T])
-        cache.clear(slots)
-        cache.mark_valid(slot_ids, columns, token_mask)
-        write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH*T]
+        mask = token_mask.numpy()
+        starts = left_padding(mask)
+        cache.start_prompt(slots, mask)
+        rope = self.rotary.plan(positions.numpy(), embeds.dtype, self.cfg.num_attention_heads)
 
-        cos, sin = self.rotary.lookup(positions, embeds.dtype, self.cfg.num_attention_heads)
-        h = embeds
-        for i, layer in enumerate(self.lm.llama.layers):
-            q, k, v = self._qkv(layer, h, cos, sin)
-            cache.write(i, write_index, k.transpose([0, 2, 1, 3]).reshape([-1, D]),
-                        v.transpose([0, 2, 1, 3]).reshape([-1, D]))
-            h = h + layer.self_attn.o_proj(prompt_attention(q, k, v, starts, causal=True))
-            h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
-        return _rms_norm(self.lm.llama.norm, h)
+        def attend(layer: int, q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
+            cache.write_prompt(layer, k, v)
+            return prompt_attention(q, k, v, starts, causal=True)
+
+        return self._layers(embeds, rope, attend)
 
     def decode(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
-               positions: paddle.Tensor) -> paddle.Tensor:
+               positions: np.ndarray) -> paddle.Tensor:
         """One new token for each of the rows in slots 0..B-1 (row i is slot i).
 
-        embeds [B, 1, hidden]; lengths[i] = the cache column row i's token goes to; positions [B, 1].
+        embeds [B, 1, hidden]; lengths[i] = the cache column row i's token goes to; positions [B] rotary positions.
         Returns final-normed hidden states [B, 1, hidden].
         """
         B = embeds.shape[0]
         if max(lengths) >= cache.max_len:
             raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the KV cache length {cache.max_len}")
-        H, D = self.cfg.num_attention_heads, self.cfg.head_dim
-        slot_ids = paddle.arange(B, dtype="int64")
-        columns = paddle.to_tensor(lengths, dtype="int64").unsqueeze(1)
-        cache.mark_valid(slot_ids, columns, paddle.ones([B, 1], "float32"))
-        write_index = cache.entry_index(slot_ids, columns).flatten()  # [B*KVH]
+        cache.start_step(lengths)
         valid, attended = cache.valid[:B], max(lengths) + 1
+        rope = self.rotary.plan(np.asarray(positions).reshape(B, 1), embeds.dtype, self.cfg.num_attention_heads)
 
-        cos, sin = self.rotary.lookup(positions, embeds.dtype, H)
-        h = embeds
-        for i, layer in enumerate(self.lm.llama.layers):
-            q, k, v = self._qkv(layer, h, cos, sin)
-            cache.write(i, write_index, k.reshape([-1, D]), v.reshape([-1, D]))
-            keys, values = cache.view(i, B)  # [B, KVH, max_len, D], no copy
-            h = h + layer.self_attn.o_proj(decode_attention(q, keys, values, valid, attended))
-            h = h + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, h))
-        return _rms_norm(self.lm.llama.norm, h)
+        def attend(layer: int, q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
+            cache.write_step(layer, k, v)
+            keys, values = cache.view(layer, B)  # [B, KVH, max_len, D], no copy
+            return decode_attention(q, keys, values, valid, attended)
+
+        return self._layers(embeds, rope, attend)
+
+    def _layers(self, embeds: paddle.Tensor, rope: RotaryPlan,
+                attend: Callable[[int, paddle.Tensor, paddle.Tensor, paddle.Tensor], paddle.Tensor]) -> paddle.Tensor:
+        """Every decoder layer, then the final norm. Each residual add is fused with the norm that follows it."""
+        B, T, _ = embeds.shape
+        H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        layers = self.lm.llama.layers
+        h, x = embeds, rms_norm(embeds, layers[0].input_layernorm)
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            q = rope.apply(linear(attn.q_proj, x).reshape([B, T, H, D]))
+            k = rope.apply(linear(attn.k_proj, x).reshape([B, T, KVH, D]))
+            v = linear(attn.v_proj, x).reshape([B, T, KVH, D])
+            h, x = add_rms_norm(h, linear(attn.o_proj, attend(i, q, k, v)), layer.post_attention_layernorm)
+            mlp = layer.mlp
+            mlp_out = linear(mlp.down_proj, F.swiglu(linear(mlp.gate_proj, x), linear(mlp.up_proj, x)))
+            after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.lm.llama.norm
+            h, x = add_rms_norm(h, mlp_out, after)
+        return x
 
 
 def left_padding(token_mask: np.ndarray) -> np.ndarray:

@@ -79,8 +79,9 @@ class JanusModel(nn.Layer):
 
     # backbone
 
-    def new_cache(self, slots: int, max_len: int) -> KVCache:
-        return self.backbone.new_cache(slots, max_len, str(self.dtype).replace("paddle.", ""))
+    def new_cache(self, slots: int, max_len: int, host_views: bool | None = None) -> KVCache:
+        """host_views=False forces the cache's device code path on the CPU too (tests)."""
+        return self.backbone.new_cache(slots, max_len, str(self.dtype).replace("paddle.", ""), host_views)
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int],
                 token_mask: paddle.Tensor | None = None, positions: paddle.Tensor | None = None) -> paddle.Tensor:
@@ -98,7 +99,7 @@ class JanusModel(nn.Layer):
 
         lengths[i]: cache columns row i already uses (its token is written there); positions default to lengths
         (rows without left padding)."""
-        rope = paddle.to_tensor(positions if positions is not None else lengths, dtype="int64").unsqueeze(1)
+        rope = np.asarray(positions if positions is not None else lengths, dtype=np.int64)
         return self.backbone.decode(embeds, cache, lengths, rope)
 
     # image decoding

@@ -6,6 +6,7 @@ import paddle
 from paddle import nn
 
 from model.config import GenHeadConfig, ProjectorConfig
+from model.layer_ops import linear
 
 
 class MlpProjector(nn.Layer):
@@ -19,7 +20,9 @@ class MlpProjector(nn.Layer):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.layers(x)
+        for layer in self.layers:
+            x = linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x
 
 
 class GenHead(nn.Layer):
@@ -32,4 +35,4 @@ class GenHead(nn.Layer):
         self.vision_head = nn.Linear(cfg.image_token_embed, cfg.image_token_size)
 
     def forward(self, hidden: paddle.Tensor) -> paddle.Tensor:
-        return self.vision_head(self.vision_activation(self.output_mlp_projector(hidden)))
+        return linear(self.vision_head, self.vision_activation(linear(self.output_mlp_projector, hidden)))

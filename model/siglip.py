@@ -10,16 +10,34 @@ from paddle import nn
 
 from model.attention import prompt_attention
 from model.config import VisionConfig
+from model.host_memory import host_view
+from model.layer_ops import add_bias_, linear
 
 
 class PatchEmbed(nn.Layer):
+    """A stride-`patch` convolution, computed as one matmul over the flattened patches (Paddle's CPU conv2d took
+    twice as long for the same arithmetic). The bias is left to the caller, which adds it with the position
+    embedding in one pass."""
+
     def __init__(self, patch_size: int, width: int) -> None:
         super().__init__()
+        self.patch_size = patch_size
         self.proj = nn.Conv2D(3, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, pixels: paddle.Tensor) -> paddle.Tensor:
-        x = self.proj(pixels)  # [B, C, G, G]
-        return x.flatten(2).transpose([0, 2, 1])  # [B, G*G, C]
+        """pixels [B, C, S, S] -> [B, G*G, width] without the bias (G = S / patch)."""
+        B, C, S, _ = pixels.shape
+        P = self.patch_size
+        G = S // P
+        if pixels.place.is_cpu_place() and pixels.is_contiguous():
+            # numpy's strided copy, straight into the tensor: Paddle's 6-D transpose is ten times slower on CPU
+            patches = paddle.empty([B, G * G, C * P * P], pixels.dtype)
+            grid = host_view(pixels).reshape(B, C, G, P, G, P).transpose(0, 2, 4, 1, 3, 5)
+            host_view(patches).reshape(B, G, G, C, P, P)[...] = grid
+        else:
+            patches = pixels.reshape([B, C, G, P, G, P]).transpose([0, 2, 4, 1, 3, 5]).reshape([B, G * G, C * P * P])
+        weight = self.proj.weight.reshape([self.proj.weight.shape[0], C * P * P])  # (channel, row, column) order
+        return paddle.matmul(patches, weight, transpose_y=True)
 
 
 class Attention(nn.Layer):
@@ -32,9 +50,9 @@ class Attention(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.heads, self.head_dim])
+        qkv = linear(self.qkv, x).reshape([B, N, 3, self.heads, self.head_dim])
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, D] views
-        return self.proj(prompt_attention(q, k, v, starts=None, causal=False))
+        return linear(self.proj, prompt_attention(q, k, v, starts=None, causal=False))
 
 
 class Mlp(nn.Layer):
@@ -45,7 +63,7 @@ class Mlp(nn.Layer):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 
 class Block(nn.Layer):
@@ -71,7 +89,10 @@ class SigLIPViT(nn.Layer):
 
     def forward(self, pixels: paddle.Tensor) -> paddle.Tensor:
         """pixels [B, 3, S, S] (normalised) -> features [B, num_tokens, width]."""
-        x = self.patch_embed(pixels) + self.pos_embed
+        x = self.patch_embed(pixels)
+        B, N, C = x.shape
+        position_and_bias = (self.pos_embed.reshape([N, C]) + self.patch_embed.proj.bias).reshape([N * C])
+        x = add_bias_(x.reshape([B, N * C]), position_and_bias).reshape([B, N, C])
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

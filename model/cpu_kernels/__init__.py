@@ -1,4 +1,4 @@
-"""Fused float32 CPU kernels (attention), compiled from C on first use and cached.
+"""Fused float32 CPU kernels (attention, RMSNorm, rotary embedding), compiled from C on first use and cached.
 
 The library is built with the machine's C compiler for the machine's own CPU (`-march=native`) into
 `$JANUS_CACHE_DIR/cpu-kernels/<key>/`, where the key covers the source, the flags, the compiler and the CPU's
@@ -28,11 +28,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+import paddle
+
 from model.runtime_env import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("attention.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c")]
 MODES = ("auto", "off", "require")
 _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]
 
@@ -40,6 +42,10 @@ _P, _I, _L, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "janus_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _L, _L, _P, _I, _F],
     "janus_decode_attention": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _L, _L, _L, _I, _F],
+    "janus_rms_norm": [_P, _P, _P, _L, _I, _F],
+    "janus_add_rms_norm": [_P, _P, _P, _P, _P, _L, _I, _F],
+    "janus_rope": [_P, _P, _P, _P, _L, _I, _I],
+    "janus_add_bias": [_P, _P, _L, _I],
 }
 
 
@@ -67,7 +73,7 @@ def library() -> ctypes.CDLL | None:
         if "lib" not in _loaded:
             try:
                 _loaded["lib"] = _load(build())
-                log.info("fused CPU attention kernels loaded")
+                log.info("fused CPU kernels loaded")
             except KernelBuildError as err:
                 if wanted == "require":
                     raise
@@ -79,12 +85,22 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def for_tensors(*tensors: paddle.Tensor) -> ctypes.CDLL | None:
+    """The kernels when every tensor suits them (float32 on the CPU, last axis contiguous), else None."""
+    first = tensors[0]
+    if not first.place.is_cpu_place():
+        return None
+    if any(t.dtype != paddle.float32 or t.strides[-1] != 1 for t in tensors):
+        return None
+    return library()
+
+
 def build(out_root: Path | None = None) -> Path:
     """Compile the kernels (or find them already compiled) and return the shared library's path."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise KernelBuildError("no C compiler found (install gcc, or set CC)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     link = _openmp_link_flags()
     last_error = ""
     for arch in (["-march=native"], []):  # some compilers (or CPUs) have no -march=native
@@ -119,10 +135,11 @@ def _compile(compiler: str, flags: list[str], link: list[str], target: Path) -> 
     # Built under temporary names and renamed: processes starting together never load a half-written file.
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
-    objects = partial + ".o"
+    objects = [f"{partial}.{source.stem}.o" for source in SOURCES]
+    commands = [[compiler, *flags, "-c", str(source), "-o", obj] for source, obj in zip(SOURCES, objects, strict=True)]
+    commands.append([compiler, "-shared", *objects, "-o", partial, *link])
     try:
-        for command in ([compiler, *flags, "-c", str(SOURCE), "-o", objects],
-                        [compiler, "-shared", objects, "-o", partial, *link]):
+        for command in commands:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise KernelBuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-2000:]}")
@@ -130,7 +147,7 @@ def _compile(compiler: str, flags: list[str], link: list[str], target: Path) -> 
     except (OSError, subprocess.TimeoutExpired) as err:
         raise KernelBuildError(f"cannot run {compiler}: {err}") from None
     finally:
-        for leftover in (partial, objects):
+        for leftover in (partial, *objects):
             if os.path.exists(leftover):
                 os.unlink(leftover)
 

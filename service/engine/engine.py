@@ -124,13 +124,14 @@ class Engine:
 
     # submission (asyncio side)
 
-    def submit(self, params: Params) -> RequestHandle:
+    def submit(self, params: Params, stream: bool = True) -> RequestHandle:
+        """Queue a request. With stream=False the handle gets only the final event (no tokens, no progress)."""
         if not self.accepting:
             raise EngineStopped("the server is shutting down and accepts no new requests")
         self._validate(params)
         if params.timeout_s is None:
             params.timeout_s = self.config.default_timeout_s
-        handle = RequestHandle("", asyncio.get_running_loop())
+        handle = RequestHandle("", asyncio.get_running_loop(), stream)
         request = RequestState(params=params, handle=handle)
         handle.id = request.id
         self.scheduler.add(request)  # raises Overloaded

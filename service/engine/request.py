@@ -20,8 +20,10 @@ from service.engine.types import (
     GenerateParams,
     Kind,
     Params,
+    ProgressEvent,
     Result,
     Timings,
+    TokenEvent,
     UnderstandParams,
 )
 
@@ -37,15 +39,18 @@ class Status(Enum):
 class RequestHandle:
     """The asyncio side's view of a request: its event stream and a way to cancel it."""
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, stream: bool = True) -> None:
         self.id = request_id
         self._loop = loop
+        self.stream = stream  # False: only the final event is delivered (no per-token wake-ups of the loop)
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False  # read by the engine thread; a plain bool is enough (set once, never cleared)
         self._done = False
 
     def deliver(self, event: Event) -> None:
         """Called from the engine thread."""
+        if not self.stream and isinstance(event, TokenEvent | ProgressEvent):
+            return
         # RuntimeError: the event loop is gone (server shut down), so nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)

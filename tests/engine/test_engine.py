@@ -137,6 +137,19 @@ def test_generate_stream_reports_progress_up_to_all_steps(make_engine, generate_
     assert isinstance(events[-1], FinishedEvent)
 
 
+def test_a_request_that_does_not_stream_gets_only_its_final_event(make_engine, understand_params, generate_params):
+    engine = make_engine(progress_every=1)
+
+    async def collect(params):
+        return [e async for e in engine.submit(params, stream=False).events()]
+
+    text_events = run(collect(understand_params(seed=2, max_new_tokens=6)))
+    image_events = run(collect(generate_params(seed=1)))
+    assert len(text_events) == 1 and isinstance(text_events[0], FinishedEvent)
+    assert len(text_events[0].result.token_ids) == 6
+    assert len(image_events) == 1 and isinstance(image_events[0].result, GenerateResult)
+
+
 def test_too_many_rows_or_tokens_is_invalid(make_engine, generate_params, understand_params):
     engine = make_engine(max_rows=4, max_seq_len=64)
 

@@ -34,6 +34,12 @@ def _decode(model, cache, tokens: np.ndarray, lengths: list[int], positions: lis
 ROWS = [[3, 17, 99, 250, 7, 8, 41], [5, 6, 300, 12], [400, 401]]
 
 
+@pytest.fixture(params=[True, False], ids=["host-views", "device-path"])
+def new_cache(request, tiny_model):
+    """Both ways the cache keeps its books: numpy views of CPU memory, and the index/scatter path GPUs take."""
+    return lambda slots, max_len: tiny_model.new_cache(slots, max_len, host_views=request.param)
+
+
 def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model):
     ids, mask = _left_padded(ROWS)
     ours = _prefill(tiny_model, tiny_model.new_cache(slots=4, max_len=32), ids, mask, [0, 1, 2])
@@ -54,9 +60,9 @@ def test_left_padded_batch_equals_rows_run_alone(tiny_model):
 
 
 @pytest.mark.parametrize("placement", [[0, 1, 2], [2, 0, 1]])
-def test_cached_decode_equals_full_recomputation(tiny_model, placement):
+def test_cached_decode_equals_full_recomputation(tiny_model, new_cache, placement):
     ids, mask = _left_padded(ROWS)
-    cache = tiny_model.new_cache(4, 32)
+    cache = new_cache(4, 32)
     _prefill(tiny_model, cache, ids, mask, placement)
     order = np.argsort(placement)  # decode runs rows in slot order: slot s holds ROWS[order[s]]
     width = ids.shape[1]
@@ -71,8 +77,8 @@ def test_cached_decode_equals_full_recomputation(tiny_model, placement):
         np.testing.assert_allclose(hidden, full[order], atol=1e-5, rtol=0)
 
 
-def test_copied_slot_continues_like_the_original(tiny_model):
-    cache = tiny_model.new_cache(4, 32)
+def test_copied_slot_continues_like_the_original(tiny_model, new_cache):
+    cache = new_cache(4, 32)
     row = np.array([ROWS[0]])
     _prefill(tiny_model, cache, row, np.ones_like(row), [0])
     cache.copy(0, [1, 2])
@@ -82,9 +88,9 @@ def test_copied_slot_continues_like_the_original(tiny_model):
     np.testing.assert_allclose(hidden[2], hidden[0], atol=1e-6, rtol=0)
 
 
-def test_moving_a_row_down_a_slot_keeps_its_history(tiny_model):
+def test_moving_a_row_down_a_slot_keeps_its_history(tiny_model, new_cache):
     """Compaction: when the row in slot 1 finishes, the row in slot 2 moves down and decodes on unchanged."""
-    cache = tiny_model.new_cache(4, 32)
+    cache = new_cache(4, 32)
     for slot, row in enumerate(ROWS):
         _prefill(tiny_model, cache, np.array([row]), np.ones((1, len(row)), np.int64), [slot])
     cache.copy(2, [1])

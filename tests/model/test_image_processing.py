@@ -43,6 +43,18 @@ def test_known_pixel_value_after_scaling_and_normalisation(proc):
     np.testing.assert_allclose(clip([Image.new("RGB", (64, 64), (200, 0, 0))])[0, 0, 0, 0], expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"image_mean": (0.5,) * 3, "image_std": (0.5,) * 3}, {"do_normalize": False}])
+def test_every_byte_value_normalises_to_the_same_bits_as_the_arithmetic(options):
+    # scaled in float64, then float32, then normalised in float32: the reference processor's rounding
+    proc = ImageProcessor(**options)
+    byte_values = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    expected = (byte_values.astype(np.float64) * proc.rescale_factor).astype(np.float32)
+    if proc.do_normalize:
+        expected = (expected - np.asarray(proc.image_mean, np.float32)) / np.asarray(proc.image_std, np.float32)
+    ours = proc.normalize(Image.fromarray(byte_values))
+    np.testing.assert_array_equal(ours.view(np.uint32), expected.transpose(2, 0, 1).view(np.uint32))
+
+
 def test_a_wide_image_is_padded_above_and_below_with_the_mean_colour(proc):
     out = proc([Image.new("RGB", (200, 100), (255, 0, 0))])[0]  # -> 64x32, pasted at row (64 - 32) // 2
     np.testing.assert_allclose(out[:, :16, :], BG, atol=1e-6)

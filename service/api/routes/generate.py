@@ -68,7 +68,7 @@ async def generate_images(request: Request, response: Response,
     body = await read_json(request, GenerateRequest)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s)
-    handle = runtime.engine.submit(params)
+    handle = runtime.engine.submit(params, stream=body.stream)
     if body.stream:
         return StreamingResponse(_stream(runtime, handle, body), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, "X-Request-Id": handle.id})

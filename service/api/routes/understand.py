@@ -50,7 +50,7 @@ async def understand_image(request: Request, response: Response,
     body = await read_understand(request)
     seed = body.options.seed if body.options.seed is not None else secrets.randbelow(MAX_SEED + 1)
     params = await asyncio.to_thread(_prepare, runtime, body, seed)
-    handle = runtime.engine.submit(params)
+    handle = runtime.engine.submit(params, stream=body.options.stream)
     if body.options.stream:
         return StreamingResponse(_stream(runtime, handle, seed), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, "X-Request-Id": handle.id})

@@ -1,0 +1,71 @@
+/* Small float32 CPU kernels around the attention of a Llama layer: RMSNorm (optionally fused with the residual
+ * add before it) and the rotary embedding applied in place. Each replaces several Paddle eager ops, whose fixed
+ * cost per call (tens of microseconds) dominates a decode step of a small model. Rows are independent: threads
+ * split them (OpenMP, same runtime as attention.c).
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* sum of squares in eight lanes, so the compiler may vectorise it without reordering a single sum */
+static inline float sum_of_squares(const float *x, int dim) {
+    float lanes[8] = {0};
+    int d = 0;
+    for (; d + 8 <= dim; d += 8)
+        for (int l = 0; l < 8; l++) lanes[l] += x[d + l] * x[d + l];
+    float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (; d < dim; d++) sum += x[d] * x[d];
+    return sum;
+}
+
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for `rows` rows of `dim` floats. */
+void janus_rms_norm(const float *x, const float *weight, float *out, int64_t rows, int dim, float eps) {
+#pragma omp parallel for schedule(static) if (rows * dim > 32768)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *o = out + r * dim;
+        const float scale = 1.0f / sqrtf(sum_of_squares(xr, dim) / (float)dim + eps);
+        for (int d = 0; d < dim; d++) o[d] = xr[d] * scale * weight[d];
+    }
+}
+
+/* sum[r] = residual[r] + delta[r]; out[r] = rms_norm(sum[r]) * weight (the residual add before each norm). */
+void janus_add_rms_norm(const float *residual, const float *delta, const float *weight, float *sum, float *out,
+                        int64_t rows, int dim, float eps) {
+#pragma omp parallel for schedule(static) if (rows * dim > 32768)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *res = residual + r * dim, *dr = delta + r * dim;
+        float *h = sum + r * dim, *o = out + r * dim;
+        for (int d = 0; d < dim; d++) h[d] = res[d] + dr[d];
+        const float scale = 1.0f / sqrtf(sum_of_squares(h, dim) / (float)dim + eps);
+        for (int d = 0; d < dim; d++) o[d] = h[d] * scale * weight[d];
+    }
+}
+
+/* Rotary embedding, in place, on x [tokens, heads, D] (Llama's rotate-half convention):
+ *   x1' = x1 * cos - x2 * sin,  x2' = x2 * cos + x1 * sin   (x1 = first half of a head, x2 = second half)
+ * positions[t] selects the row of cos/sin tables [max_positions, D / 2]. */
+void janus_rope(float *x, const int64_t *positions, const float *cos_table, const float *sin_table, int64_t tokens,
+                int heads, int D) {
+    const int half = D / 2;
+#pragma omp parallel for schedule(static) if (tokens * heads * D > 32768)
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos_table + positions[t] * half, *s = sin_table + positions[t] * half;
+        for (int h = 0; h < heads; h++) {
+            float *x1 = x + (t * heads + h) * D, *x2 = x1 + half;
+            for (int d = 0; d < half; d++) {
+                const float a = x1[d], b = x2[d];
+                x1[d] = a * c[d] - b * s[d];
+                x2[d] = b * c[d] + a * s[d];
+            }
+        }
+    }
+}
+
+/* x[r] += bias, in place, for `rows` rows of `dim` floats (Paddle's CPU add broadcasts slowly). */
+void janus_add_bias(float *x, const float *bias, int64_t rows, int dim) {
+#pragma omp parallel for schedule(static) if (rows * dim > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * dim;
+        for (int d = 0; d < dim; d++) xr[d] += bias[d];
+    }
+}

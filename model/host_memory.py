@@ -1,0 +1,32 @@
+"""numpy arrays over the memory of CPU Paddle tensors (no copy), for bookkeeping that Paddle's eager ops make slow."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import paddle
+
+_NUMPY_DTYPES = {
+    paddle.float32: np.float32, paddle.float64: np.float64, paddle.float16: np.float16,
+    paddle.bfloat16: np.uint16,  # the bits: copies and writes only, no arithmetic
+    paddle.int64: np.int64, paddle.int32: np.int32, paddle.uint8: np.uint8, paddle.bool: np.bool_,
+}
+
+
+def host_view(tensor: paddle.Tensor) -> np.ndarray:
+    """A numpy array sharing `tensor`'s memory: writes to either show in both. The array keeps the tensor alive.
+
+    The tensor must be on the CPU and contiguous (`.contiguous()` first if it may be a strided view)."""
+    if not tensor.place.is_cpu_place():
+        raise ValueError(f"host_view needs a CPU tensor, got one on {tensor.place}")
+    if not tensor.is_contiguous():
+        raise ValueError("host_view needs a contiguous tensor")
+    dtype = np.dtype(_NUMPY_DTYPES[tensor.dtype])
+    shape = tuple(tensor.shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.empty(shape, dtype)
+    buffer = (ctypes.c_byte * (count * dtype.itemsize)).from_address(tensor.data_ptr())
+    buffer.owner = tensor  # the array's base is this buffer: the tensor lives as long as the array
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)

@@ -1,0 +1,118 @@
+"""The Llama layer's small operations: linear projections, RMSNorm (with the residual add before it) and the
+rotary embedding.
+
+On the CPU in float32 the norms and the rotary embedding run the kernels of `model.cpu_kernels`, one call each
+instead of five or six Paddle eager ops; elsewhere they run Paddle's ops with the same arithmetic. Projections call
+`paddle.matmul` directly: PaddleNLP wraps `paddle.nn.functional.linear` for its fp8 models, which doubles the
+fixed cost of every Linear layer call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from model import cpu_kernels
+
+
+def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
+    """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias."""
+    out = paddle.matmul(x, layer.weight)
+    return out if layer.bias is None else add_bias_(out, layer.bias)
+
+
+def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """x [..., n] + bias [n], in place where the CPU kernel runs (x must then be a fresh tensor): Paddle's CPU add
+    broadcasts at about a nanosecond per element."""
+    lib = cpu_kernels.for_tensors(x, bias) if x.is_contiguous() and bias.is_contiguous() else None
+    if lib is None:
+        return x + bias
+    dim = bias.shape[-1]
+    lib.janus_add_bias(x.data_ptr(), bias.data_ptr(), int(np.prod(x.shape)) // dim, dim)
+    return x
+
+
+def rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
+    """PaddleNLP's LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * weight (computed in float32)."""
+    lib = cpu_kernels.for_tensors(x.contiguous(), norm.weight)
+    if lib is None:
+        return _paddle_rms_norm(x, norm)
+    x = x.contiguous()
+    out = paddle.empty(x.shape, "float32")
+    dim = x.shape[-1]
+    lib.janus_rms_norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), int(np.prod(x.shape)) // dim, dim,
+                       norm.variance_epsilon)
+    return out
+
+
+def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
+                 norm: nn.Layer) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """The residual add and the norm after it: (residual + delta, rms_norm(residual + delta))."""
+    lib = cpu_kernels.for_tensors(residual, delta, norm.weight)
+    if lib is None or not (residual.is_contiguous() and delta.is_contiguous()):
+        total = residual + delta
+        return total, _paddle_rms_norm(total, norm)
+    total = paddle.empty(residual.shape, "float32")
+    out = paddle.empty(residual.shape, "float32")
+    dim = residual.shape[-1]
+    lib.janus_add_rms_norm(residual.data_ptr(), delta.data_ptr(), norm.weight.data_ptr(), total.data_ptr(),
+                           out.data_ptr(), int(np.prod(residual.shape)) // dim, dim, norm.variance_epsilon)
+    return total, out
+
+
+def _paddle_rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
+    # PaddleNLP's arithmetic without its per-call AMP guards (a third of a small step's time)
+    x32 = x if x.dtype == paddle.float32 else x.astype("float32")
+    normed = x32 * paddle.rsqrt((x32 * x32).mean(axis=-1, keepdim=True) + norm.variance_epsilon)
+    return normed.astype(x.dtype) * norm.weight
+
+
+class Rotary:
+    """Llama's rotary position embedding (rotate-half convention), tables computed once."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+        inv_freq = 1.0 / (theta ** (paddle.arange(0, head_dim, 2, dtype="int64").astype("float32") / head_dim))
+        freqs = paddle.outer(paddle.arange(max_positions, dtype="float32"), inv_freq)  # [P, D/2]
+        self.half_cos, self.half_sin = freqs.cos(), freqs.sin()  # the kernel's tables
+        self.cos = paddle.concat([self.half_cos, self.half_cos], axis=-1)  # [P, D]
+        # rotate_half(x) * sin == roll(x, D/2) * signed_sin: one op instead of slice, slice, negate, concat
+        self.signed_sin = paddle.concat([-self.half_sin, self.half_sin], axis=-1)
+
+    def plan(self, positions: np.ndarray, dtype: paddle.dtype, heads: int) -> RotaryPlan:
+        """positions [B, T] -> what `apply` needs for every layer of one forward."""
+        return RotaryPlan(self, np.ascontiguousarray(positions, dtype=np.int64), dtype, heads)
+
+
+class RotaryPlan:
+    def __init__(self, rotary: Rotary, positions: np.ndarray, dtype: paddle.dtype, heads: int) -> None:
+        self.rotary = rotary
+        self.positions = positions
+        self._tables: tuple[paddle.Tensor, paddle.Tensor] | None = None
+        self._dtype, self._heads = dtype, heads
+
+    def apply(self, x: paddle.Tensor) -> paddle.Tensor:
+        """x [B, T, heads, D] -> rotated (in place on the CPU kernel path: x must be a fresh tensor)."""
+        B, T, heads, D = x.shape
+        lib = cpu_kernels.for_tensors(x) if x.is_contiguous() else None
+        if lib is not None:
+            lib.janus_rope(x.data_ptr(), self.positions.ctypes.data, self.rotary.half_cos.data_ptr(),
+                           self.rotary.half_sin.data_ptr(), B * T, heads, D)
+            return x
+        cos, sin = self._materialised()
+        if heads != cos.shape[2]:
+            cos, sin = cos[:, :, :heads], sin[:, :, :heads]
+        return x * cos + paddle.roll(x, D // 2, axis=-1) * sin
+
+    def _materialised(self) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """cos, signed sin [B, T, heads, D], made once per forward: Paddle's CPU kernels broadcast slowly, and every
+        layer multiplies queries and keys by these."""
+        if self._tables is None:
+            B, T = self.positions.shape
+            flat = paddle.to_tensor(self.positions.reshape(-1))
+            D = self.rotary.cos.shape[-1]
+            cos = paddle.index_select(self.rotary.cos, flat).reshape([B, T, 1, D]).astype(self._dtype)
+            sin = paddle.index_select(self.rotary.signed_sin, flat).reshape([B, T, 1, D]).astype(self._dtype)
+            shape = [B, T, self._heads, D]
+            self._tables = paddle.expand(cos, shape).clone(), paddle.expand(sin, shape).clone()
+        return self._tables
