@@ -1,0 +1,97 @@
+"""The CPU kernels for norms, rotary embedding and bias against Paddle's ops, and the patch embedding against
+the convolution it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+from paddle import nn
+
+from model.layer_ops import Rotary, add_bias_, add_rms_norm, linear, rms_norm
+from model.siglip import PatchEmbed
+
+
+@pytest.fixture
+def paddle_ops(monkeypatch):
+    """Run a callable through Paddle's ops instead of the kernels."""
+
+    def run(fn, *args):
+        with monkeypatch.context() as patch:
+            patch.setenv("JANUS_CPU_KERNELS", "off")
+            return fn(*args)
+
+    return run
+
+
+def _norm(dim: int, seed: int) -> nn.Layer:
+    norm = nn.Layer()
+    norm.weight = paddle.to_tensor(np.random.default_rng(seed).uniform(0.5, 1.5, dim).astype(np.float32))
+    norm.variance_epsilon = 1e-6
+    return norm
+
+
+def _tensor(rng: np.random.Generator, *shape: int) -> paddle.Tensor:
+    return paddle.to_tensor(rng.standard_normal(shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 64), (1, 1, 12), (2, 700, 128)])
+def test_rms_norm_matches_paddle(paddle_ops, shape):
+    x = _tensor(np.random.default_rng(0), *shape)
+    norm = _norm(shape[-1], 1)
+    np.testing.assert_allclose(rms_norm(x, norm).numpy(), paddle_ops(rms_norm, x, norm).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_add_rms_norm_returns_the_sum_and_its_norm_and_leaves_inputs_alone(paddle_ops):
+    rng = np.random.default_rng(2)
+    residual, delta = _tensor(rng, 4, 3, 40), _tensor(rng, 4, 3, 40)
+    before = residual.numpy().copy()
+    norm = _norm(40, 3)
+    total, normed = add_rms_norm(residual, delta, norm)
+    ref_total, ref_normed = paddle_ops(add_rms_norm, residual, delta, norm)
+    np.testing.assert_allclose(total.numpy(), ref_total.numpy(), atol=1e-6)
+    np.testing.assert_allclose(normed.numpy(), ref_normed.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(residual.numpy(), before)
+
+
+@pytest.mark.parametrize(("heads", "D"), [(4, 16), (2, 64), (1, 8)])
+def test_rotary_matches_paddle_at_mixed_positions(paddle_ops, heads, D):
+    rotary = Rotary(D, 512, 10000.0)
+    rng = np.random.default_rng(heads * D)
+    positions = rng.integers(0, 512, (3, 7))
+    x = rng.standard_normal((3, 7, heads, D)).astype(np.float32)
+    fused = rotary.plan(positions, paddle.float32, heads).apply(paddle.to_tensor(x)).numpy()
+    reference = paddle_ops(lambda: rotary.plan(positions, paddle.float32, heads).apply(paddle.to_tensor(x))).numpy()
+    np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=2e-6)
+
+
+def test_rotary_at_position_zero_is_the_identity():
+    rotary = Rotary(16, 8, 10000.0)
+    x = np.random.default_rng(4).standard_normal((1, 2, 3, 16)).astype(np.float32)
+    out = rotary.plan(np.zeros((1, 2), np.int64), paddle.float32, 3).apply(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(out, x, atol=1e-7)
+
+
+def test_linear_with_bias_matches_paddles_layer(paddle_ops):
+    layer = nn.Linear(24, 40)
+    x = _tensor(np.random.default_rng(5), 2, 9, 24)
+    np.testing.assert_allclose(linear(layer, x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(paddle_ops(linear, layer, x).numpy(), layer(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bias_add_broadcasts_over_every_leading_axis():
+    rng = np.random.default_rng(6)
+    x, bias = rng.standard_normal((2, 3, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_allclose(add_bias_(paddle.to_tensor(x), paddle.to_tensor(bias)).numpy(), x + bias, atol=1e-7)
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+def test_patch_embedding_equals_the_strided_convolution(cpu_path):
+    embed = PatchEmbed(patch_size=8, width=12)
+    pixels = _tensor(np.random.default_rng(7), 2, 3, 32, 64)[:, :, :, :32]  # a strided view: Paddle's transposes
+    assert not pixels.is_contiguous()
+    if cpu_path:
+        pixels = pixels.contiguous()
+    conv = embed.proj(pixels.contiguous())  # [B, width, 4, 4], with the bias
+    expected = conv.flatten(2).transpose([0, 2, 1]).numpy() - embed.proj.bias.numpy()
+    np.testing.assert_allclose(embed(pixels).numpy(), expected, rtol=1e-5, atol=1e-5)
