@@ -12,13 +12,12 @@ from collections.abc import Callable
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
 from model.attention import decode_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import KVCache
-from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, linear, rms_norm
+from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, linear, rms_norm, swiglu
 
 
 def llama_config(cfg: LanguageConfig) -> LlamaConfig:
@@ -113,7 +112,7 @@ class Backbone:
             v = linear(attn.v_proj, x).reshape([B, T, KVH, D])
             h, x = add_rms_norm(h, linear(attn.o_proj, attend(i, q, k, v)), layer.post_attention_layernorm)
             mlp = layer.mlp
-            mlp_out = linear(mlp.down_proj, F.swiglu(linear(mlp.gate_proj, x), linear(mlp.up_proj, x)))
+            mlp_out = linear(mlp.down_proj, swiglu(linear(mlp.gate_proj, x), linear(mlp.up_proj, x)))
             after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.lm.llama.norm
             h, x = add_rms_norm(h, mlp_out, after)
         return x

@@ -1,7 +1,7 @@
-"""The Llama layer's small operations: linear projections, RMSNorm (with the residual add before it) and the
-rotary embedding.
+"""The Llama layer's small operations: linear projections, RMSNorm (with the residual add before it), the
+rotary embedding and the SwiGLU gate.
 
-On the CPU in float32 the norms and the rotary embedding run the kernels of `model.cpu_kernels`, one call each
+On the CPU in float32 the norms, the rotary embedding and the gate run the kernels of `model.cpu_kernels`, one call each
 instead of five or six Paddle eager ops; elsewhere they run Paddle's ops with the same arithmetic. Projections call
 `paddle.matmul` directly: PaddleNLP wraps `paddle.nn.functional.linear` for its fp8 models, which doubles the
 fixed cost of every Linear layer call.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 from paddle import nn
 
 from model import cpu_kernels
@@ -59,6 +60,16 @@ def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
     lib.janus_add_rms_norm(residual.data_ptr(), delta.data_ptr(), norm.weight.data_ptr(), total.data_ptr(),
                            out.data_ptr(), int(np.prod(residual.shape)) // dim, dim, norm.variance_epsilon)
     return total, out
+
+
+def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
+    """silu(gate) * up, the Llama MLP's gate."""
+    lib = cpu_kernels.for_tensors(gate, up) if gate.is_contiguous() and up.is_contiguous() else None
+    if lib is None:
+        return F.swiglu(gate, up)
+    out = paddle.empty(gate.shape, "float32")
+    lib.janus_swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), int(np.prod(gate.shape)))
+    return out
 
 
 def _paddle_rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:

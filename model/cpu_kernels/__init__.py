@@ -35,6 +35,7 @@ from model.runtime_env import cache_root
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c")]
+HEADERS = [Path(__file__).with_name("vec.h")]
 MODES = ("auto", "off", "require")
 _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]
 
@@ -46,6 +47,7 @@ _SIGNATURES = {
     "janus_add_rms_norm": [_P, _P, _P, _P, _P, _L, _I, _F],
     "janus_rope": [_P, _P, _P, _P, _L, _I, _I],
     "janus_add_bias": [_P, _P, _L, _I],
+    "janus_swiglu": [_P, _P, _P, _L],
 }
 
 
@@ -100,7 +102,7 @@ def build(out_root: Path | None = None) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise KernelBuildError("no C compiler found (install gcc, or set CC)")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     link = _openmp_link_flags()
     last_error = ""
     for arch in (["-march=native"], []):  # some compilers (or CPUs) have no -march=native
@@ -123,8 +125,8 @@ def _openmp_link_flags() -> list[str]:
     for location in (spec.submodule_search_locations or []) if spec else []:
         libs = Path(location) / "libs"
         if (libs / "libiomp5.so").exists():
-            return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-Wl,--no-undefined"]
-    return ["-fopenmp"]
+            return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-Wl,--no-undefined", "-lm"]
+    return ["-fopenmp", "-lm"]
 
 
 def _compile(compiler: str, flags: list[str], link: list[str], target: Path) -> None:

@@ -3,42 +3,16 @@
  * that tensor (scaling, masking and a scalar-exp softmax over T x T elements); here the exponentials are
  * vectorised and the masked half of a causal prompt is never computed.
  *
- * Written with GCC/Clang vector extensions (8 floats, one AVX register) rather than intrinsics, so it builds on
- * any x86-64 or ARM compiler; threads come from OpenMP (libgomp, which Paddle's CPU build already loads).
- * Every tensor is float32 with a contiguous last (head_dim) axis; the other axes are given as element strides.
+ * Threads come from OpenMP (see cpu_kernels/__init__.py for which runtime). Every tensor is float32 with a
+ * contiguous last (head_dim) axis; the other axes are given as element strides.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+#include "vec.h"
 
 #define QB 4 /* queries per register tile */
-
-static inline v8 load8(const float *p) { v8 r; memcpy(&r, p, sizeof r); return r; }
-static inline void store8(float *p, v8 x) { memcpy(p, &x, sizeof x); }
-static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-static inline v8 select8(v8i mask, v8 a, v8 b) { return (v8)(((v8i)a & mask) | ((v8i)b & ~mask)); }
-
-/* e^x for x <= 0 (arguments are score - max): 2^n * e^r with |r| <= ln2/2, degree-6 Taylor (relative error
- * about 1e-7, float's own precision). Below -87 the result is clamped to e^-87 ~ 1.6e-38, never a denormal. */
-static inline v8 exp8(v8 x) {
-    const v8 lowest = splat(-87.0f), magic = splat(12582912.0f); /* 1.5 * 2^23: rounds to nearest */
-    x = select8(x < lowest, lowest, x);
-    v8 t = x * splat(1.44269504f) + magic;
-    v8 n = t - magic;
-    v8 r = x - n * splat(0.693145752f) - n * splat(1.42860677e-06f);
-    v8 p = splat(1.0f / 720);
-    p = p * r + splat(1.0f / 120);
-    p = p * r + splat(1.0f / 24);
-    p = p * r + splat(1.0f / 6);
-    p = p * r + splat(0.5f);
-    p = p * r + splat(1.0f);
-    p = p * r + splat(1.0f);
-    v8i scale = ((v8i)t - (v8i)magic + 127) << 23;
-    return p * (v8)scale;
-}
 
 static inline float hmax8(v8 x) {
     float m = x[0];

@@ -95,3 +95,17 @@ def test_patch_embedding_equals_the_strided_convolution(cpu_path):
     conv = embed.proj(pixels.contiguous())  # [B, width, 4, 4], with the bias
     expected = conv.flatten(2).transpose([0, 2, 1]).numpy() - embed.proj.bias.numpy()
     np.testing.assert_allclose(embed(pixels).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [5, 64, 70001])
+def test_swiglu_matches_paddle_including_large_gates(paddle_ops, n):
+    from model.layer_ops import swiglu
+
+    rng = np.random.default_rng(n)
+    gate = rng.standard_normal(n).astype(np.float32) * 8
+    gate[:3] = [-100.0, 100.0, 0.0]
+    up = rng.standard_normal(n).astype(np.float32)
+    ours = swiglu(paddle.to_tensor(gate), paddle.to_tensor(up)).numpy()
+    theirs = paddle_ops(swiglu, paddle.to_tensor(gate), paddle.to_tensor(up)).numpy()
+    assert np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
