@@ -43,6 +43,66 @@ static float exp_row(float *row, int live, int n) {
     return hsum8(sum);
 }
 
+/* Attention over a prompt.
+ *   q    [B, T, H, D]   strides q_b, q_t (elements); head h at +h*D
+ *   k, v [B, T, KVH, D] strides kv_b, kv_t (same for both); query head h reads key/value head h / (H / KVH)
+ *   out  [B, T, H, D]   contiguous
+ *   start[b]: row b's first real token (left padding before it); NULL means 0. Keys before it are never
+ *   attended; a padding query attends to itself only (its output is discarded, but stays finite).
+ *   causal: query t sees keys up to t; otherwise all T.
+ */
+#ifdef JANUS_WITH_MKL
+/* MKL's CBLAS (libmklml_intel, shipped in the paddle wheel); declared here, as the wheel has no headers */
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc);
+int MKL_Set_Num_Threads_Local(int threads);
+
+/* Blocks of 64 queries: scores = Q K^T and out = P V are two small GEMMs on strided rows (no packing), with the
+ * masked softmax in between; the causal part past a block's last query is never computed. Each thread runs MKL
+ * single-threaded on its own blocks. */
+void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
+                            int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
+                            const int64_t *start, int causal, float scale) {
+    enum { BLOCK = 64 };
+    const int G = H / KVH, blocks = (T + BLOCK - 1) / BLOCK, padded = (T + 7) / 8 * 8;
+#pragma omp parallel
+    {
+        const int previous = MKL_Set_Num_Threads_Local(1);
+        float *scores = malloc(sizeof(float) * BLOCK * padded);
+        float sums[BLOCK];
+#pragma omp for schedule(monotonic: dynamic) collapse(2)
+        for (int bh = 0; bh < B * H; bh++) {
+            for (int blk = 0; blk < blocks; blk++) {
+                const int b = bh / H, h = bh % H, kh = h / G, first = start ? (int)start[b] : 0;
+                const int t1 = (blk + 1) * BLOCK < T ? (blk + 1) * BLOCK : T;
+                const float *vbase = v + b * kv_b + (int64_t)kh * D;
+                int t0 = blk * BLOCK;
+                for (; t0 < t1 && t0 < first; t0++) /* a padding query attends to itself */
+                    memcpy(out + (((int64_t)b * T + t0) * H + h) * D, vbase + t0 * kv_t, sizeof(float) * D);
+                if (t0 == t1) continue;
+                const int nq = t1 - t0, n = (causal ? t1 : T) - first, np = (n + 7) / 8 * 8;
+                cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, nq, n, D, scale,
+                            q + b * q_b + t0 * q_t + (int64_t)h * D, (int)q_t,
+                            k + b * kv_b + first * kv_t + (int64_t)kh * D, (int)kv_t, 0.0f, scores, np);
+                for (int i = 0; i < nq; i++)
+                    sums[i] = exp_row(scores + (int64_t)i * np, causal ? t0 + i + 1 - first : n, np);
+                float *dst = out + (((int64_t)b * T + t0) * H + h) * D;
+                cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, nq, D, n, 1.0f, scores, np,
+                            vbase + first * kv_t, (int)kv_t, 0.0f, dst, H * D);
+                for (int i = 0; i < nq; i++) {
+                    const float inv = 1.0f / sums[i];
+                    for (int d = 0; d < D; d++) dst[(int64_t)i * H * D + d] *= inv;
+                }
+            }
+        }
+        free(scores);
+        MKL_Set_Num_Threads_Local(previous);
+    }
+}
+
+#else /* no MKL: register-tiled loops over packed keys and values */
+
 /* acc[QB][D] = sum_j p[q][j] * V[j] for the tile's queries; V rows `v_stride` apart. D is a multiple of 8.
  * Tiles of QB queries x 16 dims keep eight accumulators in registers: each V load feeds four FMAs. */
 static void weighted_sum(const float *p, int p_stride, int nq, const float *v, int64_t v_stride, int n, int D,
@@ -74,14 +134,6 @@ static void weighted_sum(const float *p, int p_stride, int nq, const float *v, i
     }
 }
 
-/* Attention over a prompt.
- *   q    [B, T, H, D]   strides q_b, q_t (elements); head h at +h*D
- *   k, v [B, T, KVH, D] strides kv_b, kv_t (same for both); query head h reads key/value head h / (H / KVH)
- *   out  [B, T, H, D]   contiguous
- *   start[b]: row b's first real token (left padding before it); NULL means 0. Keys before it are never
- *   attended; a padding query attends to itself only (its output is discarded, but stays finite).
- *   causal: query t sees keys up to t; otherwise all T.
- */
 void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
                             int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
                             const int64_t *start, int causal, float scale) {
@@ -172,6 +224,8 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
     free(keys_t);
     free(values_p);
 }
+
+#endif
 
 /* One new query per row against the static KV cache.
  *   q     [B, H, D] contiguous

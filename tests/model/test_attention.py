@@ -24,6 +24,15 @@ def paddle_ops(monkeypatch):
     return run
 
 
+@pytest.fixture(params=["default", "without-mkl"])
+def variant(request, monkeypatch, tmp_path_factory):
+    """The prompt kernel comes in two builds: with MKL's sgemm (where the paddle wheel has it) and without."""
+    if request.param == "without-mkl":
+        path = cpu_kernels.build(tmp_path_factory.getbasetemp() / "kernels-without-mkl", use_mkl=False)
+        monkeypatch.setattr(cpu_kernels, "_loaded", {"lib": cpu_kernels._load(path)})
+    return request.param
+
+
 def _tensor(rng: np.random.Generator, *shape: int) -> paddle.Tensor:
     return paddle.to_tensor(rng.standard_normal(shape).astype(np.float32))
 
@@ -41,7 +50,7 @@ def test_kernels_are_in_use_for_the_suite():
     (2, 33, 8, 1, 64),  # one key/value head for all
     (1, 130, 2, 2, 8),
 ])
-def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, B, T, H, KVH, D):
+def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, variant, B, T, H, KVH, D):
     rng = np.random.default_rng(T)
     q, k, v = _tensor(rng, B, T, H, D), _tensor(rng, B, T, KVH, D), _tensor(rng, B, T, KVH, D)
     starts = np.array([0] + [int(rng.integers(1, T)) for _ in range(B - 1)])
@@ -51,14 +60,14 @@ def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, B, T, H, KVH
     np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
 
 
-def test_padding_query_attends_to_itself_only():
+def test_padding_query_attends_to_itself_only(variant):
     rng = np.random.default_rng(1)
     q, k, v = _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8)
     out = prompt_attention(q, k, v, np.array([3]), causal=True).numpy().reshape(6, 2, 8)
     np.testing.assert_allclose(out[:3], v.numpy()[0, :3], atol=0)
 
 
-def test_real_queries_never_see_padding_keys():
+def test_real_queries_never_see_padding_keys(variant):
     rng = np.random.default_rng(2)
     q, k, v = _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16)
     before = prompt_attention(q, k, v, np.array([4]), causal=True).numpy()
@@ -70,7 +79,7 @@ def test_real_queries_never_see_padding_keys():
     np.testing.assert_allclose(after[:, 4:], before[:, 4:], atol=1e-6)
 
 
-def test_full_attention_over_strided_views_matches_paddle(paddle_ops):
+def test_full_attention_over_strided_views_matches_paddle(paddle_ops, variant):
     # the vision encoder's layout: q, k and v are views into one [B, N, 3, H, D] projection
     rng = np.random.default_rng(3)
     qkv = _tensor(rng, 2, 50, 3, 4, 16)
@@ -80,7 +89,7 @@ def test_full_attention_over_strided_views_matches_paddle(paddle_ops):
     np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
 
 
-def test_large_scores_stay_finite():
+def test_large_scores_stay_finite(variant):
     rng = np.random.default_rng(4)
     q = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
     k = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
