@@ -18,9 +18,21 @@ from model import cpu_kernels
 
 
 def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
-    """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias."""
-    out = paddle.matmul(x, layer.weight)
-    return out if layer.bias is None else add_bias_(out, layer.bias)
+    """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias.
+
+    A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
+    weight, bias = layer.weight, layer.bias
+    rows = int(np.prod(x.shape[:-1]))
+    if rows <= cpu_kernels.LINEAR_MAX_ROWS and x.is_contiguous():
+        lib = cpu_kernels.for_tensors(x, weight) if bias is None else cpu_kernels.for_tensors(x, weight, bias)
+        if lib is not None and weight.is_contiguous():
+            K, N = weight.shape
+            out = paddle.empty([*x.shape[:-1], N], "float32")
+            lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                                  out.data_ptr(), rows, K, N)
+            return out
+    out = paddle.matmul(x, weight)
+    return out if bias is None else add_bias_(out, bias)
 
 
 def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:

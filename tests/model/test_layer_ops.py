@@ -109,3 +109,25 @@ def test_swiglu_matches_paddle_including_large_gates(paddle_ops, n):
     theirs = paddle_ops(swiglu, paddle.to_tensor(gate), paddle.to_tensor(up)).numpy()
     assert np.isfinite(ours).all()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize(("fan_in", "fan_out", "bias"), [(64, 40, True), (7, 13, False), (300, 260, True)])
+def test_linear_for_few_rows_matches_paddle(paddle_ops, rows, fan_in, fan_out, bias):
+    # up to LINEAR_MAX_ROWS rows take the row-streaming kernel (odd sizes: tails of every loop), more the matmul
+    layer = nn.Linear(fan_in, fan_out, bias_attr=None if bias else False)
+    x = _tensor(np.random.default_rng(rows), rows, 1, fan_in)
+    np.testing.assert_allclose(linear(layer, x).numpy(), paddle_ops(linear, layer, x).numpy(), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8])
+def test_row_streaming_kernel_up_to_its_limit_of_eight_rows(rows):
+    from model import cpu_kernels
+    from model.host_memory import host_view
+
+    rng = np.random.default_rng(rows)
+    x, w, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((rows, 203), (203, 77), (77,)))
+    out = paddle.empty([rows, 77], "float32")
+    tensors = [paddle.to_tensor(a) for a in (x, w, bias)]
+    cpu_kernels.library().janus_linear_rows(*(t.data_ptr() for t in tensors[:3]), out.data_ptr(), rows, 203, 77)
+    np.testing.assert_allclose(host_view(out), x @ w + bias, rtol=2e-5, atol=2e-5)
