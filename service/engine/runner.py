@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
+from model.host_memory import to_tensor
 from model.janus import JanusModel
 from service.engine.request import RequestState
 from service.engine.types import Kind
@@ -29,6 +30,7 @@ class StepLogits:
 class Runner:
     def __init__(self, model: JanusModel, max_rows: int, max_seq_len: int) -> None:
         self.model = model
+        self.place = model.gen_embed.weight.place
         self.cache = model.new_cache(max_rows, max_seq_len)
         self.max_seq_len = max_seq_len
 
@@ -54,9 +56,9 @@ class Runner:
             mask[i, width - len(params.prompt_ids):] = 1
             if params.pixel_values is not None and len(params.pixel_values):
                 pixels.append(params.pixel_values)
-        features = self.model.encode_images(paddle.to_tensor(np.concatenate(pixels))) if pixels else None
-        embeds = self.model.embed_prompt(paddle.to_tensor(ids), features, image_id=requests[0].understand.image_id)
-        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], paddle.to_tensor(mask))
+        features = self.model.encode_images(self._tensor(np.concatenate(pixels))) if pixels else None
+        embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
+        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], self._tensor(mask))
         for request in requests:
             request.length = width
             request.pad = width - len(request.understand.prompt_ids)
@@ -73,7 +75,7 @@ class Runner:
         P = params.parallel_size
         # One prefill per distinct prompt; the other rows get a copy of its keys and values.
         sources = [request.slots[0]] + ([request.slots[P]] if params.guided else [])
-        hidden = self.model.prefill(self.model.embed_text(paddle.to_tensor(np.stack(rows))), self.cache, sources)
+        hidden = self.model.prefill(self.model.embed_text(self._tensor(np.stack(rows))), self.cache, sources)
         self.cache.copy(request.slots[0], request.slots[1:P])
         if params.guided:
             self.cache.copy(request.slots[P], request.slots[P + 1:])
@@ -108,13 +110,13 @@ class Runner:
         image_slots = np.flatnonzero(kind_of)
         parts = []
         if len(text_slots):
-            parts.append(self.model.embed_text(paddle.to_tensor(token_of[text_slots][:, None])))
+            parts.append(self.model.embed_text(self._tensor(token_of[text_slots][:, None])))
         if len(image_slots):
-            parts.append(self.model.embed_image_tokens(paddle.to_tensor(token_of[image_slots])).unsqueeze(1))
+            parts.append(self.model.embed_image_tokens(self._tensor(token_of[image_slots])).unsqueeze(1))
         embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
         if len(parts) > 1:  # back to slot order
             order = np.argsort(np.concatenate([text_slots, image_slots]), kind="stable")
-            embeds = paddle.index_select(embeds, paddle.to_tensor(order))
+            embeds = paddle.index_select(embeds, self._tensor(order))
         hidden = self.model.decode_step(embeds, self.cache, length_of, position_of)[:, 0]  # [B, hidden]
 
         out = StepLogits({}, {})
@@ -123,10 +125,10 @@ class Runner:
         row_in_kind[image_slots] = np.arange(len(image_slots))
         text_logits = image_logits = None
         if len(text_slots):
-            text_logits = self.model.text_logits(paddle.index_select(hidden, paddle.to_tensor(text_slots)))
+            text_logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_slots)))
             text_logits = text_logits.astype("float32").numpy()
         if len(image_slots):
-            image_logits = self.model.image_logits(paddle.index_select(hidden, paddle.to_tensor(image_slots)))
+            image_logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_slots)))
             image_logits = image_logits.astype("float32").numpy()
         for request in requests:
             rows = row_in_kind[request.slots]
@@ -141,7 +143,10 @@ class Runner:
 
     def decode_images(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [N, image tokens] -> uint8 [N, S, S, 3]."""
-        return self.model.decode_images(paddle.to_tensor(tokens, dtype="int64"))
+        return self.model.decode_images(self._tensor(tokens.astype(np.int64)))
+
+    def _tensor(self, array: np.ndarray) -> paddle.Tensor:
+        return to_tensor(array, self.place)
 
     def warmup(self) -> None:
         """Run every kind of kernel once so the first real request does not pay for it."""
