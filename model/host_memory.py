@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 
 import numpy as np
 import paddle
@@ -28,7 +29,7 @@ def host_view(tensor: paddle.Tensor) -> np.ndarray:
         raise ValueError("host_view needs a contiguous tensor")
     dtype = np.dtype(_NUMPY_DTYPES[tensor.dtype])
     shape = tuple(tensor.shape)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if count == 0:
         return np.empty(shape, dtype)
     buffer = (ctypes.c_byte * (count * dtype.itemsize)).from_address(tensor.data_ptr())

@@ -9,6 +9,8 @@ fixed cost of every Linear layer call.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -22,7 +24,7 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
 
     A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
     weight, bias = layer.weight, layer.bias
-    rows = int(np.prod(x.shape[:-1]))
+    rows = math.prod(x.shape[:-1])
     if rows <= cpu_kernels.LINEAR_MAX_ROWS and x.is_contiguous():
         lib = cpu_kernels.for_tensors(x, weight) if bias is None else cpu_kernels.for_tensors(x, weight, bias)
         if lib is not None and weight.is_contiguous():
@@ -42,7 +44,7 @@ def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
     if lib is None:
         return x + bias
     dim = bias.shape[-1]
-    lib.janus_add_bias(x.data_ptr(), bias.data_ptr(), int(np.prod(x.shape)) // dim, dim)
+    lib.janus_add_bias(x.data_ptr(), bias.data_ptr(), math.prod(x.shape) // dim, dim)
     return x
 
 
@@ -54,7 +56,7 @@ def rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
     x = x.contiguous()
     out = paddle.empty(x.shape, "float32")
     dim = x.shape[-1]
-    lib.janus_rms_norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), int(np.prod(x.shape)) // dim, dim,
+    lib.janus_rms_norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), math.prod(x.shape) // dim, dim,
                        norm.variance_epsilon)
     return out
 
@@ -70,7 +72,7 @@ def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
     out = paddle.empty(residual.shape, "float32")
     dim = residual.shape[-1]
     lib.janus_add_rms_norm(residual.data_ptr(), delta.data_ptr(), norm.weight.data_ptr(), total.data_ptr(),
-                           out.data_ptr(), int(np.prod(residual.shape)) // dim, dim, norm.variance_epsilon)
+                           out.data_ptr(), math.prod(residual.shape) // dim, dim, norm.variance_epsilon)
     return total, out
 
 
@@ -80,7 +82,7 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     if lib is None:
         return F.swiglu(gate, up)
     out = paddle.empty(gate.shape, "float32")
-    lib.janus_swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), int(np.prod(gate.shape)))
+    lib.janus_swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), math.prod(gate.shape))
     return out
 
 

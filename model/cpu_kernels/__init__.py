@@ -94,11 +94,11 @@ def library() -> ctypes.CDLL | None:
 
 def for_tensors(*tensors: paddle.Tensor) -> ctypes.CDLL | None:
     """The kernels when every tensor suits them (float32 on the CPU, last axis contiguous), else None."""
-    first = tensors[0]
-    if not first.place.is_cpu_place():
+    if not tensors[0].place.is_cpu_place():
         return None
-    if any(t.dtype != paddle.float32 or t.strides[-1] != 1 for t in tensors):
-        return None
+    for tensor in tensors:
+        if tensor.dtype != paddle.float32 or tensor.strides[-1] != 1:
+            return None
     return library()
 
 
