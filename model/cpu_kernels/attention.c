@@ -25,21 +25,31 @@ static inline float hsum8(v8 x) {
 }
 
 /* row[0..n) <- softmax numerators exp(row - max) over the first `live` entries, zero after; returns their sum.
- * n is a multiple of 8. */
+ * n is a multiple of 8; entries past `live` may hold anything (even NaN) on entry. */
 static float exp_row(float *row, int live, int n) {
+    const int full = live / 8 * 8;
     v8 vm = splat(-3.0e38f);
-    int j = 0;
-    for (; j + 8 <= live; j += 8) { v8 s = load8(row + j); vm = select8(s > vm, s, vm); }
+    for (int j = 0; j < full; j += 8) {
+        const v8 s = load8(row + j);
+        vm = select8(s > vm, s, vm);
+    }
     float m = hmax8(vm);
-    for (; j < live; j++) m = row[j] > m ? row[j] : m;
-    for (j = live; j < n; j++) row[j] = -3.0e38f;
-    v8 sum = splat(0.0f), vmax = splat(m);
-    for (j = 0; j < n; j += 8) {
-        v8 e = exp8(load8(row + j) - vmax);
-        e = select8((v8i){0, 1, 2, 3, 4, 5, 6, 7} + j < live, e, splat(0.0f));
+    for (int j = full; j < live; j++) m = row[j] > m ? row[j] : m;
+    const v8 vmax = splat(m);
+    v8 sum = splat(0.0f);
+    for (int j = 0; j < full; j += 8) {
+        const v8 e = exp8(load8(row + j) - vmax);
         store8(row + j, e);
         sum += e;
     }
+    int zero_from = full;
+    if (full < live) { /* the last, partial vector: lanes past `live` become 0 */
+        const v8 e = select8((v8i){0, 1, 2, 3, 4, 5, 6, 7} < live - full, exp8(load8(row + full) - vmax), splat(0.0f));
+        store8(row + full, e);
+        sum += e;
+        zero_from = full + 8;
+    }
+    if (zero_from < n) memset(row + zero_from, 0, sizeof(float) * (n - zero_from));
     return hsum8(sum);
 }
 
