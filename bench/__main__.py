@@ -51,34 +51,53 @@ def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int]
     specs = {"generate": ("/generate", "images/s", generate_jobs, baseline.run_generate, levels_gen, base_gen, 2),
              "understand": ("/understand", "requests/s", understand_jobs, baseline.run_understand, levels_und,
                             base_und, 1)}
-    base_results = {}
-    for name in workloads:
-        _, unit, make_jobs, run_baseline, _, count, per_request = specs[name]
-        started = time.perf_counter()
-        latencies = run_baseline(janus, prep, make_jobs(count))
-        base_results[name] = _stats(latencies, time.perf_counter() - started, count * per_request)
-        print(f"[{preset}] baseline {name}: {base_results[name]['throughput']:.3f} {unit}", file=sys.stderr)
-    del janus
+    # The baseline runs half before and half after the service, so that a machine that speeds up or slows down
+    # during the run (these are shared machines) moves both sides of every ratio alike.
+    jobs_of = {name: specs[name][2](specs[name][5]) for name in workloads}
+    halves: dict[str, list[tuple[list[float], float]]] = {name: [] for name in workloads}
+
+    def run_baseline_half(first: bool) -> None:
+        for name in workloads:
+            jobs = jobs_of[name]
+            half = jobs[:len(jobs) // 2] if first else jobs[len(jobs) // 2:]
+            started = time.perf_counter()
+            latencies = specs[name][3](janus, prep, half)
+            halves[name].append((latencies, time.perf_counter() - started))
+
+    run_baseline_half(first=True)
+    runs: dict[str, list[dict]] = {}
     max_rows = 2 * 2 * max(levels_gen) if "generate" in workloads else max(levels_und)
     with running_server(directory, max(max_rows, max(levels_und)), max_seq_len,
                         RESULTS / f"server-{preset}.log") as base_url:
         for name in workloads:
-            route, unit, make_jobs, _, levels, _, per_request = specs[name]
+            route, _, make_jobs, _, levels, _, per_request = specs[name]
             drive(base_url, route, make_jobs(1), 1)  # warm the HTTP path
-            service = []
+            runs[name] = []
             for level in levels:
                 jobs = make_jobs(level * rounds)
                 run = drive(base_url, route, jobs, level)
                 stats = _stats(run["latencies"], run["wall_s"], len(jobs) * per_request)
                 stats["concurrency"] = level
-                stats["speedup"] = stats["throughput"] / base_results[name]["throughput"]
                 model_s = np.array(run["server_model_s"])
                 stats["http_queue_overhead"] = float(np.mean((np.array(run["latencies"]) - model_s) / model_s))
-                service.append(stats)
-                print(f"[{preset}] service {name} c{level}: {stats['throughput']:.3f} {unit} "
-                      f"({stats['speedup']:.2f}x)", file=sys.stderr)
-            sections.append({"workload": name, "model": preset, "unit": unit, "baseline": base_results[name],
-                             "service": service})
+                runs[name].append(stats)
+    run_baseline_half(first=False)
+
+    for name in workloads:
+        _, unit, _, _, _, count, per_request = specs[name]
+        (first_lat, first_s), (second_lat, second_s) = halves[name]
+        baseline_stats = _stats(first_lat + second_lat, first_s + second_s, count * per_request)
+        rate_first = len(first_lat) * per_request / first_s
+        rate_second = len(second_lat) * per_request / second_s
+        baseline_stats["drift"] = rate_second / rate_first - 1  # after vs before the service ran
+        print(f"[{preset}] baseline {name}: {baseline_stats['throughput']:.3f} {unit} "
+              f"(before {rate_first:.3f}, after {rate_second:.3f})", file=sys.stderr)
+        for stats in runs[name]:
+            stats["speedup"] = stats["throughput"] / baseline_stats["throughput"]
+            print(f"[{preset}] service {name} c{stats['concurrency']}: {stats['throughput']:.3f} {unit} "
+                  f"({stats['speedup']:.2f}x)", file=sys.stderr)
+        sections.append({"workload": name, "model": preset, "unit": unit, "baseline": baseline_stats,
+                         "service": runs[name]})
     return sections
 
 
@@ -90,10 +109,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [1, 4, 8, 16]
     started = time.perf_counter()
+    # Each concurrency level serves `rounds` requests per client, so that it measures sustained throughput rather
+    # than one burst.
     if args.quick:
-        serving = serving_comparison("bench", levels, levels, base_gen=3, base_und=6, rounds=1)
+        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=8, rounds=2)
     else:
-        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=12, rounds=2)
+        serving = serving_comparison("bench", levels, levels, base_gen=6, base_und=16, rounds=3)
     results: dict = {"quick": args.quick, "serving": serving}
     if not args.quick:
         # each in its own process: clean memory accounting, and the 1B model needs most of the machine

@@ -17,6 +17,11 @@ def markdown(results: dict) -> str:
             lines.append(f"| {section['workload']} | {section['model']} | service | {level['concurrency']} | "
                          f"{level['throughput']:.3f} {unit} | {level['p50_s']:.2f} | {level['p95_s']:.2f} | "
                          f"{level['speedup']:.2f}x |")
+    drifts = [f"{s['workload']} {s['baseline']['drift'] * 100:+.0f}%" for s in results["serving"]
+              if "drift" in s["baseline"]]
+    if drifts:
+        lines += ["", "Baseline throughput after the service ran, against before (machine drift within the run): "
+                  + ", ".join(drifts) + "."]
     mid = results.get("midsize")
     if mid:
         lines += ["", f"Mid-size backbone ({mid['parameters'] / 1e9:.2f} B parameters, "
