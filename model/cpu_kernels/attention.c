@@ -113,28 +113,33 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
 
 #else /* no MKL: register-tiled loops over packed keys and values */
 
-/* acc[QB][D] = sum_j p[q][j] * V[j] for the tile's queries; V rows `v_stride` apart. D is a multiple of 8.
- * Tiles of QB queries x 16 dims keep eight accumulators in registers: each V load feeds four FMAs. */
+/* out[q][0..16) = sum_t a[q * a_stride + t] * b[t * b_stride + 0..16) for the QB rows of a tile (the first nq are
+ * stored): sixteen columns by QB rows of accumulators stay in registers, and each row of b loaded feeds 2 * QB
+ * FMAs. Both products of attention are this shape: scores (a = queries, b = keys transposed) and the weighted
+ * sum (a = probabilities, b = values). */
+static inline void tile_update(const float *a, int a_stride, const float *b, int64_t b_stride, int count, float *out,
+                               int out_stride, int nq) {
+    v8 lo[QB] = {0}, hi[QB] = {0};
+    for (int t = 0; t < count; t++) {
+        const v8 b0 = load8(b + t * b_stride), b1 = load8(b + t * b_stride + 8);
+        for (int q = 0; q < QB; q++) {
+            const v8 w = splat(a[q * a_stride + t]);
+            lo[q] += w * b0;
+            hi[q] += w * b1;
+        }
+    }
+    for (int q = 0; q < nq; q++) {
+        store8(out + q * out_stride, lo[q]);
+        store8(out + q * out_stride + 8, hi[q]);
+    }
+}
+
+/* acc[QB][D] = sum_j p[q][j] * V[j] for the tile's queries; V rows `v_stride` apart. D is a multiple of 8. */
 static void weighted_sum(const float *p, int p_stride, int nq, const float *v, int64_t v_stride, int n, int D,
                          float *acc) {
     int d = 0;
-    for (; d + 16 <= D; d += 16) {
-        v8 a0[QB] = {0}, a1[QB] = {0};
-        for (int j = 0; j < n; j++) {
-            const float *row = v + j * v_stride + d;
-            const v8 v0 = load8(row), v1 = load8(row + 8);
-            for (int q = 0; q < QB; q++) {
-                const v8 w = splat(p[q * p_stride + j]);
-                a0[q] += w * v0;
-                a1[q] += w * v1;
-            }
-        }
-        for (int q = 0; q < nq; q++) {
-            store8(acc + q * D + d, a0[q]);
-            store8(acc + q * D + d + 8, a1[q]);
-        }
-    }
-    for (; d < D; d += 8) {
+    for (; d + 16 <= D; d += 16) tile_update(p, p_stride, v + d, v_stride, n, acc + d, D, nq);
+    for (; d < D; d += 8) { /* an 8-wide tail */
         v8 a0[QB] = {0};
         for (int j = 0; j < n; j++) {
             const v8 v0 = load8(v + j * v_stride + d);
@@ -188,22 +193,8 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
                         const float *row = q + b * q_b + (int64_t)(tq + (i < nq ? i : 0)) * q_t + (int64_t)h * D;
                         for (int d = 0; d < D; d++) qs[i * D + d] = row[d] * scale;
                     }
-                    /* scores: 16 keys x QB queries per step over the head dimension */
-                    for (int j = 0; j < np; j += 16) {
-                        v8 s0[QB] = {0}, s1[QB] = {0};
-                        for (int d = 0; d < D; d++) {
-                            const v8 k0 = load8(kt + d * padded + j), k1 = load8(kt + d * padded + j + 8);
-                            for (int i = 0; i < QB; i++) {
-                                const v8 w = splat(qs[i * D + d]);
-                                s0[i] += w * k0;
-                                s1[i] += w * k1;
-                            }
-                        }
-                        for (int i = 0; i < QB; i++) {
-                            store8(scores + i * padded + j, s0[i]);
-                            store8(scores + i * padded + j + 8, s1[i]);
-                        }
-                    }
+                    for (int j = 0; j < np; j += 16) /* scores: 16 keys x QB queries per tile */
+                        tile_update(qs, D, kt + j, padded, D, scores + j, padded, QB);
                     int live_max = 0;
                     float sums[QB];
                     for (int i = 0; i < QB; i++) {
