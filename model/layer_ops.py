@@ -86,6 +86,16 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     return out
 
 
+def gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """GELU, exact (erf) form."""
+    lib = cpu_kernels.for_tensors(x) if x.is_contiguous() else None
+    if lib is None:
+        return F.gelu(x)
+    out = paddle.empty(x.shape, "float32")
+    lib.janus_gelu(x.data_ptr(), out.data_ptr(), math.prod(x.shape))
+    return out
+
+
 def _paddle_rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
     # PaddleNLP's arithmetic without its per-call AMP guards (a third of a small step's time)
     x32 = x if x.dtype == paddle.float32 else x.astype("float32")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
+from model import cpu_kernels
 from model.attention import prompt_attention
 from model.config import VisionConfig
-from model.host_memory import host_view
-from model.layer_ops import add_bias_, linear
+from model.layer_ops import add_bias_, gelu, linear
 
 
 class PatchEmbed(nn.Layer):
@@ -29,11 +29,10 @@ class PatchEmbed(nn.Layer):
         B, C, S, _ = pixels.shape
         P = self.patch_size
         G = S // P
-        if pixels.place.is_cpu_place() and pixels.is_contiguous():
-            # numpy's strided copy, straight into the tensor: Paddle's 6-D transpose is ten times slower on CPU
-            patches = paddle.empty([B, G * G, C * P * P], pixels.dtype)
-            grid = host_view(pixels).reshape(B, C, G, P, G, P).transpose(0, 2, 4, 1, 3, 5)
-            host_view(patches).reshape(B, G, G, C, P, P)[...] = grid
+        lib = cpu_kernels.for_tensors(pixels) if pixels.is_contiguous() else None
+        if lib is not None:  # a copy of P-float runs: Paddle's 6-D transpose is ten times slower on the CPU
+            patches = paddle.empty([B, G * G, C * P * P], "float32")
+            lib.janus_patchify(pixels.data_ptr(), patches.data_ptr(), B, C, S, P)
         else:
             patches = pixels.reshape([B, C, G, P, G, P]).transpose([0, 2, 4, 1, 3, 5]).reshape([B, G * G, C * P * P])
         weight = self.proj.weight.reshape([self.proj.weight.shape[0], C * P * P])  # (channel, row, column) order
@@ -59,11 +58,10 @@ class Mlp(nn.Layer):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return linear(self.fc2, self.act(linear(self.fc1, x)))
+        return linear(self.fc2, gelu(linear(self.fc1, x)))
 
 
 class Block(nn.Layer):

@@ -53,6 +53,8 @@ _SIGNATURES = {
     "janus_add_bias": [_P, _P, _L, _I],
     "janus_swiglu": [_P, _P, _P, _L],
     "janus_linear_rows": [_P, _P, _P, _P, _I, _I, _I],
+    "janus_gelu": [_P, _P, _L],
+    "janus_patchify": [_P, _P, _I, _I, _I, _I],
 }
 
 

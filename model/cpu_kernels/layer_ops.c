@@ -1,10 +1,12 @@
 /* Small float32 CPU kernels around the attention of a Llama layer: RMSNorm (optionally fused with the residual
- * add before it), the rotary embedding applied in place, SwiGLU and a bias add. Each replaces several Paddle eager ops, whose fixed
+ * add before it), the rotary embedding applied in place, SwiGLU, GELU, a bias add, and the patch layout of the
+ * vision encoder's first layer. Each replaces several Paddle eager ops, whose fixed
  * cost per call (tens of microseconds) dominates a decode step of a small model. Rows are independent: threads
  * split them (OpenMP, same runtime as attention.c).
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "vec.h"
 
@@ -84,4 +86,45 @@ void janus_swiglu(const float *gate, const float *up, float *out, int64_t n) {
         store8(out + i, g * sigmoid * load8(up + i));
     }
     for (int64_t i = full; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+/* GELU with the exact (erf) form, x * (1 + erf(x / sqrt 2)) / 2, vectorised. erf from Abramowitz & Stegun 7.1.26
+ * (absolute error below 1.5e-7), whose exp(-z^2) goes through the same vectorised exp as attention. */
+void janus_gelu(const float *x, float *out, int64_t n) {
+    const int64_t full = n / 8 * 8;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < full; i += 8) {
+        const v8 v = load8(x + i);
+        const v8i negative = v < splat(0.0f);
+        const v8 z = select8(negative, -v, v) * splat(0.70710678f); /* |x| / sqrt 2 */
+        const v8 t = splat(1.0f) / (splat(1.0f) + splat(0.3275911f) * z);
+        v8 poly = splat(1.061405429f);
+        poly = poly * t + splat(-1.453152027f);
+        poly = poly * t + splat(1.421413741f);
+        poly = poly * t + splat(-0.284496736f);
+        poly = poly * t + splat(0.254829592f);
+        const v8 erf_abs = splat(1.0f) - poly * t * exp8(-z * z);
+        const v8 erf = select8(negative, -erf_abs, erf_abs);
+        store8(out + i, splat(0.5f) * v * (splat(1.0f) + erf));
+    }
+    for (int64_t i = full; i < n; i++) out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678f));
+}
+
+/* pixels [B, C, S, S] -> patches [B, (S/P)^2, C*P*P], each patch's values in (channel, row, column) order: the
+ * input of a stride-P convolution written as one matmul. */
+void janus_patchify(const float *pixels, float *patches, int B, int C, int S, int P) {
+    const int G = S / P;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int gy = 0; gy < G; gy++) {
+            for (int gx = 0; gx < G; gx++) {
+                float *dst = patches + (((int64_t)b * G + gy) * G + gx) * C * P * P;
+                for (int c = 0; c < C; c++)
+                    for (int py = 0; py < P; py++) {
+                        const float *src = pixels + (((int64_t)b * C + c) * S + gy * P + py) * S + gx * P;
+                        memcpy(dst + (c * P + py) * P, src, sizeof(float) * P);
+                    }
+            }
+        }
+    }
 }

@@ -131,3 +131,11 @@ def test_row_streaming_kernel_up_to_its_limit_of_eight_rows(rows):
     tensors = [paddle.to_tensor(a) for a in (x, w, bias)]
     cpu_kernels.library().janus_linear_rows(*(t.data_ptr() for t in tensors[:3]), out.data_ptr(), rows, 203, 77)
     np.testing.assert_allclose(host_view(out), x @ w + bias, rtol=2e-5, atol=2e-5)
+
+
+def test_gelu_matches_paddles_exact_gelu(paddle_ops):
+    from model.layer_ops import gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 4001), [-1e4, 1e4, 0.0], np.random.default_rng(8).standard_normal(99)])
+    x = paddle.to_tensor(x.astype(np.float32))
+    np.testing.assert_allclose(gelu(x).numpy(), paddle_ops(gelu, x).numpy(), rtol=1e-5, atol=3e-7)
