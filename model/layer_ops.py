@@ -1,10 +1,10 @@
-"""The Llama layer's small operations: linear projections, RMSNorm (with the residual add before it), the
-rotary embedding and the SwiGLU gate.
+"""The layers' small operations: linear projections, bias adds, RMSNorm (with the residual add before it), the
+rotary embedding, SwiGLU and GELU.
 
-On the CPU in float32 the norms, the rotary embedding and the gate run the kernels of `model.cpu_kernels`, one call each
-instead of five or six Paddle eager ops; elsewhere they run Paddle's ops with the same arithmetic. Projections call
-`paddle.matmul` directly: PaddleNLP wraps `paddle.nn.functional.linear` for its fp8 models, which doubles the
-fixed cost of every Linear layer call.
+On the CPU in float32 they run the kernels of `model.cpu_kernels`, one call each instead of several Paddle eager
+ops (projections only for the few rows of a decode step, where streaming the weights is what counts); elsewhere
+Paddle's ops with the same arithmetic. Larger projections call `paddle.matmul` directly: PaddleNLP wraps
+`paddle.nn.functional.linear` for its fp8 models, which doubles the fixed cost of every Linear layer call.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
     rows = math.prod(x.shape[:-1])
     if rows <= cpu_kernels.LINEAR_MAX_ROWS and x.is_contiguous():
         lib = cpu_kernels.for_tensors(x, weight) if bias is None else cpu_kernels.for_tensors(x, weight, bias)
-        if lib is not None and weight.is_contiguous():
+        if lib is not None and weight.is_contiguous() and weight.shape[0] == x.shape[-1]:
             K, N = weight.shape
             out = paddle.empty([*x.shape[:-1], N], "float32")
             lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
@@ -50,10 +50,10 @@ def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
 
 def rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
     """PaddleNLP's LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * weight (computed in float32)."""
-    lib = cpu_kernels.for_tensors(x.contiguous(), norm.weight)
+    x = x.contiguous()
+    lib = cpu_kernels.for_tensors(x, norm.weight)
     if lib is None:
         return _paddle_rms_norm(x, norm)
-    x = x.contiguous()
     out = paddle.empty(x.shape, "float32")
     dim = x.shape[-1]
     lib.janus_rms_norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), math.prod(x.shape) // dim, dim,
@@ -116,7 +116,11 @@ class Rotary:
 
     def plan(self, positions: np.ndarray, dtype: paddle.dtype, heads: int) -> RotaryPlan:
         """positions [B, T] -> what `apply` needs for every layer of one forward."""
-        return RotaryPlan(self, np.ascontiguousarray(positions, dtype=np.int64), dtype, heads)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if positions.size and not 0 <= positions.min() <= positions.max() < self.cos.shape[0]:
+            raise ValueError(f"rotary positions must lie in [0, {self.cos.shape[0]}), got "
+                             f"{positions.min()}..{positions.max()}")
+        return RotaryPlan(self, positions, dtype, heads)
 
 
 class RotaryPlan:

@@ -13,8 +13,15 @@
 
 #define MAX_ROWS 8
 
-/* x [M, K] contiguous, w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]; M <= MAX_ROWS. */
+/* x [M, K] contiguous, w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]. Meant for a few
+ * rows; more are done MAX_ROWS at a time (each pass reads all of w again). */
 void janus_linear_rows(const float *x, const float *w, const float *bias, float *y, int M, int K, int N) {
+    if (M > MAX_ROWS) {
+        for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
+            janus_linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS,
+                              K, N);
+        return;
+    }
     const int threads = (int64_t)K * N >= 65536 ? omp_get_max_threads() : 1;
     float *partial = malloc(sizeof(float) * (size_t)threads * M * N);
     const int vector_end = N / 8 * 8;

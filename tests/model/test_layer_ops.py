@@ -120,8 +120,8 @@ def test_linear_for_few_rows_matches_paddle(paddle_ops, rows, fan_in, fan_out, b
     np.testing.assert_allclose(linear(layer, x).numpy(), paddle_ops(linear, layer, x).numpy(), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 8])
-def test_row_streaming_kernel_up_to_its_limit_of_eight_rows(rows):
+@pytest.mark.parametrize("rows", [1, 5, 8, 19])
+def test_row_streaming_kernel_at_any_row_count(rows):
     from model import cpu_kernels
     from model.host_memory import host_view
 
@@ -139,3 +139,9 @@ def test_gelu_matches_paddles_exact_gelu(paddle_ops):
     x = np.concatenate([np.linspace(-12, 12, 4001), [-1e4, 1e4, 0.0], np.random.default_rng(8).standard_normal(99)])
     x = paddle.to_tensor(x.astype(np.float32))
     np.testing.assert_allclose(gelu(x).numpy(), paddle_ops(gelu, x).numpy(), rtol=1e-5, atol=3e-7)
+
+
+def test_rotary_refuses_positions_past_its_table():
+    rotary = Rotary(16, 8, 10000.0)
+    with pytest.raises(ValueError, match=r"rotary positions must lie in \[0, 8\)"):
+        rotary.plan(np.array([[3, 8]]), paddle.float32, 2)
