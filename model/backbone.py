@@ -57,11 +57,12 @@ class Backbone:
         return paddle.matmul(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
-                positions: paddle.Tensor) -> paddle.Tensor:
+                positions: paddle.Tensor, last_only: bool = False) -> paddle.Tensor:
         """Run prompts (left-padded when ragged) into fresh slots.
 
         embeds [B, T, hidden]; token_mask [B, T] 1 for real tokens; positions [B, T] rotary positions.
-        Returns final-normed hidden states [B, T, hidden]; the slots' caches hold columns 0..T-1 afterwards.
+        Returns final-normed hidden states [B, T, hidden] ([B, 1, hidden], the last position, with last_only); the
+        slots' caches hold columns 0..T-1 afterwards.
         """
         B, T, _ = embeds.shape
         if cache.max_len < T:
@@ -75,7 +76,7 @@ class Backbone:
             cache.write_prompt(layer, k, v)
             return prompt_attention(q, k, v, starts, causal=True)
 
-        return self._layers(embeds, rope, attend)
+        return self._layers(embeds, rope, attend, last_only)
 
     def decode(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
                positions: np.ndarray) -> paddle.Tensor:
@@ -99,8 +100,13 @@ class Backbone:
         return self._layers(embeds, rope, attend)
 
     def _layers(self, embeds: paddle.Tensor, rope: RotaryPlan,
-                attend: Callable[[int, paddle.Tensor, paddle.Tensor, paddle.Tensor], paddle.Tensor]) -> paddle.Tensor:
-        """Every decoder layer, then the final norm. Each residual add is fused with the norm that follows it."""
+                attend: Callable[[int, paddle.Tensor, paddle.Tensor, paddle.Tensor], paddle.Tensor],
+                last_only: bool = False) -> paddle.Tensor:
+        """Every decoder layer, then the final norm. Each residual add is fused with the norm that follows it.
+
+        last_only: the caller needs the last position alone. Every layer's keys and values still cover all
+        positions (they fill the cache), but after the last layer's attention nothing else does: its output
+        projection, MLP and the final norm then run on one position per row."""
         B, T, _ = embeds.shape
         H, KVH, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
         layers = self.lm.llama.layers
@@ -110,7 +116,10 @@ class Backbone:
             q = rope.apply(linear(attn.q_proj, x).reshape([B, T, H, D]))
             k = rope.apply(linear(attn.k_proj, x).reshape([B, T, KVH, D]))
             v = linear(attn.v_proj, x).reshape([B, T, KVH, D])
-            h, x = add_rms_norm(h, linear(attn.o_proj, attend(i, q, k, v)), layer.post_attention_layernorm)
+            attended = attend(i, q, k, v)
+            if last_only and i == len(layers) - 1:
+                attended, h = attended[:, -1:].contiguous(), h[:, -1:].contiguous()
+            h, x = add_rms_norm(h, linear(attn.o_proj, attended), layer.post_attention_layernorm)
             mlp = layer.mlp
             mlp_out = linear(mlp.down_proj, swiglu(linear(mlp.gate_proj, x), linear(mlp.up_proj, x)))
             after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.lm.llama.norm

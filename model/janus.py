@@ -84,14 +84,16 @@ class JanusModel(nn.Layer):
         return self.backbone.new_cache(slots, max_len, str(self.dtype).replace("paddle.", ""), host_views)
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int],
-                token_mask: paddle.Tensor | None = None, positions: paddle.Tensor | None = None) -> paddle.Tensor:
-        """Prompts [B, T, hidden] into fresh cache slots -> hidden [B, T, hidden]. Without a mask: no padding."""
+                token_mask: paddle.Tensor | None = None, positions: paddle.Tensor | None = None,
+                last_only: bool = False) -> paddle.Tensor:
+        """Prompts [B, T, hidden] into fresh cache slots -> hidden [B, T, hidden] (with last_only [B, 1, hidden],
+        the last position, which is all that sampling the first new token needs). Without a mask: no padding."""
         B, T, _ = embeds.shape
         if token_mask is None:
             token_mask = paddle.ones([B, T], "int64")
         if positions is None:
             positions = paddle.clip(paddle.cumsum(token_mask, axis=1) - 1, min=0)
-        return self.backbone.prefill(embeds, cache, slots, token_mask, positions)
+        return self.backbone.prefill(embeds, cache, slots, token_mask, positions, last_only)
 
     def decode_step(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
                     positions: list[int] | None = None) -> paddle.Tensor:

@@ -58,7 +58,8 @@ class Runner:
                 pixels.append(params.pixel_values)
         features = self.model.encode_images(self._tensor(np.concatenate(pixels))) if pixels else None
         embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
-        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], self._tensor(mask))
+        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], self._tensor(mask),
+                                    last_only=True)
         for request in requests:
             request.length = width
             request.pad = width - len(request.understand.prompt_ids)
@@ -75,7 +76,8 @@ class Runner:
         P = params.parallel_size
         # One prefill per distinct prompt; the other rows get a copy of its keys and values.
         sources = [request.slots[0]] + ([request.slots[P]] if params.guided else [])
-        hidden = self.model.prefill(self.model.embed_text(self._tensor(np.stack(rows))), self.cache, sources)
+        hidden = self.model.prefill(self.model.embed_text(self._tensor(np.stack(rows))), self.cache, sources,
+                                    last_only=True)
         self.cache.copy(request.slots[0], request.slots[1:P])
         if params.guided:
             self.cache.copy(request.slots[P], request.slots[P + 1:])

@@ -145,3 +145,17 @@ def test_grouped_query_attention_matches_paddlenlp_and_recomputation(gqa_model):
     ids, mask = np.concatenate([ids, new], axis=1), np.concatenate([mask, np.ones_like(new)], axis=1)
     full = _prefill(gqa_model, gqa_model.new_cache(3, 32), ids, mask, [0, 1, 2])[:, -1]
     np.testing.assert_allclose(hidden, full, atol=1e-5, rtol=0)
+
+
+def test_prefill_of_the_last_position_alone_matches_the_full_prefill_and_fills_the_same_cache(tiny_model):
+    ids, mask = _left_padded(ROWS)
+    full_cache, last_cache = tiny_model.new_cache(4, 32), tiny_model.new_cache(4, 32)
+    embeds = tiny_model.embed_text(paddle.to_tensor(ids))
+    positions = paddle.to_tensor(_positions(mask))
+    full = tiny_model.prefill(embeds, full_cache, [0, 1, 2], paddle.to_tensor(mask), positions).numpy()
+    last = tiny_model.prefill(embeds, last_cache, [0, 1, 2], paddle.to_tensor(mask), positions, last_only=True).numpy()
+    assert last.shape == (3, 1, full.shape[-1])
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=0)
+    for layer in range(len(full_cache.keys)):
+        np.testing.assert_array_equal(last_cache.keys[layer].numpy(), full_cache.keys[layer].numpy())
+        np.testing.assert_array_equal(last_cache.values[layer].numpy(), full_cache.values[layer].numpy())
