@@ -112,9 +112,9 @@ def main() -> None:
     # Each concurrency level serves `rounds` requests per client, so that it measures sustained throughput rather
     # than one burst.
     if args.quick:
-        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=8, rounds=2)
+        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=16, rounds=2)
     else:
-        serving = serving_comparison("bench", levels, levels, base_gen=6, base_und=16, rounds=3)
+        serving = serving_comparison("bench", levels, levels, base_gen=6, base_und=24, rounds=3)
     results: dict = {"quick": args.quick, "serving": serving}
     if not args.quick:
         # each in its own process: clean memory accounting, and the 1B model needs most of the machine
