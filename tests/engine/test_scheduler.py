@@ -11,14 +11,21 @@ from service.engine.request import RequestHandle, RequestState
 from service.engine.scheduler import Scheduler
 from service.engine.types import GenerateParams, UnderstandParams
 
+_LOOP = asyncio.new_event_loop()  # handles need a loop; the scheduler never delivers to it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_loop():
+    yield
+    _LOOP.close()  # an unclosed loop warns when it is collected, at a moment no test controls
+
 
 def _request(rows: int) -> RequestState:
-    loop = asyncio.new_event_loop()
     if rows == 1:
         params = UnderstandParams(prompt_ids=[1, 2], pixel_values=None, max_new_tokens=4)
     else:
         params = GenerateParams(prompt_ids=[1, 2], pad_id=0, image_tokens=4, parallel_size=rows // 2)
-    return RequestState(params=params, handle=RequestHandle("r", loop))
+    return RequestState(params=params, handle=RequestHandle("r", _LOOP))
 
 
 def _owned(scheduler: Scheduler) -> list[int]:
