@@ -24,7 +24,7 @@ def prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, start
     to itself only, which keeps it finite). None: no padding. Query head h uses key/value head h // (H / KVH).
     """
     B, T, H, D = q.shape
-    lib = _native(q, k, v)
+    lib = _native(q, k, v, strided=True)
     if lib is None:
         return _paddle_prompt_attention(q, k, v, starts, causal)
     if list(k.strides) != list(v.strides) or not _rows_of_heads(k) or not _rows_of_heads(q):
@@ -44,10 +44,9 @@ def decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tenso
     slots 0..B-1); valid [B, max_len] 1.0 where a column holds a real token, read up to `columns`.
     -> [B, 1, H*D]."""
     B, _, H, D = q.shape
-    lib = _native(q, keys, values)
-    if lib is None or not (keys.is_contiguous() and values.is_contiguous() and valid.is_contiguous()):
+    lib = _native(q, keys, values, valid)
+    if lib is None:
         return _paddle_decode_attention(q, keys, values, valid)
-    q = q.contiguous()
     out = paddle.empty([B, 1, H * D], dtype="float32")
     KVH, max_len = keys.shape[1], keys.shape[2]
     lib.janus_decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), valid.data_ptr(), out.data_ptr(),
@@ -55,9 +54,10 @@ def decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tenso
     return out
 
 
-def _native(*tensors: paddle.Tensor) -> ctypes.CDLL | None:
-    """The fused kernels when every tensor suits them: float32 on the CPU, head_dim a multiple of 8."""
-    return None if tensors[0].shape[-1] % 8 else cpu_kernels.for_tensors(*tensors)
+def _native(*tensors: paddle.Tensor, strided: bool = False) -> ctypes.CDLL | None:
+    """The fused kernels when every tensor suits them (see `cpu_kernels.for_tensors`) and head_dim is a multiple
+    of 8."""
+    return None if tensors[0].shape[-1] % 8 else cpu_kernels.for_tensors(*tensors, strided=strided)
 
 
 def _rows_of_heads(x: paddle.Tensor) -> bool:
@@ -77,7 +77,7 @@ def _paddle_prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tenso
     # and freshly allocated T x T temporaries cost more than the matmuls.
     scores = paddle.matmul((q * (D**-0.5)).transpose([0, 2, 1, 3]), k.transpose([0, 2, 1, 3]), transpose_y=True)
     if causal or starts is not None:
-        scores.add_(paddle.to_tensor(prompt_bias(starts, B, T, H, causal), dtype=scores.dtype))
+        scores.add_(paddle.to_tensor(_prompt_bias(starts, B, T, H, causal), dtype=scores.dtype))
     if scores.dtype != paddle.float32:
         scores = scores.astype("float32")
     probs = F.softmax(scores, axis=-1).astype(v.dtype)
@@ -85,7 +85,7 @@ def _paddle_prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tenso
     return out.transpose([0, 2, 1, 3]).reshape([B, T, H * D])
 
 
-def prompt_bias(starts: np.ndarray | None, B: int, T: int, heads: int, causal: bool) -> np.ndarray:
+def _prompt_bias(starts: np.ndarray | None, B: int, T: int, heads: int, causal: bool) -> np.ndarray:
     """Additive mask [B, heads, T, T]: 0 where query t may see key j, float32's lowest elsewhere. Built on the host,
     where these boolean ops cost a fraction of Paddle's."""
     first = np.zeros(B, np.int64) if starts is None else np.asarray(starts, np.int64)

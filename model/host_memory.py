@@ -15,8 +15,8 @@ _NUMPY_DTYPES = {
 }
 
 
-_PADDLE_DTYPES = {np.float32: paddle.float32, np.float64: paddle.float64, np.float16: paddle.float16,
-                  np.int64: paddle.int64, np.int32: paddle.int32, np.uint8: paddle.uint8, np.bool_: paddle.bool}
+_PADDLE_DTYPES = {numpy_type: paddle_type for paddle_type, numpy_type in _NUMPY_DTYPES.items()
+                  if paddle_type != paddle.bfloat16}  # numpy has no bfloat16: uint16 stays uint16
 
 
 def host_view(tensor: paddle.Tensor) -> np.ndarray:

@@ -25,9 +25,9 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
     A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
     weight, bias = layer.weight, layer.bias
     rows = math.prod(x.shape[:-1])
-    if rows <= cpu_kernels.LINEAR_MAX_ROWS and x.is_contiguous():
-        lib = cpu_kernels.for_tensors(x, weight) if bias is None else cpu_kernels.for_tensors(x, weight, bias)
-        if lib is not None and weight.is_contiguous() and weight.shape[0] == x.shape[-1]:
+    if rows <= cpu_kernels.LINEAR_MAX_ROWS and weight.shape[0] == x.shape[-1]:
+        lib = cpu_kernels.for_tensors(x, weight, *([] if bias is None else [bias]))
+        if lib is not None:
             K, N = weight.shape
             out = paddle.empty([*x.shape[:-1], N], "float32")
             lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
@@ -40,7 +40,7 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
 def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
     """x [..., n] + bias [n], in place where the CPU kernel runs (x must then be a fresh tensor): Paddle's CPU add
     broadcasts at about a nanosecond per element."""
-    lib = cpu_kernels.for_tensors(x, bias) if x.is_contiguous() and bias.is_contiguous() else None
+    lib = cpu_kernels.for_tensors(x, bias)
     if lib is None:
         return x + bias
     dim = bias.shape[-1]
@@ -65,7 +65,7 @@ def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
                  norm: nn.Layer) -> tuple[paddle.Tensor, paddle.Tensor]:
     """The residual add and the norm after it: (residual + delta, rms_norm(residual + delta))."""
     lib = cpu_kernels.for_tensors(residual, delta, norm.weight)
-    if lib is None or not (residual.is_contiguous() and delta.is_contiguous()):
+    if lib is None:
         total = residual + delta
         return total, _paddle_rms_norm(total, norm)
     total = paddle.empty(residual.shape, "float32")
@@ -78,7 +78,7 @@ def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
 
 def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     """silu(gate) * up, the Llama MLP's gate."""
-    lib = cpu_kernels.for_tensors(gate, up) if gate.is_contiguous() and up.is_contiguous() else None
+    lib = cpu_kernels.for_tensors(gate, up)
     if lib is None:
         return F.swiglu(gate, up)
     out = paddle.empty(gate.shape, "float32")
@@ -88,7 +88,7 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
 
 def gelu(x: paddle.Tensor) -> paddle.Tensor:
     """GELU, exact (erf) form."""
-    lib = cpu_kernels.for_tensors(x) if x.is_contiguous() else None
+    lib = cpu_kernels.for_tensors(x)
     if lib is None:
         return F.gelu(x)
     out = paddle.empty(x.shape, "float32")
@@ -133,7 +133,7 @@ class RotaryPlan:
     def apply(self, x: paddle.Tensor) -> paddle.Tensor:
         """x [B, T, heads, D] -> rotated (in place on the CPU kernel path: x must be a fresh tensor)."""
         B, T, heads, D = x.shape
-        lib = cpu_kernels.for_tensors(x) if x.is_contiguous() else None
+        lib = cpu_kernels.for_tensors(x)
         if lib is not None:
             lib.janus_rope(x.data_ptr(), self.positions.ctypes.data, self.rotary.half_cos.data_ptr(),
                            self.rotary.half_sin.data_ptr(), B * T, heads, D)

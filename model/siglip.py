@@ -29,7 +29,7 @@ class PatchEmbed(nn.Layer):
         B, C, S, _ = pixels.shape
         P = self.patch_size
         G = S // P
-        lib = cpu_kernels.for_tensors(pixels) if pixels.is_contiguous() else None
+        lib = cpu_kernels.for_tensors(pixels)
         if lib is not None:  # a copy of P-float runs: Paddle's 6-D transpose is ten times slower on the CPU
             patches = paddle.empty([B, G * G, C * P * P], "float32")
             lib.janus_patchify(pixels.data_ptr(), patches.data_ptr(), B, C, S, P)

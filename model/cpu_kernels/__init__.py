@@ -38,8 +38,8 @@ from model.runtime_env import cache_root
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c", "linear.c")]
-LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B; at most MAX_ROWS)
 HEADERS = [Path(__file__).with_name("vec.h")]
+LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B)
 MODES = ("auto", "off", "require")
 _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]
 
@@ -78,6 +78,9 @@ def library() -> ctypes.CDLL | None:
     wanted = mode()
     if wanted == "off":
         return None
+    lib = _loaded.get("lib")
+    if lib is not None:  # every kernel call comes through here: no lock once loaded
+        return lib
     with _lock:
         if "lib" not in _loaded:
             try:
@@ -94,12 +97,15 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def for_tensors(*tensors: paddle.Tensor) -> ctypes.CDLL | None:
-    """The kernels when every tensor suits them (float32 on the CPU, last axis contiguous), else None."""
+def for_tensors(*tensors: paddle.Tensor, strided: bool = False) -> ctypes.CDLL | None:
+    """The kernels when every tensor suits them, else None: float32 on the CPU and contiguous (strided=True: only
+    the last axis contiguous, for kernels that take the other strides as arguments)."""
     if not tensors[0].place.is_cpu_place():
         return None
     for tensor in tensors:
-        if tensor.dtype != paddle.float32 or tensor.strides[-1] != 1:
+        if tensor.dtype != paddle.float32:
+            return None
+        if not (tensor.strides[-1] == 1 if strided else tensor.is_contiguous()):
             return None
     return library()
 

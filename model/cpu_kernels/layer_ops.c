@@ -21,15 +21,16 @@ static inline float sum_of_squares(const float *x, int dim) {
     return sum;
 }
 
-/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for `rows` rows of `dim` floats. */
+/* out = x / sqrt(mean(x^2) + eps) * weight, one row of `dim` floats. */
+static inline void rms_norm_row(const float *x, const float *weight, float *out, int dim, float eps) {
+    const float scale = 1.0f / sqrtf(sum_of_squares(x, dim) / (float)dim + eps);
+    for (int d = 0; d < dim; d++) out[d] = x[d] * scale * weight[d];
+}
+
+/* RMSNorm of `rows` rows of `dim` floats. */
 void janus_rms_norm(const float *x, const float *weight, float *out, int64_t rows, int dim, float eps) {
 #pragma omp parallel for schedule(static) if (rows * dim > 32768)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float *o = out + r * dim;
-        const float scale = 1.0f / sqrtf(sum_of_squares(xr, dim) / (float)dim + eps);
-        for (int d = 0; d < dim; d++) o[d] = xr[d] * scale * weight[d];
-    }
+    for (int64_t r = 0; r < rows; r++) rms_norm_row(x + r * dim, weight, out + r * dim, dim, eps);
 }
 
 /* sum[r] = residual[r] + delta[r]; out[r] = rms_norm(sum[r]) * weight (the residual add before each norm). */
@@ -40,8 +41,7 @@ void janus_add_rms_norm(const float *residual, const float *delta, const float *
         const float *res = residual + r * dim, *dr = delta + r * dim;
         float *h = sum + r * dim, *o = out + r * dim;
         for (int d = 0; d < dim; d++) h[d] = res[d] + dr[d];
-        const float scale = 1.0f / sqrtf(sum_of_squares(h, dim) / (float)dim + eps);
-        for (int d = 0; d < dim; d++) o[d] = h[d] * scale * weight[d];
+        rms_norm_row(h, weight, o, dim, eps);
     }
 }
 

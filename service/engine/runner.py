@@ -145,7 +145,7 @@ class Runner:
 
     def decode_images(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [N, image tokens] -> uint8 [N, S, S, 3]."""
-        return self.model.decode_images(self._tensor(tokens.astype(np.int64)))
+        return self.model.decode_images(self._tensor(np.asarray(tokens, np.int64)))
 
     def _tensor(self, array: np.ndarray) -> paddle.Tensor:
         return to_tensor(array, self.place)

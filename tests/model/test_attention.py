@@ -139,12 +139,24 @@ def test_unknown_mode_is_refused(monkeypatch):
         cpu_kernels.mode()
 
 
-def test_build_is_cached_by_source_compiler_and_cpu(tmp_path):
+def test_a_second_build_finds_the_first_and_leaves_no_partial_files(tmp_path):
     first = cpu_kernels.build(tmp_path)
     stamp = first.stat().st_mtime_ns
     assert cpu_kernels.build(tmp_path) == first
     assert first.stat().st_mtime_ns == stamp  # found, not rebuilt
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial files left behind
+    assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_the_cache_key_changes_with_source_flags_compiler_and_cpu(monkeypatch):
+    key = cpu_kernels._cache_key("cc", ["-O3"], b"source")
+    assert cpu_kernels._cache_key("cc", ["-O3"], b"source") == key
+    assert cpu_kernels._cache_key("cc", ["-O3"], b"other source") != key
+    assert cpu_kernels._cache_key("cc", ["-O2"], b"source") != key
+    monkeypatch.setattr(cpu_kernels, "_compiler_version", lambda compiler: "cc 99")
+    assert cpu_kernels._cache_key("cc", ["-O3"], b"source") != key
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu_kernels, "_cpu_features", lambda: "flags: other cpu")
+    assert cpu_kernels._cache_key("cc", ["-O3"], b"source") != key
 
 
 def test_failing_compiler_is_reported(tmp_path, monkeypatch):
