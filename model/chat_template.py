@@ -1,16 +1,21 @@
-"""Prompt text for Janus: the DeepSeek chat templates and image-tag expansion.
+"""Prompts for Janus: the DeepSeek chat templates and image placement.
 
 Layout (DeepSeek separator style): `{system}\\n\\n` (omitted when the system prompt is empty), then per
-turn `{role}: {text}` followed by "\\n\\n" after a user turn and the EOS text after an assistant turn; the
+turn `{role}: {text}` followed by "\\n\\n" after a user turn and the EOS token after an assistant turn; the
 turn the model is to write is the bare `{role}:`. "deepseek" is Janus-Pro's role naming, "legacy" is
 Janus-1.3B's.
+
+A prompt is a sequence of segments (`model.special_tokens.Segment`): every `str` is plain text, tokenized as
+ordinary text even when it spells a special token, and control tokens (roles, image markers, turn ends) are
+`Special` segments that only this module places. So a question, system prompt or earlier turn cannot forge a
+turn or an image marker: pass user text as `str`, and images as `IMAGE` segments where they belong.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +27,8 @@ from model.special_tokens import (
     EOS_TOKEN,
     IMAGE_TOKEN,
     USER_ROLE_TOKEN,
+    Segment,
+    Special,
 )
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -33,29 +40,70 @@ DEFAULT_SYSTEM_PROMPT = (
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 MODEL_CONFIG_FILE = "config.json"
 
+IMAGE = Special(IMAGE_TOKEN)  # one input image's position (expanded to its feature positions after tokenizing)
+BEGIN_OF_IMAGE = Special(BOI_TOKEN)
+
+# A turn's content: plain text, or plain text interleaved with `Special` segments (images).
+Message = str | Sequence[Segment]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A rendered prompt: plain text and template-placed control tokens, in order (adjacent text merged)."""
+
+    segments: tuple[Segment, ...]
+
+    @classmethod
+    def of(cls, *parts: Message | Special | Prompt) -> Prompt:
+        segments: list[Segment] = []
+        for part in parts:
+            if isinstance(part, Prompt):
+                segments += part.segments
+            elif isinstance(part, str | Special):
+                segments.append(part)
+            else:
+                segments += part
+        return cls(tuple(_merged(segments)))
+
+    @property
+    def text(self) -> str:
+        """The prompt as one string, as DeepSeek's reference templates write it (for logs and tests only:
+        tokenizing this string would read user text that spells a special token as that token)."""
+        return "".join(s.token if isinstance(s, Special) else s for s in self.segments)
+
+    def __add__(self, other: Message | Special | Prompt) -> Prompt:
+        return Prompt.of(self, other)
+
+    def count(self, token: Special) -> int:
+        return sum(1 for s in self.segments if s == token)
+
 
 @dataclass(frozen=True, slots=True)
 class ChatTemplate:
     name: str
-    user_role: str
-    assistant_role: str
+    user_role: Segment
+    assistant_role: Segment
     separator: str = "\n\n"
-    turn_end: str = EOS_TOKEN  # closes an assistant turn
+    turn_end: Segment = Special(EOS_TOKEN)  # closes an assistant turn
 
-    def render(self, turns: Sequence[tuple[str, str]], system_prompt: str = "") -> str:
-        """`turns` alternate user, assistant, user, ...; an empty text leaves that turn open (`{role}:`)."""
-        text = system_prompt + self.separator if system_prompt else ""
+    def render(self, turns: Sequence[tuple[Segment, Message]], system_prompt: Message = "") -> Prompt:
+        """`turns` alternate user, assistant, user, ... as (role, message); an empty message leaves that turn
+        open (`{role}:`). Messages and the system prompt are plain text apart from their `Special` segments."""
+        segments: list[Segment] = []
+        system = Prompt.of(system_prompt).segments
+        if system:
+            segments += [*system, self.separator]
         for index, (role, message) in enumerate(turns):
-            message = message.strip()
-            if message:
-                text += f"{role}: {message}" + (self.separator if index % 2 == 0 else self.turn_end)
+            content = _stripped(Prompt.of(message).segments)
+            if content:
+                segments += [role, ": ", *content, self.separator if index % 2 == 0 else self.turn_end]
             else:
-                text += f"{role}:"
+                segments += [role, ":"]
         # The reference strips the assembled prompt: a whitespace-only system prompt leaves nothing behind.
-        return text.strip()
+        return Prompt(_stripped(_merged(segments)))
 
 
-DEEPSEEK = ChatTemplate("deepseek", USER_ROLE_TOKEN, ASSISTANT_ROLE_TOKEN)
+DEEPSEEK = ChatTemplate("deepseek", Special(USER_ROLE_TOKEN), Special(ASSISTANT_ROLE_TOKEN))
 LEGACY = ChatTemplate("legacy", "User", "Assistant")
 TEMPLATES: dict[str, ChatTemplate] = {"deepseek": DEEPSEEK, "legacy": LEGACY}
 # DeepSeek's own name for the older role naming.
@@ -69,40 +117,54 @@ def get_template(name: str) -> ChatTemplate:
     return TEMPLATES[key]
 
 
+def place_images(question: str) -> tuple[Segment, ...]:
+    """The native API's question: each `<image_placeholder>` tag it contains marks an image's position.
+
+    The only place where typed text becomes a control token; any other special token text stays plain.
+    """
+    segments: list[Segment] = []
+    for index, piece in enumerate(question.split(IMAGE_TOKEN)):
+        if index:
+            segments.append(IMAGE)
+        segments.append(piece)
+    return tuple(_merged(segments))
+
+
 def understanding_prompt(
-    question: str,
+    question: Message,
     template: ChatTemplate | str = DEEPSEEK,
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    history: Sequence[tuple[str, str]] = (),
+    system_prompt: Message = DEFAULT_SYSTEM_PROMPT,
+    history: Sequence[tuple[Message, Message]] = (),
     num_images: int | None = None,
-) -> str:
+) -> Prompt:
     """The prompt for answering `question`, after earlier (user, assistant) turns in `history`.
 
-    Image tags are placed by the caller. With `num_images` given and no tag anywhere in the conversation, one
-    `<image_placeholder>\\n` per image is put before the question (the reference layout); if tags are present
-    their count must equal `num_images`.
+    Images are `IMAGE` segments placed by the caller (`place_images` for a question with tags). With
+    `num_images` given and no image anywhere in the conversation, one `IMAGE` + "\\n" per image is put before
+    the question (the reference layout); if images are placed, their count must equal `num_images`.
     """
     chat = get_template(template) if isinstance(template, str) else template
+    question_segments = Prompt.of(question).segments
     if num_images is not None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
-        tagged = sum(count_image_tags(u) + count_image_tags(a) for u, a in history)
-        tagged += count_image_tags(question)
-        if tagged == 0:
-            question = (IMAGE_TOKEN + "\n") * num_images + question
-        elif tagged != num_images:
-            raise ValueError(f"the conversation references {tagged} image(s) but {num_images} were given")
-    turns: list[tuple[str, str]] = []
+        placed = sum(Prompt.of(u).count(IMAGE) + Prompt.of(a).count(IMAGE) for u, a in history)
+        placed += Prompt.of(question).count(IMAGE)
+        if placed == 0:
+            question_segments = (IMAGE, "\n") * num_images + question_segments
+        elif placed != num_images:
+            raise ValueError(f"the conversation references {placed} image(s) but {num_images} were given")
+    turns: list[tuple[Segment, Message]] = []
     for user, assistant in history:
         turns += [(chat.user_role, user), (chat.assistant_role, assistant)]
-    turns += [(chat.user_role, question), (chat.assistant_role, "")]
+    turns += [(chat.user_role, question_segments), (chat.assistant_role, "")]
     return chat.render(turns, system_prompt)
 
 
-def generation_prompt(prompt: str, template: ChatTemplate | str = DEEPSEEK) -> str:
+def generation_prompt(prompt: Message, template: ChatTemplate | str = DEEPSEEK) -> Prompt:
     """The text-to-image prompt: no system prompt, an open assistant turn, then `<begin_of_image>`."""
     chat = get_template(template) if isinstance(template, str) else template
-    return chat.render([(chat.user_role, prompt), (chat.assistant_role, "")]) + BOI_TOKEN
+    return chat.render([(chat.user_role, prompt), (chat.assistant_role, "")]) + BEGIN_OF_IMAGE
 
 
 def count_image_tags(text: str) -> int:
@@ -124,7 +186,10 @@ def expand_image_tags(text: str, num_image_tokens: int) -> ExpandedPrompt:
 
 def expand_image_ids(ids: Sequence[int], image_id: int, boi_id: int, eoi_id: int,
                      num_image_tokens: int) -> list[int]:
-    """The same expansion on token ids (cheaper than tokenizing N copies of the tag)."""
+    """The same expansion on token ids (cheaper than tokenizing N copies of the tag).
+
+    Only the template places the image id (plain text never encodes to it), so every occurrence is an image.
+    """
     if num_image_tokens <= 0:
         raise ValueError(f"num_image_tokens must be > 0, got {num_image_tokens}")
     block = [boi_id, *([image_id] * num_image_tokens), eoi_id]
@@ -135,6 +200,34 @@ def expand_image_ids(ids: Sequence[int], image_id: int, boi_id: int, eoi_id: int
         else:
             out.append(token_id)
     return out
+
+
+def _merged(segments: Iterable[Segment]) -> list[Segment]:
+    """Adjacent text joined, empty text dropped."""
+    out: list[Segment] = []
+    for segment in segments:
+        if isinstance(segment, str):
+            if not segment:
+                continue
+            if out and isinstance(out[-1], str):
+                out[-1] += segment
+                continue
+        out.append(segment)
+    return out
+
+
+def _stripped(segments: Sequence[Segment]) -> tuple[Segment, ...]:
+    """`str.strip()` of the joined text: whitespace goes from the outer text segments, never a control token."""
+    out = list(segments)
+    while out and isinstance(out[0], str) and not out[0].strip():
+        out.pop(0)
+    if out and isinstance(out[0], str):
+        out[0] = out[0].lstrip()
+    while out and isinstance(out[-1], str) and not out[-1].strip():
+        out.pop()
+    if out and isinstance(out[-1], str):
+        out[-1] = out[-1].rstrip()
+    return tuple(out)
 
 
 _LEGACY_NAME = re.compile(r"janus[-_ ]?1\.3b", re.IGNORECASE)

@@ -6,6 +6,8 @@ The full-width bars and `▁` in the sentence markers are part of DeepSeek's tok
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
 PAD_TOKEN = "<｜▁pad▁｜>"
@@ -26,3 +28,21 @@ TINY_SPECIAL_TOKENS: tuple[str, ...] = (
     USER_ROLE_TOKEN,
     ASSISTANT_ROLE_TOKEN,
 )
+
+# The tokens Janus gives meaning to. Whatever flags a checkpoint's tokenizer.json gives them, text written by a
+# user never turns into one of these: only the chat template places them (as `Special` segments).
+CONTROL_TOKENS: frozenset[str] = frozenset(TINY_SPECIAL_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class Special:
+    """A control token placed by the prompt's template (a role, an image marker, a turn end).
+
+    Prompts are sequences of segments: plain `str` is text as written (by a user or the template), tokenized as
+    ordinary text in which no special token is recognised; `Special` is the one way to put a control token in.
+    """
+
+    token: str
+
+
+Segment = str | Special

@@ -2,18 +2,33 @@
 
 The post-processor in `tokenizer.json` is ignored and BOS is prepended here, so DeepSeek's tokenizer (whose
 post-processor adds BOS) and tokenizers without one (tiny test checkpoints) produce the same ids.
+
+Prompts are encoded from segments (`encode_prompt`): plain text through a copy of the tokenizer that recognises
+no special token in it (`encode_plain`), control tokens by their id. User text that spells `<|User|>` or the
+end-of-sentence token is thus ordinary text; only the chat template places control tokens.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from model.special_tokens import BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, IMAGE_TOKEN, PAD_TOKEN
+from model.chat_template import Prompt
+from model.special_tokens import (
+    BOI_TOKEN,
+    BOS_TOKEN,
+    CONTROL_TOKENS,
+    EOI_TOKEN,
+    EOS_TOKEN,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    Segment,
+    Special,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -44,8 +59,10 @@ class JanusTokenizer:
             if ids != [tokenizer.token_to_id(token)]:
                 raise TokenizerError(f"{source}: {token!r} is not an added token: text containing it "
                                      f"encodes to {ids} instead of one id")
-        self._special_ids = frozenset(
-            token_id for token_id, added in tokenizer.get_added_tokens_decoder().items() if added.special)
+        added_tokens = tokenizer.get_added_tokens_decoder()
+        self._special_ids = frozenset(token_id for token_id, added in added_tokens.items() if added.special)
+        self._added_ids = {added.content: token_id for token_id, added in added_tokens.items()}
+        self._plain = _plain_text_tokenizer(tokenizer, CONTROL_TOKENS | {bos_token, eos_token})
 
     @classmethod
     def from_dir(cls, path: str | Path) -> JanusTokenizer:
@@ -63,8 +80,43 @@ class JanusTokenizer:
         return cls(tokenizer, bos_token=bos, eos_token=eos, source=str(tokenizer_file))
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Trusted text (not from a user): special token text in it becomes the special token."""
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos else ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Text as ordinary text: no special or control token is recognised in it, whatever it spells."""
+        return self._plain.encode(text, add_special_tokens=False).ids if text else []
+
+    def encode_prompt(self, prompt: Prompt | Iterable[Segment], add_bos: bool = True) -> list[int]:
+        """A prompt's ids: its text segments as plain text, its `Special` segments as their token.
+
+        Adjacent text is encoded as one
+        piece, so a prompt without user-typed special tokens gets exactly the ids of encoding its joined text
+        (the tokenizer splits text at special tokens before anything else).
+        """
+        ids = [self.bos_id] if add_bos else []
+        for piece in self._pieces(prompt.segments if isinstance(prompt, Prompt) else prompt):
+            ids += self.encode_plain(piece) if isinstance(piece, str) else [piece]
+        return ids
+
+    def _pieces(self, segments: Iterable[Segment]) -> Iterator[str | int]:
+        """Runs of text (joined) and control token ids. A `Special` this tokenizer has no token for is text to it
+        (a legacy checkpoint without role tokens), exactly as when the joined prompt is encoded."""
+        text = ""
+        for segment in segments:
+            if isinstance(segment, Special):
+                token_id = self._added_ids.get(segment.token)
+                if token_id is not None:
+                    if text:
+                        yield text
+                        text = ""
+                    yield token_id
+                    continue
+                segment = segment.token
+            text += segment
+        if text:
+            yield text
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -158,6 +210,23 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip) if ids else ""
+
+
+def _plain_text_tokenizer(tokenizer: Tokenizer, control_tokens: Iterable[str]) -> Tokenizer:
+    """A copy that splits no special token out of the text (`encode_special_tokens`), with the control tokens
+    marked special first: a checkpoint may list one as a non-special added token, which would still match.
+
+    Non-special added tokens (DeepSeek's file has a few single characters among them) still match, as in the
+    reference tokenizer, so ordinary text gets the same ids either way.
+    """
+    raw = json.loads(tokenizer.to_str())
+    control = set(control_tokens)
+    for entry in raw.get("added_tokens", []):
+        if entry.get("content") in control:
+            entry["special"] = True
+    plain = Tokenizer.from_str(json.dumps(raw))
+    plain.encode_special_tokens = True
+    return plain
 
 
 def _required_id(tokenizer: Tokenizer, token: str, source: str) -> int:

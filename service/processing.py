@@ -19,6 +19,7 @@ from model.chat_template import (
     expand_image_ids,
     generation_prompt,
     get_template,
+    place_images,
     template_for_checkpoint,
     understanding_prompt,
 )
@@ -66,11 +67,13 @@ class Preprocessor:
                    max_new_tokens: int | None, temperature: float, top_p: float, seed: int,
                    timeout_s: float | None) -> UnderstandParams:
         check_image_tags(question, len(images))
-        text = understanding_prompt(question, self.template,
-                                    DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt,
-                                    num_images=len(images))
+        # Tags in the question place the images; everything else the user wrote, the system prompt included, is
+        # plain text (typed special tokens included).
+        prompt = understanding_prompt(place_images(question), self.template,
+                                      DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt,
+                                      num_images=len(images))
         tok = self.tokenizer
-        ids = expand_image_ids(tok.encode(text), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
+        ids = expand_image_ids(tok.encode_prompt(prompt), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
         if max_new_tokens is None:
             # Unasked, answer as long as the context allows (up to the default); an explicit value that does not
             # fit is the engine's to refuse.
@@ -90,7 +93,7 @@ class Preprocessor:
                  timeout_s: float | None) -> GenerateParams:
         if not prompt.strip():
             raise InputError("the prompt is empty")
-        ids = self.tokenizer.encode(generation_prompt(prompt, self.template))
+        ids = self.tokenizer.encode_prompt(generation_prompt(prompt, self.template))
         return GenerateParams(prompt_ids=ids, pad_id=self.tokenizer.pad_id, image_tokens=self.gen_tokens,
                               parallel_size=parallel_size, cfg_weight=cfg_weight, temperature=temperature,
                               seed=seed, timeout_s=timeout_s)

@@ -8,6 +8,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.special_tokens import IMAGE_TOKEN
 from service.engine.types import GenerateParams, Timings, UnderstandParams
 from service.processing import Preprocessor, check_image_tags
 
@@ -35,7 +36,8 @@ class UnderstandOptions(_Request):
                           description="The question. With several images, place each with an "
                                       "`<image_placeholder>` tag; one image may go without (it comes first).")
     system_prompt: str | None = Field(None, max_length=16_000,
-                                      description="Replaces the default system prompt; an empty string means none.")
+                                      description="Replaces the default system prompt; an empty string means none. "
+                                                  "Plain text: images are placed only in the question.")
     max_new_tokens: int | None = Field(None, ge=1, le=4096,
                                        description="Most tokens to generate; default: 256 or what still fits the "
                                                    "server's context after the prompt, whichever is less.")
@@ -46,6 +48,13 @@ class UnderstandOptions(_Request):
     stream: bool = Field(False, description="Answer with Server-Sent Events: text deltas, then a final event.")
 
     question_not_blank = field_validator("question")(_not_blank)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _no_image_tag(cls, value: str | None) -> str | None:
+        if value is not None and IMAGE_TOKEN in value:
+            raise ValueError(f"must not contain {IMAGE_TOKEN}: images are placed only in the question")
+        return value
 
     def to_params(self, prep: Preprocessor, images: Sequence[Image.Image], seed: int,
                   timeout_s: float | None) -> UnderstandParams:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from model import reference
-from model.chat_template import expand_image_ids, generation_prompt, understanding_prompt
+from model.chat_template import expand_image_ids, generation_prompt, place_images, understanding_prompt
 from model.image_processing import ImageProcessor
 from tests.oracle.client import oracle_python, run_oracle
 
@@ -39,8 +39,9 @@ def case(tiny_dir, tiny_model, tiny_tokenizer):
         pytest.skip("oracle venv not set up (tests/oracle/setup_venv.sh)")
     tok, cfg = tiny_tokenizer, tiny_model.cfg
     prompts = [understanding_prompt("What colour is the sky in this picture?", num_images=1),
-               understanding_prompt("<image_placeholder> and <image_placeholder>: which is brighter?", num_images=2)]
-    rows = [expand_image_ids(tok.encode(p), tok.image_id, tok.boi_id, tok.eoi_id, cfg.vision.num_tokens)
+               understanding_prompt(place_images("<image_placeholder> and <image_placeholder>: which is brighter?"),
+                                    num_images=2)]
+    rows = [expand_image_ids(tok.encode(p.text), tok.image_id, tok.boi_id, tok.eoi_id, cfg.vision.num_tokens)
             for p in prompts]
     width = max(map(len, rows))
     ids = np.full((2, width), tok.pad_id, np.int64)
@@ -49,7 +50,7 @@ def case(tiny_dir, tiny_model, tiny_tokenizer):
         ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
     images = _images(64)
     pixels = ImageProcessor.from_dir(tiny_dir)(images + images[::-1][:1])  # row 0: 1 image, row 1: 2 images
-    gen_ids = np.array([tok.encode(generation_prompt("a red cube on a wooden table"))], np.int64)
+    gen_ids = np.array([tok.encode(generation_prompt("a red cube on a wooden table").text)], np.int64)
     vq_tokens = np.random.default_rng(3).integers(0, cfg.gen_vision.image_token_size, (2, cfg.gen_vision.num_tokens))
     requests = {
         "und_input_ids": ids, "und_attention_mask": mask, "und_pixel_values": pixels,

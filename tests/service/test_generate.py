@@ -21,7 +21,7 @@ def test_png_images_equal_the_reference_loop_decoded(client, tiny_model, tiny_to
                                            "format": "png"})
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    ids = np.array(tiny_tokenizer.encode(generation_prompt("a red fox in the snow", "deepseek")))
+    ids = np.array(tiny_tokenizer.encode(generation_prompt("a red fox in the snow", "deepseek").text))
     tokens = reference.generate(tiny_model, ids, tiny_tokenizer.pad_id, parallel_size=2, cfg_weight=5.0,
                                 temperature=1.0, seed=21)
     expected = tiny_model.decode_images(paddle.to_tensor(tokens))

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from model import reference
-from model.chat_template import DEFAULT_SYSTEM_PROMPT, expand_image_ids, understanding_prompt
+from model.chat_template import DEFAULT_SYSTEM_PROMPT, expand_image_ids, place_images, understanding_prompt
 from model.image_processing import ImageProcessor
 from tests.service.helpers import b64, image_bytes, sse_events
 
@@ -17,7 +17,8 @@ def _reference_text(tiny_model, tiny_tokenizer, tiny_dir, question, images, max_
                     system_prompt=DEFAULT_SYSTEM_PROMPT) -> str:
     """The answer computed without the service: template, tokenizer, processor and the plain reference loop."""
     tok = tiny_tokenizer
-    text = understanding_prompt(question, "deepseek", system_prompt, num_images=len(images))
+    # the reference's way: the whole prompt string through the tokenizer (the questions here type no special token)
+    text = understanding_prompt(place_images(question), "deepseek", system_prompt, num_images=len(images)).text
     ids = expand_image_ids(tok.encode(text), tok.image_id, tok.boi_id, tok.eoi_id, tiny_model.cfg.vision.num_tokens)
     pixels = ImageProcessor.from_dir(tiny_dir)([Image.open(io.BytesIO(data)) for data in images])
     new = reference.understand(tiny_model, np.array(ids), pixels, tok.image_id, tok.eos_id, max_new_tokens)
