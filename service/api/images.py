@@ -1,4 +1,4 @@
-"""Image bytes in and out: safe decoding of uploads, JPEG/PNG + base64 encoding of generated images.
+"""Image bytes in and out: safe decoding of uploads, JPEG/PNG/WebP + base64 encoding of generated images.
 
 Decoding guards, in order: the encoded size; the pixel count read from the header, before any pixel is
 decompressed (a 50 kB PNG can claim 100k x 100k pixels); then the full decode, so truncated files fail here
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 # Multi-picture JPEGs (MPO, from phones) open through the JPEG plugin.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+# PIL format names; WebP is lossy here, with `quality` like JPEG's (PNG is the lossless choice).
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +101,14 @@ def _upright(image: Image.Image, what: str) -> Image.Image:
         return image
 
 
-def encode_images(images: np.ndarray, fmt: str, jpeg_quality: int = 90) -> list[str]:
-    """uint8 [N, H, W, 3] -> base64 JPEG or PNG strings."""
+def encode_images(images: np.ndarray, fmt: str, quality: int = 90) -> list[str]:
+    """uint8 [N, H, W, 3] -> base64 JPEG, PNG or WebP strings. `quality` (0-100) applies to JPEG and WebP."""
+    if fmt not in _PIL_FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}")
+    options = {} if fmt == "png" else {"quality": quality}
     out: list[str] = []
     for pixels in images:
         buffer = io.BytesIO()
-        image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
-        if fmt == "jpeg":
-            image.save(buffer, format="JPEG", quality=jpeg_quality)
-        elif fmt == "png":
-            image.save(buffer, format="PNG")
-        else:
-            raise ValueError(f"unknown image format {fmt!r}")
+        Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format=_PIL_FORMATS[fmt], **options)
         out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +23,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _not_blank(value: str) -> str:
+def not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must contain non-whitespace text")
     return value
@@ -47,7 +47,7 @@ class UnderstandOptions(_Request):
                              description="Sampling seed; the server picks one (and returns it) when absent.")
     stream: bool = Field(False, description="Answer with Server-Sent Events: text deltas, then a final event.")
 
-    question_not_blank = field_validator("question")(_not_blank)
+    question_not_blank = field_validator("question")(not_blank)
 
     @field_validator("system_prompt")
     @classmethod
@@ -76,15 +76,22 @@ class UnderstandRequest(UnderstandOptions):
         return self
 
 
+# Generation options shared by /generate and /v1/images/generations (one set of limits for both).
+ImagePrompt = Annotated[str, Field(min_length=1, max_length=4000, examples=["a red fox in the snow, watercolour"],
+                                   description="What to draw.")]
+CfgWeight = Annotated[float, Field(ge=1.0, le=20.0,
+                                   description="Classifier-free guidance strength; 1 = no guidance (half the work).")]
+ImageTemperature = Annotated[float, Field(ge=0.0, le=2.0, description="Image-token sampling temperature; 0 = greedy.")]
+Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED,
+                                   description="Sampling seed; the server picks one (and returns it) when absent.")]
+
+
 class GenerateRequest(_Request):
-    prompt: str = Field(min_length=1, max_length=4000, examples=["a red fox in the snow, watercolour"],
-                        description="What to draw.")
+    prompt: ImagePrompt
     parallel_size: int = Field(1, ge=1, le=MAX_PARALLEL_SIZE, description="Images to generate from the prompt.")
-    cfg_weight: float = Field(5.0, ge=1.0, le=20.0,
-                              description="Classifier-free guidance strength; 1 = no guidance (half the work).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Image-token sampling temperature; 0 = greedy.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED,
-                             description="Sampling seed; the server picks one (and returns it) when absent.")
+    cfg_weight: CfgWeight = 5.0
+    temperature: ImageTemperature = 1.0
+    seed: Seed = None
     format: Literal["jpeg", "png"] = Field("jpeg", description="Encoding of the returned images.")
     # None rather than 90 as the default: generated clients send documented defaults, and 90 would then clash
     # with format png.
@@ -92,7 +99,7 @@ class GenerateRequest(_Request):
                                      description=f"JPEG quality (format jpeg only); default {DEFAULT_JPEG_QUALITY}.")
     stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images.")
 
-    prompt_not_blank = field_validator("prompt")(_not_blank)
+    prompt_not_blank = field_validator("prompt")(not_blank)
 
     @model_validator(mode="after")
     def _quality_needs_jpeg(self) -> GenerateRequest:

@@ -28,7 +28,8 @@ from service.engine.errors import (
     RequestTimeout,
 )
 from service.engine.observer import EngineObserver, NullObserver
-from service.engine.request import RequestHandle, RequestState
+from service.engine.previews import decode_preview
+from service.engine.request import RequestHandle, RequestState, Status
 from service.engine.runner import Runner
 from service.engine.scheduler import Scheduler
 from service.engine.types import (
@@ -36,6 +37,7 @@ from service.engine.types import (
     GenerateResult,
     Kind,
     Params,
+    PreviewEvent,
     ProgressEvent,
     Timings,
     TokenEvent,
@@ -81,6 +83,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._startup_error: BaseException | None = None
         self._completed: list[RequestState] = []  # generation requests whose last token came this step
+        self._previews_due: list[tuple[RequestState, int]] = []  # (request, steps done) to preview after this step
 
     # lifecycle
 
@@ -211,6 +214,7 @@ class Engine:
                     self._guarded(request, self._on_image, logits.image[request.id])
                     image_tokens += request.generate.parallel_size
         self._finish_images()
+        self._send_previews()
         self.observer.on_step(rows, time.perf_counter() - started, text_tokens, image_tokens)
         self._report_queue()
         return True
@@ -297,6 +301,8 @@ class Engine:
         if done:
             self._release(request)
             self._completed.append(request)
+        elif request.steps_done in request.preview_steps:
+            self._previews_due.append((request, request.steps_done))
 
     def _finish_text(self, request: RequestState, reason: str) -> None:
         request.finish_reason = reason
@@ -327,6 +333,24 @@ class Engine:
                 offset += P
             result = GenerateResult(mine, request.image_tokens, request.params.seed, self._timings(request))
             request.handle.deliver(FinishedEvent(result))
+
+    def _send_previews(self) -> None:
+        """Decode the partial token grids of streamed requests that reached a preview step this step.
+
+        Runs on the engine thread through the same decoder as the finished images, so a preview costs every running
+        request its decoding time (and nothing more). A preview that fails is skipped: the request goes on."""
+        due, self._previews_due = self._previews_due, []
+        grid = self.model.cfg.gen_vision.grid
+        for request, steps in due:
+            if request.status is not Status.RUNNING:  # failed or cancelled since
+                continue
+            assert request.image_tokens is not None
+            try:
+                images = decode_preview(self._runner().decode_images, request.image_tokens, steps, grid)
+            except Exception:  # noqa: BLE001 - a preview is a courtesy, never a reason to fail the request
+                log.exception("preview decoding failed for %s", request.id)
+                continue
+            request.handle.deliver(PreviewEvent(steps, request.generate.image_tokens, images))
 
     # helpers
 

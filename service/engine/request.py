@@ -20,6 +20,7 @@ from service.engine.types import (
     GenerateParams,
     Kind,
     Params,
+    PreviewEvent,
     ProgressEvent,
     Result,
     Timings,
@@ -42,14 +43,14 @@ class RequestHandle:
     def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, stream: bool = True) -> None:
         self.id = request_id
         self._loop = loop
-        self.stream = stream  # False: only the final event is delivered (no per-token wake-ups of the loop)
+        self.stream = stream  # False: only the final event is delivered (no per-token wake-ups, no previews)
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False  # read by the engine thread; a plain bool is enough (set once, never cleared)
         self._done = False
 
     def deliver(self, event: Event) -> None:
         """Called from the engine thread."""
-        if not self.stream and isinstance(event, TokenEvent | ProgressEvent):
+        if not self.stream and isinstance(event, TokenEvent | ProgressEvent | PreviewEvent):
             return
         # RuntimeError: the event loop is gone (server shut down), so nobody is listening any more.
         with contextlib.suppress(RuntimeError):
@@ -97,8 +98,11 @@ class RequestState:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.params.seed)
+        self.preview_steps: frozenset[int] = frozenset()
         if isinstance(self.params, GenerateParams):
             self.image_tokens = np.zeros((self.params.parallel_size, self.params.image_tokens), np.int64)
+            if self.handle.stream:  # nobody would see the previews of a request that does not stream
+                self.preview_steps = frozenset(self.params.preview_steps)
         timeout = self.params.timeout_s
         self.deadline = self.submitted_at + timeout if timeout else float("inf")
 

@@ -50,6 +50,7 @@ class GenerateParams:
     temperature: float = 1.0  # 0 = greedy
     seed: int = 0
     timeout_s: float | None = None
+    previews: int = 0  # partial images decoded while drawing (streamed requests), at evenly spaced steps
 
     kind = Kind.GENERATE
 
@@ -65,6 +66,12 @@ class GenerateParams:
     @property
     def max_len(self) -> int:
         return len(self.prompt_ids) + self.image_tokens
+
+    @property
+    def preview_steps(self) -> tuple[int, ...]:
+        """Steps after which a preview is decoded: `previews` evenly spaced points strictly inside the drawing."""
+        steps = (self.image_tokens * (i + 1) // (self.previews + 1) for i in range(self.previews))
+        return tuple(sorted({s for s in steps if 0 < s < self.image_tokens}))
 
 
 Params = UnderstandParams | GenerateParams
@@ -117,6 +124,15 @@ class ProgressEvent:
 
 
 @dataclass(slots=True)
+class PreviewEvent:
+    """Generation: every image of the request as drawn so far; positions not yet drawn are grey."""
+
+    steps_done: int
+    steps_total: int
+    images: np.ndarray  # uint8 [parallel_size, S, S, 3]
+
+
+@dataclass(slots=True)
 class FinishedEvent:
     result: Result
 
@@ -126,4 +142,4 @@ class ErrorEvent:
     error: Exception  # an EngineError
 
 
-Event = TokenEvent | ProgressEvent | FinishedEvent | ErrorEvent
+Event = TokenEvent | ProgressEvent | PreviewEvent | FinishedEvent | ErrorEvent

@@ -76,11 +76,30 @@ def test_data_urls_must_be_base64():
     assert decode_base64("data:image/png;base64," + base64.b64encode(b"abc").decode(), "x", LIMITS) == b"abc"
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
 def test_encoded_outputs_decode_back_to_the_same_size(fmt):
     pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    out = encode_images(pixels, fmt, jpeg_quality=80)
+    out = encode_images(pixels, fmt, quality=80)
     decoded = [Image.open(io.BytesIO(base64.b64decode(data))) for data in out]
     assert [d.format for d in decoded] == [fmt.upper()] * 2 and all(d.size == (16, 16) for d in decoded)
     if fmt == "png":
         np.testing.assert_array_equal(np.asarray(decoded[1]), pixels[1])
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_lossy_quality_trades_size_for_fidelity(fmt):
+    # a smooth gradient with noise: photo-like, so both encoders have something to keep or throw away
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 200, 64, dtype=np.float32)
+    base = ramp[None, :, None] + ramp[:, None, None] / 4 + rng.normal(0, 12, (64, 64, 3))
+    pixels = np.clip(base, 0, 255).astype(np.uint8)[None]
+    low, high = (base64.b64decode(encode_images(pixels, fmt, quality=q)[0]) for q in (10, 95))
+    assert len(low) < len(high)
+    errors = [np.abs(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.int32) - pixels[0]).mean()
+              for data in (low, high)]
+    assert errors[1] < errors[0]
+
+
+def test_an_unknown_output_format_is_a_programming_error():
+    with pytest.raises(ValueError, match="gif"):
+        encode_images(np.zeros((1, 4, 4, 3), np.uint8), "gif")

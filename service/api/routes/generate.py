@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
@@ -14,10 +13,10 @@ from service.api.auth import Authenticated
 from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
+from service.api.generation import submit_generation
 from service.api.images import MEDIA_TYPES, encode_images
 from service.api.protocol import (
     DEFAULT_JPEG_QUALITY,
-    MAX_SEED,
     GeneratedImage,
     GenerateRequest,
     GenerateResponse,
@@ -66,9 +65,7 @@ STREAM_EXAMPLE = (
 async def generate_images(request: Request, response: Response,
                           runtime: ReadyRuntimeDep) -> GenerateResponse | StreamingResponse:
     body = await read_json(request, GenerateRequest)
-    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s)
-    handle = runtime.engine.submit(params, stream=body.stream)
+    handle = (await submit_generation(runtime, body)).handle
     if body.stream:
         return StreamingResponse(_stream(runtime, handle, body), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, "X-Request-Id": handle.id})

@@ -1,0 +1,39 @@
+"""Previews of images still being drawn: the token grid so far, decoded like a finished one, undrawn positions grey.
+
+Image tokens are drawn in raster order over a `grid x grid` layout, one position of every image per step, and the
+VQ decoder maps each position to a `cell x cell` block of pixels (cell = image size / grid). The decoder needs a
+code at every position, so the undrawn tail gets a placeholder code; its pixels are painted grey afterwards. (Pixels
+of drawn positions next to the tail still feel the placeholder through the decoder's convolutions: a preview is an
+impression of the drawing so far, not a crop of the final image.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+GREY = 128
+PLACEHOLDER_CODE = 0
+
+
+def partial_tokens(tokens: np.ndarray, steps_done: int) -> np.ndarray:
+    """[P, T] token grids with positions from `steps_done` on set to the placeholder code (a copy)."""
+    out = np.array(tokens, np.int64, copy=True)
+    out[:, steps_done:] = PLACEHOLDER_CODE
+    return out
+
+
+def grey_undrawn(images: np.ndarray, steps_done: int, grid: int) -> np.ndarray:
+    """uint8 [P, S, S, 3] with the blocks of the positions not yet drawn set to grey (in place; returns it)."""
+    cell = images.shape[1] // grid
+    row, col = divmod(steps_done, grid)
+    images[:, row * cell:(row + 1) * cell, col * cell:] = GREY  # the rest of the row being drawn
+    images[:, (row + 1) * cell:] = GREY  # the rows below it
+    return images
+
+
+def decode_preview(decode: Callable[[np.ndarray], np.ndarray], tokens: np.ndarray, steps_done: int,
+                   grid: int) -> np.ndarray:
+    """The previews of P images after `steps_done` steps, through `decode` ([P, T] codes -> uint8 [P, S, S, 3])."""
+    return grey_undrawn(decode(partial_tokens(tokens, steps_done)), steps_done, grid)
