@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     api_key: SecretStr | None = Field(
         None, description="When set, every route but /health and /ready needs it (Bearer or X-API-Key).")
+    playground: Literal["on", "off"] = Field(
+        "on", description="The playground page at /playground/ (and / leading to it); off: both answer 404.")
 
     # engine capacity
     max_rows: int = Field(32, ge=1, description="KV-cache rows = sequences running at once "

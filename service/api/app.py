@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from service.api import docs, errors
 from service.api.images import allow_pixels
 from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, UnhandledErrorMiddleware
-from service.api.routes import generate, health, info, metrics, understand
+from service.api.routes import generate, health, info, metrics, playground, understand
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -55,6 +55,8 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     app.state.settings = settings
     for module in (understand, generate, health, info, metrics):
         app.include_router(module.router)
+    if settings.playground == "on":
+        app.include_router(playground.router)
     errors.install(app)
     # Added last = outermost: latency covers everything, including bodies refused for size.
     app.add_middleware(UnhandledErrorMiddleware)
