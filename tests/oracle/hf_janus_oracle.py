@@ -31,7 +31,15 @@ generation
          logits exactly the conditional ones.
 VQ decoding
     in:  vq_tokens int64 [b, n]
-    out: vq_pixels float32 [b, 3, H, W] (decoder output, before clipping to [-1, 1])
+    out: vq_pixels float32 [b, 3, H, W] (decoder output, before clipping to [-1, 1]),
+         vq_images uint8 [b, H, W, 3] (the image processor's `postprocess` of vq_pixels: the final pictures)
+image preprocessing (needs only DIR/preprocessor_config.json: no config.json, no weights)
+    in:  pre_image_<i> uint8 [bytes] for i = 0..N-1 (each an encoded image file),
+         pre_sizes int64 [K] (optional: square sizes to process at instead of the config's image_size; every
+         other setting comes from the config)
+    out: pre_pixel_values_<S> float32 [N, 3, S, S] for each size S: each file opened with PIL and converted to RGB
+         by PIL (DeepSeek's image loading, which drops any alpha channel; transformers' processor converts nothing
+         by default and rejects anything but 3 channels), then transformers' PIL-backed Janus image processor
 
 Everything runs in float32 on CPU with a fixed seed and nothing is fetched from a hub.
 """
@@ -46,6 +54,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -55,9 +64,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration, LlamaConfig
 from transformers.models.janus.configuration_janus import JanusVisionConfig, JanusVQVAEConfig
+from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
 
 class OracleError(RuntimeError):
@@ -506,29 +517,81 @@ def generation(model: JanusForConditionalGeneration, arch: Architecture,
     return out
 
 
-def vq_decode(model: JanusForConditionalGeneration, arch: Architecture,
+def vq_decode(model: JanusForConditionalGeneration, arch: Architecture, checkpoint: Path,
               requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     tokens = _long(requests["vq_tokens"])
     if tokens.ndim != 2 or tokens.shape[1] != arch.vq_tokens:
         raise OracleError(f"vq_tokens must be [b, {arch.vq_tokens}], got {tuple(tokens.shape)}")
     if int(tokens.min()) < 0 or int(tokens.max()) >= arch.image_token_size:
         raise OracleError(f"vq_tokens must lie in [0, {arch.image_token_size})")
-    return {"vq_pixels": model.model.vqmodel.decode(tokens).numpy().astype(np.float32)}
+    pixels = model.model.vqmodel.decode(tokens).numpy().astype(np.float32)
+    # transformers' own post-processing (undo the normalisation, scale to 0..255, clip, cast), as its image
+    # generation example uses it; PIL images come back channels-last.
+    pictures = image_processor(checkpoint).postprocess(list(pixels), return_tensors="PIL.Image.Image")
+    images = np.stack([np.asarray(picture) for picture in pictures["pixel_values"]])
+    return {"vq_pixels": pixels, "vq_images": images.astype(np.uint8)}
+
+
+def image_processor(checkpoint: Path, size: int | None = None) -> JanusImageProcessorPil:
+    """transformers' Janus image processor configured from DeepSeek's preprocessor_config.json (at another square
+    size if `size` is given).
+
+    The PIL backend: DeepSeek resizes PIL images (torchvision hands them to PIL), and the torchvision backend's
+    tensor resize is a different filter implementation.
+    """
+    path = checkpoint / "preprocessor_config.json"
+    if not path.is_file():
+        raise OracleError(f"no preprocessor_config.json in {checkpoint}")
+    raw = json.loads(path.read_text())
+    size = int(raw.get("image_size", 384)) if size is None else size
+    mean = [float(m) for m in raw.get("image_mean", [0.48145466, 0.4578275, 0.40821073])]
+    std = [float(s) for s in raw.get("image_std", [0.26862954, 0.26130258, 0.27577711])]
+    processor = JanusImageProcessorPil(size={"height": size, "width": size}, min_size=int(raw.get("min_size", 14)),
+                                       image_mean=mean, image_std=std,
+                                       rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
+                                       do_normalize=bool(raw.get("do_normalize", True)))
+    background = raw.get("background_color")
+    if background is not None and tuple(int(c) for c in background) != tuple(processor.background_color):
+        # transformers derives the padding colour from the mean and has no setting for it.
+        raise OracleError(f"background_color {background} differs from the mean's {processor.background_color}, "
+                          "which transformers cannot express")
+    return processor
+
+
+def preprocess(checkpoint: Path, requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    count = sum(1 for key in requests if key.startswith("pre_image_"))
+    keys = [f"pre_image_{i}" for i in range(count)]
+    if any(key not in requests for key in keys):
+        raise OracleError(f"image keys must be pre_image_0..pre_image_{count - 1}, got "
+                          f"{sorted(k for k in requests if k.startswith('pre_image_'))}")
+    images = [Image.open(io.BytesIO(np.asarray(requests[key], dtype=np.uint8).tobytes())).convert("RGB")
+              for key in keys]
+    sizes = [int(s) for s in np.atleast_1d(requests["pre_sizes"])] if "pre_sizes" in requests else [None]
+    out: dict[str, np.ndarray] = {}
+    for size in sizes:
+        processor = image_processor(checkpoint, size)
+        processed = processor(images, return_tensors=None)["pixel_values"]
+        out[f"pre_pixel_values_{processor.size.height}"] = np.stack(processed).astype(np.float32)
+    return out
 
 
 def run(checkpoint: Path, requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    results: dict[str, np.ndarray] = {}
+    if any(key.startswith("pre_image_") for key in requests):
+        results.update(preprocess(checkpoint, requests))
+    if not any(key in requests for key in ("und_input_ids", "gen_input_ids", "vq_tokens")):
+        return results  # preprocessing alone needs no network
     image_token_id = int(_scalar(requests, "image_token_id")) if "image_token_id" in requests else None
     model, arch = load_model(checkpoint, image_token_id)
-    results: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         if "und_input_ids" in requests:
             results.update(understanding(model, requests))
         if "gen_input_ids" in requests:
             results.update(generation(model, arch, requests))
         if "vq_tokens" in requests:
-            results.update(vq_decode(model, arch, requests))
+            results.update(vq_decode(model, arch, checkpoint, requests))
     return results
 
 

@@ -30,6 +30,6 @@ echo "creating oracle venv in $venv"
 "$base_python" -m venv --clear "$venv"
 "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check -r "$requirements"
 # A broken install must not be recorded as done.
-"$venv/bin/python" -c "import numpy, safetensors, torch, transformers; from transformers import JanusForConditionalGeneration"
+"$venv/bin/python" -c "import numpy, PIL, safetensors, torch, transformers; from transformers import JanusForConditionalGeneration"
 cp "$requirements" "$marker"
 echo "oracle venv ready: $venv/bin/python"
