@@ -101,6 +101,7 @@ class ImageProcessor:
         longest = max(width, height)
         # Capped at image_size: a min_size above it (tiny configs) would otherwise overflow the square.
         floor = min(self.min_size, self.image_size)
+        # Truncated, as in DeepSeek's processor (transformers' port rounds: one row more for some aspect ratios).
         new_h = max(int(height / longest * self.image_size), floor)
         new_w = max(int(width / longest * self.image_size), floor)
         resized = rgb.resize((new_w, new_h), Image.Resampling.BICUBIC)

@@ -90,6 +90,15 @@ def test_min_size_keeps_a_1000x10_strip_14_pixels_tall():
     assert (rows.min(), rows.max()) == (185, 198)
 
 
+def test_the_short_side_is_truncated_like_deepseeks_processor_not_rounded():
+    # 333 / 1000 * 384 = 127.87: DeepSeek's VLMImageProcessor (the checkpoints' own) takes 127 rows; transformers'
+    # port rounds to 128. Offset (384 - 127) // 2 = 128, so rows 128..254 hold the picture.
+    janus = ImageProcessor(image_size=384, min_size=14, image_mean=HALF, image_std=HALF)
+    pixels = np.asarray(janus.resize_and_pad(Image.new("RGB", (1000, 333), (255, 255, 255))))
+    rows = np.flatnonzero((pixels[:, 192] == 255).all(axis=1))
+    assert (rows.min(), rows.max()) == (128, 254)
+
+
 def test_min_size_above_image_size_still_gives_the_square_size():
     small = ImageProcessor(image_size=8, min_size=14, image_mean=HALF, image_std=HALF)
     assert small([Image.new("RGB", (100, 10))]).shape == (1, 3, 8, 8)
