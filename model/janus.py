@@ -112,5 +112,10 @@ class JanusModel(nn.Layer):
 
     def decode_images(self, tokens: paddle.Tensor) -> np.ndarray:
         """tokens [B, image tokens] -> uint8 RGB images [B, S, S, 3]."""
-        pixels = self.decode_pixels(tokens).astype("float32").transpose([0, 2, 3, 1]).numpy()
-        return np.clip((pixels + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)
+        return pixels_to_uint8(self.decode_pixels(tokens).astype("float32").transpose([0, 2, 3, 1]).numpy())
+
+
+def pixels_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Decoder output (about [-1, 1], overshooting on both sides) -> bytes: [-1, 1] maps onto [0, 255], the rest is
+    clipped, and the fraction is cut off (not rounded: 0 -> 127), as DeepSeek's script and transformers do."""
+    return np.clip((pixels + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)

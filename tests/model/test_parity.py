@@ -119,3 +119,16 @@ def test_vq_decoded_pixels_match(case, tiny_model):
     ours = tiny_model.decode_pixels(paddle.to_tensor(requests["vq_tokens"])).numpy()
     assert ours.shape == oracle["vq_pixels"].shape
     np.testing.assert_allclose(ours, oracle["vq_pixels"], atol=ATOL, rtol=0)
+
+
+def test_final_uint8_images_match(case, tiny_model):
+    # transformers' post-processing of its own decoder output: the pictures a user gets
+    requests, _, oracle = case
+    theirs = oracle["vq_images"]
+    assert (np.abs(oracle["vq_pixels"]) > 1).mean() > 0.05  # enough pixels beyond [-1, 1] to need the clip
+    ours = tiny_model.decode_images(paddle.to_tensor(requests["vq_tokens"]))
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == np.uint8
+    # Both cut off the fraction; the decoders agree to ~1e-5, which can move a value across a whole number.
+    difference = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+    assert difference.max() <= 1, f"{np.count_nonzero(difference > 1)} values differ by more than 1"
+    assert np.count_nonzero(difference) <= difference.size // 100
