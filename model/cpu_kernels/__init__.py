@@ -1,5 +1,5 @@
-"""Fused float32 CPU kernels (attention, RMSNorm, rotary embedding, SwiGLU, few-row projections), compiled from C
-on first use and cached.
+"""Fused float32 CPU kernels (attention, RMSNorm, rotary embedding, SwiGLU, few-row projections, and the VQ
+decoder's convolutions and GroupNorm), compiled from C on first use and cached.
 
 The library is built with the machine's C compiler for the machine's own CPU (`-march=native`) into
 `$JANUS_CACHE_DIR/cpu-kernels/<key>/`, where the key covers the source, the flags, the compiler and the CPU's
@@ -37,7 +37,7 @@ from model.runtime_env import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c", "linear.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c", "linear.c", "conv.c")]
 HEADERS = [Path(__file__).with_name("vec.h")]
 LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B)
 MODES = ("auto", "off", "require")
@@ -55,6 +55,9 @@ _SIGNATURES = {
     "janus_linear_rows": [_P, _P, _P, _P, _I, _I, _I],
     "janus_gelu": [_P, _P, _L],
     "janus_patchify": [_P, _P, _I, _I, _I, _I],
+    "janus_pack_conv_weight": [_P, _P, _I, _I, _I],
+    "janus_conv2d_nhwc": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I],
+    "janus_group_norm_nhwc": [_P, _P, _P, _P, _I, _L, _I, _I, _F, _I],
 }
 
 

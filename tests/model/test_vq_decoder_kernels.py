@@ -1,0 +1,120 @@
+"""The VQ decoder's channels-last CPU kernels (convolution, GroupNorm + swish) against Paddle's own ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+from paddle import nn
+
+from model import conv_ops, cpu_kernels
+
+
+@pytest.fixture(params=["default", "without-mkl"])
+def lib(request, monkeypatch, tmp_path_factory):
+    """The convolution comes in two builds: through MKL's sgemm (where the paddle wheel has it) and without."""
+    if request.param == "without-mkl":
+        path = cpu_kernels.build(tmp_path_factory.getbasetemp() / "kernels-without-mkl", use_mkl=False)
+        monkeypatch.setattr(cpu_kernels, "_loaded", {"lib": cpu_kernels._load(path)})
+    return cpu_kernels.library()
+
+
+def _array(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _conv(rng: np.random.Generator, cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2D:
+    conv = nn.Conv2D(cin, cout, k, padding=k // 2, bias_attr=None if bias else False)
+    conv.weight.set_value(_array(rng, cout, cin, k, k, scale=(cin * k * k) ** -0.5))
+    if bias:
+        conv.bias.set_value(_array(rng, cout))
+    return conv
+
+
+def _nchw(x: np.ndarray) -> paddle.Tensor:
+    return paddle.to_tensor(x.transpose(0, 3, 1, 2).copy())
+
+
+def _nhwc(x: paddle.Tensor) -> np.ndarray:
+    return x.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize(("B", "H", "W", "cin", "cout", "k"), [
+    (1, 7, 5, 3, 16, 3),  # three input channels, odd sizes
+    (2, 9, 11, 20, 13, 3),  # batch of two; neither channel count a multiple of 8
+    (3, 4, 4, 32, 64, 3),
+    (1, 24, 24, 128, 128, 3),  # several tiles of output pixels
+    (2, 6, 5, 40, 3, 3),  # three output channels, like the decoder's last convolution
+    (2, 10, 7, 24, 40, 1),
+    (1, 17, 13, 13, 5, 1),
+])
+def test_conv2d_matches_paddle(lib, B, H, W, cin, cout, k):
+    rng = np.random.default_rng(B * 1000 + cin * 10 + cout + k)
+    conv, x = _conv(rng, cin, cout, k), _array(rng, B, H, W, cin)
+    ours = conv_ops.conv2d(lib, paddle.to_tensor(x), conv).numpy()
+    reference = _nhwc(conv(_nchw(x)))
+    assert ours.shape == (B, H, W, cout)
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("B", "H", "W", "cin", "cout"), [(1, 3, 4, 8, 8), (2, 6, 5, 20, 13), (1, 12, 12, 64, 64)])
+def test_conv2d_of_the_nearest_upsampled_input_matches_paddle(lib, B, H, W, cin, cout):
+    rng = np.random.default_rng(H * W + cin)
+    conv, x = _conv(rng, cin, cout, 3), _array(rng, B, H, W, cin)
+    ours = conv_ops.conv2d(lib, paddle.to_tensor(x), conv, upsample=True).numpy()
+    reference = _nhwc(conv(F.interpolate(_nchw(x), scale_factor=2.0, mode="nearest")))
+    assert ours.shape == (B, 2 * H, 2 * W, cout)
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv2d_adds_the_residual_without_bias(lib, k):
+    rng = np.random.default_rng(k)
+    conv, x, residual = _conv(rng, 12, 20, k, bias=False), _array(rng, 2, 5, 6, 12), _array(rng, 2, 5, 6, 20)
+    ours = conv_ops.conv2d(lib, paddle.to_tensor(x), conv, residual=paddle.to_tensor(residual)).numpy()
+    reference = _nhwc(conv(_nchw(x))) + residual
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-5)
+
+
+def test_conv2d_accumulates_onto_its_own_earlier_output(lib):
+    # the decoder passes a shortcut convolution's fresh output as the residual: the sum lands in that buffer
+    rng = np.random.default_rng(5)
+    shortcut, conv = _conv(rng, 16, 24, 1), _conv(rng, 8, 24, 3)
+    x, h = _array(rng, 1, 6, 6, 16), _array(rng, 1, 6, 6, 8)
+    first = conv_ops.conv2d(lib, paddle.to_tensor(x), shortcut)
+    ours = conv_ops.conv2d(lib, paddle.to_tensor(h), conv, residual=first).numpy()
+    reference = _nhwc(shortcut(_nchw(x))) + _nhwc(conv(_nchw(h)))
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2D(4, 4, 3, padding=1, stride=2),
+    nn.Conv2D(4, 4, 3, padding=0),
+    nn.Conv2D(4, 4, 5, padding=2),
+    nn.Conv2D(4, 4, 3, padding=1, dilation=2),
+])
+def test_conv2d_refuses_what_it_does_not_compute(conv):
+    with pytest.raises(ValueError, match="stride-1 'same'"):
+        conv_ops.conv2d(cpu_kernels.library(), paddle.zeros([1, 8, 8, 4]), conv)
+
+
+@pytest.mark.parametrize(("B", "H", "W", "C", "groups"), [
+    (1, 5, 7, 32, 32),  # one channel per group
+    (2, 9, 8, 64, 32),
+    (3, 4, 6, 96, 8),
+    (1, 48, 48, 128, 32),  # many chunks of pixels per thread
+])
+@pytest.mark.parametrize("swish", [True, False])
+def test_group_norm_matches_paddle(B, H, W, C, groups, swish):
+    rng = np.random.default_rng(C + H)
+    # an offset per channel and a wide spread: the variance must not cancel away
+    x = _array(rng, B, H, W, C, scale=3.0) + rng.uniform(-20, 20, C).astype(np.float32)
+    norm = nn.GroupNorm(groups, C, epsilon=1e-6)
+    norm.weight.set_value(rng.uniform(0.5, 1.5, C).astype(np.float32))
+    norm.bias.set_value(_array(rng, C))
+    ours = conv_ops.group_norm(cpu_kernels.library(), paddle.to_tensor(x), norm, swish).numpy()
+    reference = norm(_nchw(x))
+    if swish:
+        reference = reference * F.sigmoid(reference)
+    np.testing.assert_allclose(ours, _nhwc(reference), atol=3e-5, rtol=1e-5)
