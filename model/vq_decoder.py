@@ -1,14 +1,24 @@
 """VQ-16 image decoder (LlamaGen): image tokens -> pixels. The encoder is not needed for serving.
 
 Sub-layer names mirror the checkpoint keys under `gen_vision_model.`.
+
+Two paths compute the same function. On the CPU in float32, when the kernels of `model.cpu_kernels` are there, the
+activations stay channels-last ([B, H, W, C]) from the codebook lookup to the last convolution (`channels_last`
+methods, `model.conv_ops`): each convolution is one gathered matrix product with the upsampling, bias and residual
+folded in, and GroupNorm with swish is one pass. Elsewhere (GPU, half precision, kernels off) Paddle's own ops run
+on [B, C, H, W] (`forward`); tests hold the two paths to each other.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from model import conv_ops, cpu_kernels
+from model.attention import prompt_attention
 from model.config import VQConfig
 
 
@@ -36,6 +46,12 @@ class ResnetBlock(nn.Layer):
             x = self.nin_shortcut(x)
         return x + h
 
+    def channels_last(self, lib: ctypes.CDLL, x: paddle.Tensor) -> paddle.Tensor:
+        h = conv_ops.conv2d(lib, conv_ops.group_norm(lib, x, self.norm1, swish=True), self.conv1)
+        h = conv_ops.group_norm(lib, h, self.norm2, swish=True)
+        shortcut = x if self.nin_shortcut is None else conv_ops.conv2d(lib, x, self.nin_shortcut)
+        return conv_ops.conv2d(lib, h, self.conv2, residual=shortcut)
+
 
 class AttnBlock(nn.Layer):
     def __init__(self, ch: int) -> None:
@@ -56,6 +72,14 @@ class AttnBlock(nn.Layer):
         out = paddle.bmm(v, weights.transpose([0, 2, 1])).reshape([B, C, H, W])
         return x + self.proj_out(out)
 
+    def channels_last(self, lib: ctypes.CDLL, x: paddle.Tensor) -> paddle.Tensor:
+        B, H, W, C = x.shape
+        h = conv_ops.group_norm(lib, x, self.norm, swish=False)
+        # q, k and v as one attention head of width C over the H*W positions (the kernel's scale is C**-0.5 too)
+        q, k, v = (conv_ops.conv2d(lib, h, conv).reshape([B, H * W, 1, C]) for conv in (self.q, self.k, self.v))
+        out = prompt_attention(q, k, v, None, causal=False).reshape([B, H, W, C])
+        return conv_ops.conv2d(lib, out, self.proj_out, residual=x)
+
 
 class Upsample(nn.Layer):
     def __init__(self, ch: int) -> None:
@@ -65,6 +89,9 @@ class Upsample(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         # Interpolate in the input dtype: the reference's forced bf16 cast breaks fp16 and changes nothing else.
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    def channels_last(self, lib: ctypes.CDLL, x: paddle.Tensor) -> paddle.Tensor:
+        return conv_ops.conv2d(lib, x, self.conv, upsample=True)
 
 
 class UpLevel(nn.Layer):
@@ -80,6 +107,13 @@ class UpLevel(nn.Layer):
             if len(self.attn):
                 h = self.attn[i](h)
         return self.upsample(h) if self.upsample is not None else h
+
+    def channels_last(self, lib: ctypes.CDLL, h: paddle.Tensor) -> paddle.Tensor:
+        for i, res in enumerate(self.res):
+            h = res.channels_last(lib, h)
+            if len(self.attn):
+                h = self.attn[i].channels_last(lib, h)
+        return self.upsample.channels_last(lib, h) if self.upsample is not None else h
 
 
 class Decoder(nn.Layer):
@@ -113,6 +147,15 @@ class Decoder(nn.Layer):
             h = level(h)
         return self.conv_out(_swish(self.norm_out(h)))
 
+    def channels_last(self, lib: ctypes.CDLL, z: paddle.Tensor) -> paddle.Tensor:
+        """z [B, h, w, z_channels] -> pixels [B, H, W, 3]."""
+        h = conv_ops.conv2d(lib, z, self.conv_in)
+        for layer in self.mid:
+            h = layer.channels_last(lib, h)
+        for level in self.conv_blocks:
+            h = level.channels_last(lib, h)
+        return conv_ops.conv2d(lib, conv_ops.group_norm(lib, h, self.norm_out, swish=True), self.conv_out)
+
 
 class Quantizer(nn.Layer):
     def __init__(self, cfg: VQConfig) -> None:
@@ -122,11 +165,15 @@ class Quantizer(nn.Layer):
 
     def lookup(self, tokens: paddle.Tensor, grid: int) -> paddle.Tensor:
         """tokens [B, grid*grid] -> latents [B, n_embed, grid, grid]."""
+        return self.lookup_channels_last(tokens, grid).transpose([0, 3, 1, 2])
+
+    def lookup_channels_last(self, tokens: paddle.Tensor, grid: int) -> paddle.Tensor:
+        """tokens [B, grid*grid] -> latents [B, grid, grid, n_embed]."""
         codebook = self.embedding.weight
         if self.l2_norm:
             codebook = F.normalize(codebook, p=2, axis=-1)
         z = paddle.gather(codebook, tokens.flatten())  # [B*grid*grid, C]
-        return z.reshape([tokens.shape[0], grid, grid, -1]).transpose([0, 3, 1, 2])
+        return z.reshape([tokens.shape[0], grid, grid, -1])
 
 
 class VQDecoder(nn.Layer):
@@ -139,5 +186,11 @@ class VQDecoder(nn.Layer):
 
     def forward(self, tokens: paddle.Tensor) -> paddle.Tensor:
         """tokens [B, num_tokens] int -> pixels [B, 3, image_size, image_size] in about [-1, 1]."""
+        lib = cpu_kernels.for_tensors(*self.decoder.parameters(), self.post_quant_conv.weight)
+        if lib is not None:
+            z = self.quantize.lookup_channels_last(tokens, self.cfg.grid).contiguous()
+            if cpu_kernels.for_tensors(z) is not None:
+                pixels = self.decoder.channels_last(lib, conv_ops.conv2d(lib, z, self.post_quant_conv))
+                return pixels.transpose([0, 3, 1, 2]).contiguous()
         z = self.quantize.lookup(tokens, self.cfg.grid)
         return self.decoder(self.post_quant_conv(z))
