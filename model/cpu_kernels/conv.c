@@ -18,17 +18,37 @@
 
 #include "vec.h"
 
-#define TILE_ROWS 192 /* output pixels per gathered tile: 192 x 9 x 128 floats = 0.9 MB */
+#define TILE_ROWS 384 /* output pixels per gathered tile: 384 x 9 x 128 floats = 1.8 MB (192: 10% slower) */
 
 #ifdef JANUS_WITH_MKL
-enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc);
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float *src,
+                      int ld, float *dest);
+void cblas_sgemm_compute(int layout, int trans_a, int trans_b, int m, int n, int k, const float *a, int lda,
+                         const float *b, int ldb, float beta, float *c, int ldc);
 int MKL_Set_Num_Threads_Local(int threads);
 
 /* c[m, n] += a[m, k] b[k, n], all row-major */
 static void gemm_acc(int m, int n, int k, const float *a, int lda, const float *b, float *c) {
     cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, m, n, k, 1.0f, a, lda, b, n, 1.0f, c, n);
+}
+/* The weights in MKL's own panel layout, packed once for every tile of `rows` rows instead of once per product
+ * (measured 10-15% faster per product of a 384-row tile). */
+static float *pack_b(const float *b, int rows, int n, int k) {
+    float *packed = malloc(cblas_sgemm_pack_get_size(CBLAS_B_MATRIX, rows, n, k));
+    if (packed) cblas_sgemm_pack(CBLAS_ROW_MAJOR, CBLAS_B_MATRIX, CBLAS_NO_TRANS, rows, n, k, 1.0f, b, n, packed);
+    return packed;
+}
+/* a tile's product: through the packed weights when it has the rows they were packed for */
+static void tile_gemm(int m, int n, int k, const float *a, int lda, const float *b, const float *packed,
+                      int packed_rows, float *c) {
+    if (packed && m == packed_rows)
+        cblas_sgemm_compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, m, n, k, a, lda, packed, n, 1.0f, c, n);
+    else
+        gemm_acc(m, n, k, a, lda, b, c);
 }
 static int single_threaded_blas(void) { return MKL_Set_Num_Threads_Local(1); }
 static void restore_blas(int previous) { MKL_Set_Num_Threads_Local(previous); }
@@ -69,18 +89,30 @@ static void gemm_acc(int m, int n, int k, const float *a, int lda, const float *
         }
     }
 }
+static float *pack_b(const float *b, int rows, int n, int k) { (void)b, (void)rows, (void)n, (void)k; return NULL; }
+static void tile_gemm(int m, int n, int k, const float *a, int lda, const float *b, const float *packed,
+                      int packed_rows, float *c) {
+    (void)packed, (void)packed_rows;
+    gemm_acc(m, n, k, a, lda, b, c);
+}
 static int single_threaded_blas(void) { return 0; }
 static void restore_blas(int previous) { (void)previous; }
 #endif
 
 /* Paddle's weight [cout, cin, k, k] -> [k * k * cin, cout] (taps outer, input channels inner: the gathered rows'
- * order). */
+ * order). A transpose of [cout, cin * taps] in 32 x 32 blocks, so that reads and writes both run along rows. */
 void janus_pack_conv_weight(const float *w, float *packed, int cout, int cin, int taps) {
-#pragma omp parallel for schedule(static)
-    for (int row = 0; row < taps * cin; row++) {
-        const int t = row / cin, ci = row % cin;
-        float *dst = packed + (int64_t)row * cout;
-        for (int co = 0; co < cout; co++) dst[co] = w[((int64_t)co * cin + ci) * taps + t];
+    enum { BLK = 32 };
+    const int cols = cin * taps;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int co0 = 0; co0 < cout; co0 += BLK) {
+        for (int j0 = 0; j0 < cols; j0 += BLK) {
+            const int co1 = co0 + BLK < cout ? co0 + BLK : cout, j1 = j0 + BLK < cols ? j0 + BLK : cols;
+            for (int j = j0; j < j1; j++) {
+                float *dst = packed + ((int64_t)(j % taps) * cin + j / taps) * cout;
+                for (int co = co0; co < co1; co++) dst[co] = w[(int64_t)co * cols + j];
+            }
+        }
     }
 }
 
@@ -94,15 +126,19 @@ void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const 
     const int shift = upsample ? 1 : 0, Ho = H << shift, Wo = W << shift, half = ksize / 2;
     const int64_t pixels = (int64_t)B * Ho * Wo, K = (int64_t)ksize * ksize * cin;
     const int gather = ksize != 1 || upsample; /* a plain 1x1 convolution multiplies x's rows as they are */
-    const int64_t tiles = (pixels + TILE_ROWS - 1) / TILE_ROWS;
+    /* small images: at least four tiles per thread, so that no thread waits long for the last one */
+    const int64_t balanced = (pixels + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
+    const int tile_rows = balanced < TILE_ROWS ? (int)(balanced > 16 ? balanced : 16) : TILE_ROWS;
+    const int64_t tiles = (pixels + tile_rows - 1) / tile_rows;
+    float *packed = pack_b(w, tile_rows, cout, (int)K);
 #pragma omp parallel
     {
         const int previous = single_threaded_blas();
-        float *cols = gather ? malloc(sizeof(float) * TILE_ROWS * K) : NULL;
+        float *cols = gather ? malloc(sizeof(float) * tile_rows * K) : NULL;
 #pragma omp for schedule(monotonic: dynamic) /* libiomp5 has no nonmonotonic entry points */
         for (int64_t tile = 0; tile < tiles; tile++) {
-            const int64_t p0 = tile * TILE_ROWS;
-            const int rows = pixels - p0 < TILE_ROWS ? (int)(pixels - p0) : TILE_ROWS;
+            const int64_t p0 = tile * tile_rows;
+            const int rows = pixels - p0 < tile_rows ? (int)(pixels - p0) : tile_rows;
             float *out = y + p0 * cout;
             for (int r = 0; r < rows; r++) { /* bias and residual first: the product adds onto them */
                 float *o = out + (int64_t)r * cout;
@@ -112,7 +148,7 @@ void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const 
                     for (int c = 0; c < cout; c++) o[c] += bias[c];
             }
             if (!gather) {
-                gemm_acc(rows, cout, cin, x + p0 * cin, cin, w, out);
+                tile_gemm(rows, cout, cin, x + p0 * cin, cin, w, packed, tile_rows, out);
                 continue;
             }
             for (int r = 0; r < rows; r++) {
@@ -132,11 +168,12 @@ void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const 
                     }
                 }
             }
-            gemm_acc(rows, cout, (int)K, cols, (int)K, w, out);
+            tile_gemm(rows, cout, (int)K, cols, (int)K, w, packed, tile_rows, out);
         }
         free(cols);
         restore_blas(previous);
     }
+    free(packed);
 }
 
 static inline v8 swish8(v8 v) { /* v * sigmoid(v), with exp of a non-positive argument only */

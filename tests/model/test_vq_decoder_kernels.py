@@ -48,6 +48,7 @@ def _nhwc(x: paddle.Tensor) -> np.ndarray:
     (2, 9, 11, 20, 13, 3),  # batch of two; neither channel count a multiple of 8
     (3, 4, 4, 32, 64, 3),
     (1, 24, 24, 128, 128, 3),  # several tiles of output pixels
+    (1, 25, 23, 64, 96, 3),  # several tiles, the last one shorter
     (2, 6, 5, 40, 3, 3),  # three output channels, like the decoder's last convolution
     (2, 10, 7, 24, 40, 1),
     (1, 17, 13, 13, 5, 1),
