@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -165,3 +167,20 @@ def test_a_queued_generation_says_it_is_waiting_and_cancel_takes_it_out_of_the_q
     wait_until(lambda: live.runtime.engine.stats()["waiting"] == 0 and live.runtime.engine.stats()["free_rows"] == 2,
                "the queue to empty")
     assert live.metric("janus_engine_failures_total", kind="cancelled") == 1
+
+
+def test_an_error_in_the_middle_of_the_stream_shows_the_servers_message(make_server, tab):
+    live = make_server(request_timeout_s=0.5)
+    gate = live.gate()
+    page = tab(live).open().page
+    fill(page, "a fox", count=1, guidance=5, seed=4)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    wait_until(lambda: gate.seen, "the page's request to run")
+    deadline = gate.seen[0].deadline
+    wait_until(lambda: time.perf_counter() > deadline, "the request's deadline to pass")
+    gate.release()
+    # the stream had started (200), so the timeout arrives as its `error` event
+    expect(page.locator("#generate-error")).to_have_text(re.compile(
+        r"^The server said \(504\): the request did not finish within 0\.5 s\. The request took too long\.$"))
+    assert page.get_by_role("button", name="Generate", exact=True).is_enabled()
+    assert page.get_by_role("list", name="Generated images").get_by_role("img").count() == 0

@@ -71,10 +71,11 @@ async function errorOf(response) {
   });
 }
 
-// The error carried by an `error` event of a stream (the same body as an HTTP error).
+// The error carried inside a stream: the native `error` event's body, or OpenAI's `data: {"error": ...}` (which
+// names no status).
 export function streamError(data) {
   const error = data && data.error ? data.error : {};
-  return new ApiError(error.status || 500, error.message || "the server reported an error",
+  return new ApiError(error.status || null, error.message || "the server reported an error",
                       { type: error.code || error.type || null, details: error.details || null });
 }
 
@@ -147,7 +148,8 @@ export function describe(error) {
     const retry = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
     const hint = hints[error.status] ? ` ${hints[error.status]}` : "";
     const end = /[.!?]$/.test(text) ? "" : ".";
-    return `The server said (${error.status}): ${text}${end}${hint}${retry}`;
+    const status = error.status ? ` (${error.status})` : "";
+    return `The server said${status}: ${text}${end}${hint}${retry}`;
   }
   if (error instanceof TypeError) {
     return `Could not reach the server (${error.message}). Is it still running?`;
