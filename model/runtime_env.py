@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 _M_TRIM_THRESHOLD = -1
@@ -30,8 +31,45 @@ def apply_runtime_env() -> None:
     os.environ.setdefault("AISTUDIO_BOS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PPNLP_HOME", str(cache_root() / "paddlenlp"))
+    os.environ.setdefault("PADDLE_HOME", str(cache_root() / "paddle"))  # paddle.hub's downloads
     os.environ.setdefault("GLOG_minloglevel", "2")
     keep_freed_memory()
+
+
+class CacheDirError(RuntimeError):
+    """The cache directory cannot be written: one line that names the setting and what to do."""
+
+
+def prepare_cache_dir() -> Path:
+    """Create the cache directory and prove it writable, before anything else tries to write there."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise CacheDirError(
+            f"JANUS_CACHE_DIR={root} is not writable ({err.strerror or err}). janus-serve keeps converted weights, "
+            "compiled kernels, the demo checkpoint and Paddle's and PaddleNLP's files there: mount a writable "
+            "volume at that path (docker: -v janus-cache:/cache) or set JANUS_CACHE_DIR to a writable folder"
+        ) from None
+    return root
+
+
+def keep_writes_in_cache() -> None:
+    """Point the process's home and temporary folders into the cache directory (for the server process).
+
+    Paddle creates ~/.cache/paddle at import (falling back to /tmp when the home folder is not writable), and the C
+    compiler and upload spooling write temporary files: on a read-only root filesystem the cache directory is the
+    one writable place, so every file the server writes lands there. An explicit TMPDIR wins.
+    """
+    root = cache_root()
+    for name, folder in (("HOME", root / "home"), ("TMPDIR", root / "tmp")):
+        if name == "TMPDIR" and os.environ.get("TMPDIR"):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(folder)
+    tempfile.tempdir = None  # computed again from TMPDIR on next use
 
 
 def keep_freed_memory() -> None:

@@ -1,6 +1,7 @@
 """`janus-serve`: load the model, then serve the API with uvicorn until SIGTERM / Ctrl-C.
 
 Every setting is a flag (`--max-rows 16`) and an environment variable (`JANUS_MAX_ROWS=16`); flags win.
+`janus-serve self-test` checks the configured device and dtype against the CPU instead (service/selftest.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
+from model import runtime_env
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,7 +45,8 @@ def _flag_type(annotation: Any) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="janus-serve", description=__doc__.splitlines()[0],
-        epilog="Without --model-dir the server runs a built-in demo checkpoint with RANDOM weights.")
+        epilog="Without --model-dir the server runs a built-in demo checkpoint with RANDOM weights. "
+               "`janus-serve self-test [--device D] [--dtype T]` checks a device against the CPU and exits.")
     for name, field in Settings.model_fields.items():
         env = f"JANUS_{name.upper()}"
         default = "unset" if field.default is None else field.default
@@ -84,9 +87,27 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def prepare_files() -> bool:
+    """Check the cache directory before anything writes there, and keep the process's own files inside it."""
+    try:
+        runtime_env.prepare_cache_dir()
+    except runtime_env.CacheDirError as err:
+        log.critical("%s", err)
+        return False
+    runtime_env.keep_writes_in_cache()
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["self-test"]:
+        from service import selftest
+
+        return selftest.main(argv[1:])
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not prepare_files():
+        return 1
 
     # Imported here: they load Paddle, which `--help` and bad flags should not wait for.
     from service.api.app import build_app

@@ -34,7 +34,8 @@ async def get_health(runtime: RuntimeDep) -> HealthResponse:
     operation_id="get_readiness",
     summary="Readiness: can the server take requests now",
     description="200 once the model is loaded and warmed up and the server accepts requests; 503 while warming "
-                "up and while shutting down. Use as a readiness probe.",
+                "up. Once SIGTERM arrives the server stops accepting connections, so a probe is refused from then "
+                "on (in-flight requests finish on their own connections). Use as a readiness probe.",
     response_model=ReadyResponse,
     responses={200: {"content": {"application/json": {"example": {"status": "ready", "random_weights": False}}}},
                **docs.error_responses(503)},

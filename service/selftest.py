@@ -1,0 +1,308 @@
+"""`janus-serve self-test`: does this machine's device, in the configured dtype, compute what the CPU computes?
+
+Builds a tiny random checkpoint, then runs the same requests (one understanding request with a noise image, one
+generation request with two guided images, both greedy and in flight together) through the serving engine twice:
+on the configured device and dtype, and on the CPU in float32, the reference. Every step's logits are recorded on
+their way out of the runner. The report gives, per request, the largest logit difference (relative to the
+reference's largest logit) against a tolerance per dtype, whether the greedy tokens agree, and load, prefill and
+decode-step timings; the exit status is 0 on a pass. With a random-weight checkpoint this checks the numerics of
+every kernel the engine uses (vision encoder, prefill, cached decode, both heads, guidance, VQ decoding), not what
+a trained model says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from model import runtime_env
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Largest |logit difference| / largest |reference logit| that still passes, per dtype of the device run. float32 on
+# a GPU may run its matmuls in TF32 (10-bit mantissa); half precisions round every activation.
+TOLERANCES = {"float32": 2e-3, "float16": 2e-2, "bfloat16": 6e-2}
+UNDERSTAND_TOKENS = 16
+GENERATE_IMAGES = 2
+
+
+@dataclass
+class Trace:
+    """One request's run: per step its raw logits, the logits its tokens were chosen from, and the tokens."""
+
+    logits: list[np.ndarray] = field(default_factory=list)  # per step: [rows, V] as the runner returned them
+    decisions: list[np.ndarray] = field(default_factory=list)  # per step: [choices, V] (generation: after guidance)
+    tokens: list[list[int]] = field(default_factory=list)  # per step: one token per choice
+
+
+@dataclass
+class Comparison:
+    request: str
+    steps: int  # steps whose logits were compared (up to the first disagreement)
+    max_abs_diff: float
+    relative_diff: float  # max_abs_diff / largest |reference logit|
+    tolerance: float
+    tokens_agree: bool
+    first_disagreement: int | None  # step index
+    near_tie: bool  # the disagreement came where the reference's top two were within the logit error
+    same_length: bool  # both runs produced every step (the requests have fixed lengths)
+
+    @property
+    def passed(self) -> bool:
+        # Tokens can only part where the logit error reaches half the reference's top-two margin, so a parting at
+        # a step whose logits are within the tolerance is a near-tie that rounding decides: reported, not failed.
+        return self.relative_diff <= self.tolerance and self.same_length
+
+    def describe(self) -> str:
+        verdict = "ok" if self.passed else "FAIL"
+        tokens = "greedy tokens agree" if self.tokens_agree else (
+            f"greedy tokens differ from step {self.first_disagreement}"
+            + (" (a near-tie in the reference: within the logit error)" if self.near_tie else ""))
+        if not self.same_length:
+            tokens += "; the runs produced different numbers of steps"
+        return (f"{self.request}: max |logit diff| {self.max_abs_diff:.3g} = {self.relative_diff:.2e} of the "
+                f"reference's largest logit (tolerance {self.tolerance:.0e}) over {self.steps} steps; {tokens}: "
+                f"{verdict}")
+
+
+def _margin(row: np.ndarray) -> float:
+    top2 = np.partition(row, -2)[-2:]
+    return float(top2[1] - top2[0])
+
+
+def compare(request: str, reference: Trace, tested: Trace, tolerance: float) -> Comparison:
+    """Step by step while both runs chose the same tokens (so fed the same inputs), and the step where they part."""
+    steps = min(len(reference.logits), len(tested.logits))
+    first = next((i for i, (a, b) in enumerate(zip(reference.tokens, tested.tokens, strict=False)) if a != b), None)
+    if first is None and len(reference.tokens) != len(tested.tokens):
+        first = min(len(reference.tokens), len(tested.tokens))  # one run stopped earlier
+    compared = steps if first is None else min(steps, first + 1)
+    diffs = [float(np.max(np.abs(reference.logits[i] - tested.logits[i]))) for i in range(compared)]
+    scale = max((float(np.max(np.abs(reference.logits[i]))) for i in range(compared)), default=0.0)
+    max_diff = max(diffs, default=0.0)
+    near_tie = False
+    if first is not None and first < min(len(reference.decisions), len(tested.decisions)):
+        ref, test = reference.decisions[first], tested.decisions[first]
+        error = float(np.max(np.abs(ref - test)))
+        parted = [r for r in range(len(ref)) if int(np.argmax(ref[r])) != int(np.argmax(test[r]))]
+        near_tie = bool(parted) and all(_margin(ref[r]) <= 2 * error for r in parted)
+    return Comparison(request, compared, max_diff, max_diff / scale if scale else max_diff, tolerance,
+                      first is None, first, near_tie, len(reference.tokens) == len(tested.tokens))
+
+
+class RecordingRunner:
+    """Stands in front of the engine's runner and keeps a copy of every logits array it returns, per request."""
+
+    def __init__(self, runner: Any, labels: dict[str, str]) -> None:
+        self._runner = runner
+        self._labels = labels  # request id -> name in the report
+        self.traces: dict[str, Trace] = {}
+        self.prefill_s: list[float] = []
+        self.decode_s: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+    def _record(self, request: Any, logits: np.ndarray) -> None:
+        label = self._labels.get(request.id)
+        if label is None:
+            return
+        trace = self.traces.setdefault(label, Trace())
+        logits = np.array(logits, dtype=np.float32, copy=True)
+        if logits.ndim == 1:
+            logits = logits[None]
+        params = request.params
+        if getattr(params, "guided", False):
+            from model.sampling import guided_logits
+
+            half = params.parallel_size
+            decisions = guided_logits(logits[:half], logits[half:], params.cfg_weight)
+        else:
+            decisions = logits
+        trace.logits.append(logits)
+        trace.decisions.append(decisions)
+        trace.tokens.append([int(t) for t in decisions.argmax(axis=-1)])
+
+    def prefill_understand(self, requests: list[Any]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        out = self._runner.prefill_understand(requests)
+        self.prefill_s.append(time.perf_counter() - started)
+        for request, logits in zip(requests, out, strict=True):
+            self._record(request, logits)
+        return out
+
+    def prefill(self, request: Any) -> np.ndarray:
+        started = time.perf_counter()
+        out = self._runner.prefill(request)
+        self.prefill_s.append(time.perf_counter() - started)
+        self._record(request, out)
+        return out
+
+    def decode(self, requests: list[Any]) -> Any:
+        started = time.perf_counter()
+        out = self._runner.decode(requests)
+        self.decode_s.append(time.perf_counter() - started)
+        for request in requests:
+            self._record(request, out.text[request.id] if request.id in out.text else out.image[request.id])
+        return out
+
+
+@dataclass
+class RunResult:
+    device: str
+    dtype: str
+    traces: dict[str, Trace]
+    load_s: float
+    warmup_s: float
+    prefill_ms: float  # median
+    step_ms: float  # median decode step (both requests' rows together while both run)
+    text_tokens: list[int]
+    image_tokens: list[list[int]]
+
+
+def _photo_like(size: int, seed: int) -> Any:
+    """Smooth colour gradients with noise on top: structure at several scales, unlike a flat or pure-noise image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(3 * x + 1), np.cos(2 * y), np.sin(4 * x * y + 2)], axis=-1) * 0.35 + 0.5
+    pixels = np.clip(base + rng.normal(0, 0.08, base.shape), 0, 1)
+    return Image.fromarray((pixels * 255).astype(np.uint8))
+
+
+def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0) -> RunResult:
+    """Load the checkpoint on `device` in `dtype`, serve the two requests together through the engine, record.
+
+    `perturb` multiplies every weight by (1 + perturb * noise): a deliberately wrong device, for testing the check.
+    """
+    import paddle
+
+    from model.checkpoint.loader import load_janus
+    from service.engine import Engine, EngineConfig
+    from service.processing import Preprocessor
+
+    paddle.set_device(device)
+    model, report = load_janus(checkpoint, dtype, cache_dir=False)
+    if perturb:
+        rng = np.random.default_rng(1234)
+        for param in model.parameters():
+            values = param.astype("float32").numpy()
+            noisy = values * (1 + perturb * rng.standard_normal(values.shape).astype(np.float32))
+            param.set_value(paddle.to_tensor(noisy).astype(param.dtype))
+    max_seq_len = 256
+    preprocessor = Preprocessor.from_dir(checkpoint, model.cfg, max_seq_len)
+    understand = preprocessor.understand("What is in this picture?", [_photo_like(model.cfg.vision.image_size, 7)],
+                                         system_prompt=None, max_new_tokens=UNDERSTAND_TOKENS, temperature=0.0,
+                                         top_p=1.0, seed=0, timeout_s=None)
+    understand.stop_ids = ()  # run every step even if the random model says end-of-sentence
+    generate = preprocessor.generate("a lighthouse on a rock at dusk", parallel_size=GENERATE_IMAGES, cfg_weight=5.0,
+                                     temperature=0.0, seed=0, timeout_s=None)
+    engine = Engine(model, EngineConfig(max_rows=8, max_seq_len=max_seq_len, max_waiting=4))
+    started = time.perf_counter()
+    engine.start()
+    engine.warmup()
+    warmup_s = time.perf_counter() - started
+    labels: dict[str, str] = {}
+    recorder = RecordingRunner(engine.runner, labels)
+    engine.runner = recorder  # type: ignore[assignment]  # the engine reads it at every step
+
+    async def serve_both() -> tuple[Any, Any]:
+        text = engine.submit(understand, stream=False)
+        image = engine.submit(generate, stream=False)
+        labels[text.id], labels[image.id] = "understanding", "generation"
+        return await asyncio.gather(text.result(), image.result())
+
+    try:
+        text_result, image_result = asyncio.run(serve_both())
+    finally:
+        engine.shutdown(drain_timeout_s=0)
+    return RunResult(device, dtype, recorder.traces, report.seconds, warmup_s,
+                     1000 * statistics.median(recorder.prefill_s), 1000 * statistics.median(recorder.decode_s),
+                     list(text_result.token_ids), np.asarray(image_result.tokens).tolist())
+
+
+@dataclass
+class Report:
+    device: str
+    dtype: str
+    comparisons: list[Comparison]
+    timings: dict[str, dict[str, float]]  # "device" / "reference" -> load_s, warmup_s, prefill_ms, step_ms
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    def describe(self) -> str:
+        lines = [f"janus-serve self-test: {self.device} {self.dtype} against cpu float32 (the reference), "
+                 f"tiny random checkpoint, {UNDERSTAND_TOKENS} understanding tokens and {GENERATE_IMAGES} guided "
+                 "images served together, greedy"]
+        lines += [f"  {c.describe()}" for c in self.comparisons]
+        for name, t in self.timings.items():
+            lines.append(f"  {name}: load {t['load_s']:.2f} s, warm-up {t['warmup_s']:.2f} s, prefill "
+                         f"{t['prefill_ms']:.1f} ms (median), decode step {t['step_ms']:.1f} ms (median)")
+        lines.append("PASS" if self.passed else "FAIL")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "passed": self.passed, "timings": self.timings,
+                "comparisons": [{**asdict(c), "passed": c.passed} for c in self.comparisons]}
+
+
+def run_selftest(device: str, dtype: str, perturb: float = 0.0) -> Report:
+    from model.tiny_checkpoint import build_tiny_checkpoint
+
+    root = runtime_env.prepare_cache_dir()
+    with tempfile.TemporaryDirectory(dir=root, prefix="selftest-") as folder:
+        checkpoint = build_tiny_checkpoint(Path(folder) / "checkpoint", preset="tiny", seed=3)
+        tested = run_once(checkpoint, device, dtype, perturb)
+        reference = run_once(checkpoint, "cpu", "float32")
+    tolerance = TOLERANCES[dtype]
+    comparisons = [compare(name, reference.traces[name], tested.traces[name], tolerance)
+                   for name in ("understanding", "generation")]
+    timings = {f"{run.device} {run.dtype}" + (" (reference)" if run is reference else ""):
+               {"load_s": run.load_s, "warmup_s": run.warmup_s, "prefill_ms": run.prefill_ms, "step_ms": run.step_ms}
+               for run in (tested, reference)}
+    return Report(device, dtype, comparisons, timings)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="janus-serve self-test", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="[env JANUS_DEVICE; default cpu]")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
+                        help="[env JANUS_DTYPE; default auto: float32 on cpu, bfloat16 on gpu]")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as err:
+        parser.error("; ".join(e["msg"] for e in err.errors()))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        runtime_env.prepare_cache_dir()
+    except runtime_env.CacheDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    runtime_env.keep_writes_in_cache()
+    import paddle
+
+    if settings.device == "gpu" and not paddle.is_compiled_with_cuda():
+        print("error: device gpu was requested but this Paddle build has no CUDA support", file=sys.stderr)
+        return 1
+    report = run_selftest(settings.device, settings.compute_dtype)
+    print(json.dumps(report.to_json()) if args.json else report.describe())
+    return 0 if report.passed else 1

@@ -1,0 +1,107 @@
+"""`janus-serve self-test`: the command on the CPU against itself, its verdict on deliberately perturbed weights, and
+the comparison rules on hand-made traces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.selftest import TOLERANCES, Trace, compare, run_selftest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_self_test_command_passes_on_the_cpu_against_itself(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
+    env["JANUS_CACHE_DIR"] = str(tmp_path / "cache")
+    done = subprocess.run([sys.executable, "-m", "service.cli", "self-test", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["passed"] is True and (report["device"], report["dtype"]) == ("cpu", "float32")
+    assert [c["request"] for c in report["comparisons"]] == ["understanding", "generation"]
+    for comparison in report["comparisons"]:
+        # the same kernels on the same machine: bit-identical, every step compared
+        assert comparison["max_abs_diff"] == 0.0 and comparison["tokens_agree"] is True
+        assert comparison["steps"] == 16
+    for timing in report["timings"].values():
+        assert timing["load_s"] > 0 and timing["step_ms"] > 0 and timing["prefill_ms"] > 0
+    # nothing of the run is left behind but the cache's own folders
+    assert not list((tmp_path / "cache").glob("selftest-*"))
+
+
+def test_self_test_refuses_half_precision_on_the_cpu():
+    done = subprocess.run([sys.executable, "-m", "service.cli", "self-test", "--dtype", "bfloat16"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not supported on cpu" in done.stderr
+
+
+def test_perturbed_weights_fail_the_self_test():
+    report = run_selftest("cpu", "float32", perturb=0.05)
+    assert not report.passed
+    assert all(c.relative_diff > TOLERANCES["float32"] for c in report.comparisons)
+    assert report.describe().endswith("FAIL")
+
+
+def test_perturbation_within_the_tolerance_passes_with_a_nonzero_difference():
+    report = run_selftest("cpu", "float32", perturb=1e-5)
+    assert report.passed, report.describe()
+    assert all(0 < c.relative_diff < TOLERANCES["float32"] for c in report.comparisons)
+
+
+# the comparison rules
+
+
+def _trace(rows: list[list[float]]) -> Trace:
+    """One choice per step, logits as given."""
+    trace = Trace()
+    for row in rows:
+        logits = np.asarray([row], np.float32)
+        trace.logits.append(logits)
+        trace.decisions.append(logits)
+        trace.tokens.append([int(np.argmax(row))])
+    return trace
+
+
+def test_identical_traces_agree_with_zero_difference():
+    ref = _trace([[0, 5, 1], [3, 0, 1], [0, 0, 9]])
+    result = compare("x", ref, _trace([[0, 5, 1], [3, 0, 1], [0, 0, 9]]), 1e-3)
+    assert result.passed and result.max_abs_diff == 0 and result.steps == 3 and result.tokens_agree
+
+
+def test_difference_is_relative_to_the_largest_reference_logit():
+    ref = _trace([[0, 10, 1], [3, 0, 1]])
+    test = _trace([[0, 10.05, 1], [3, 0, 1]])
+    result = compare("x", ref, test, 1e-3)
+    assert result.max_abs_diff == pytest.approx(0.05, rel=1e-4)
+    assert result.relative_diff == pytest.approx(0.005, rel=1e-4)
+    assert not result.passed and result.tokens_agree
+    assert compare("x", ref, test, 1e-2).passed
+
+
+def test_a_token_disagreement_beyond_a_near_tie_fails_through_its_logit_difference():
+    ref = _trace([[0, 5, 1], [4, 0, 1]])
+    test = _trace([[0, 5, 1], [3.5, 0, 4.0]])  # step 1 picks token 2 although the reference's margin is 3
+    result = compare("x", ref, test, 0.05)
+    assert not result.tokens_agree and result.first_disagreement == 1
+    assert result.max_abs_diff == pytest.approx(3.0) and not result.passed
+
+
+def test_a_disagreement_at_a_near_tie_is_accepted_and_later_steps_are_not_compared():
+    ref = _trace([[0, 5, 1], [2.001, 2.0, 0], [9, 0, 0]])
+    test = _trace([[0, 5, 1], [2.0, 2.002, 0], [0, 0, 50]])  # the runs part at a tie; step 2 then differs wildly
+    result = compare("x", ref, test, 1e-3)
+    assert result.first_disagreement == 1 and result.near_tie and result.steps == 2
+    assert result.passed
+
+
+def test_a_run_that_stops_early_counts_as_a_disagreement():
+    ref = _trace([[0, 5, 1], [3, 0, 1], [0, 0, 9]])
+    result = compare("x", ref, _trace([[0, 5, 1], [3, 0, 1]]), 1e-3)
+    assert not result.tokens_agree and result.first_disagreement == 2 and not result.passed
