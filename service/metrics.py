@@ -24,6 +24,8 @@ class Metrics:
         self.running_rows = Gauge("janus_running_rows", "KV-cache rows in use, by request kind.", ["kind"],
                                   registry=r)
         self.free_rows = Gauge("janus_free_rows", "KV-cache rows free.", registry=r)
+        self.decoding = Gauge("janus_image_decode_requests", "Generation requests whose image tokens are all drawn "
+                              "(rows freed) and whose images are being decoded or wait for the decoder.", registry=r)
         self.batch_rows = Histogram("janus_batch_rows", "Rows in one engine decode step.",
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.step_seconds = Histogram("janus_step_seconds", "Duration of one engine step (prefills included).",
@@ -79,6 +81,7 @@ class Metrics:
         self.running_rows.labels("understand").set(stats.get("running_understand_rows", 0))
         self.running_rows.labels("generate").set(stats.get("running_generate_rows", 0))
         self.free_rows.set(stats.get("free_rows", 0))
+        self.decoding.set(stats.get("decoding", 0))
         self.ready.set(1 if ready else 0)
 
     def render(self) -> bytes:

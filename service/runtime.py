@@ -69,7 +69,7 @@ class Runtime:
             log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
         config = EngineConfig(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
                               max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
-                              progress_every=settings.progress_every)
+                              progress_every=settings.progress_every, decode_threads=settings.decode_threads)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template)

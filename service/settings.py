@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(1024, ge=16, description="Tokens per row: prompt + new tokens (or image tokens).")
     max_waiting: int = Field(64, ge=0, description="Requests queued beyond the running ones; past that: 429.")
     progress_every: int = Field(16, ge=1, description="Generation progress events every this many steps.")
+    decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder, which runs beside the engine "
+                                                     "thread; 0 = half of OMP_NUM_THREADS, at least 1.")
 
     # time
     request_timeout_s: float = Field(600.0, gt=0, description="Per-request limit from submission to result (504).")

@@ -3,6 +3,11 @@
 The asyncio side calls `submit()` (never blocks on the model) and reads events from the returned handle; results
 come back through `loop.call_soon_threadsafe`. A failure while processing one request fails that request only;
 the loop itself survives anything but `shutdown()`.
+
+A generation request leaves the loop when its last image token is drawn: its rows are freed at once and its token
+grids go to the image decoder (`image_decoder.py`), which on the CPU decodes them on a thread of its own and
+answers the request from there. That thread has a thread budget of its own (part of the cores); the engine thread
+keeps its budget throughout, so a request's tokens never depend on whether other requests' images are decoding.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import paddle
 
 from model.janus import JanusModel
 from model.sampling import choose, guided_logits
+from service.engine.cpu_threads import set_thread_budget, thread_budget
 from service.engine.errors import (
     EngineError,
     EngineStopped,
@@ -27,8 +33,9 @@ from service.engine.errors import (
     RequestCancelled,
     RequestTimeout,
 )
+from service.engine.image_decoder import DecodeJob, DecodeKind, ImageDecoder
 from service.engine.observer import EngineObserver, NullObserver
-from service.engine.previews import decode_preview
+from service.engine.previews import grey_undrawn, partial_tokens
 from service.engine.request import RequestHandle, RequestState, Status
 from service.engine.runner import Runner
 from service.engine.scheduler import Scheduler
@@ -56,13 +63,16 @@ class EngineConfig:
     progress_every: int = 16  # generation progress event cadence, in steps
     prefill_batch: int = 4  # understanding prompts prefilled together at most
     prefill_tokens: int = 4096  # and at most this many (padded) prompt tokens in one prefill
+    # CPU: threads of the image decoder (the engine thread keeps OMP_NUM_THREADS); 0 = half, at least one.
+    decode_threads: int = 0
+    images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_seq_len", "progress_every"):
+        for name in ("max_rows", "max_seq_len", "progress_every", "images_per_decode"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.max_waiting < 0 or self.default_timeout_s <= 0:
-            raise ValueError("max_waiting must be >= 0 and default_timeout_s > 0")
+        if self.max_waiting < 0 or self.default_timeout_s <= 0 or self.decode_threads < 0:
+            raise ValueError("max_waiting and decode_threads must be >= 0 and default_timeout_s > 0")
 
 
 class Engine:
@@ -75,6 +85,8 @@ class Engine:
         self.observer = observer or NullObserver()
         self.scheduler = Scheduler(config.max_rows, config.max_waiting)
         self.runner: Runner | None = None
+        self.images: ImageDecoder | None = None  # made in the worker thread, with the runner
+        self.decode_threads = 0  # the image decoder's thread budget, once it is made
         self.fault_hook: Callable[[RequestState], None] | None = None  # lets tests fail one request on purpose
         self._wake = threading.Event()
         self._ready = threading.Event()
@@ -118,7 +130,7 @@ class Engine:
         """Stop accepting, let in-flight requests finish within the timeout, fail the rest, stop the thread."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
-        while self.scheduler.has_work() and time.monotonic() < deadline and self.alive:
+        while (self.scheduler.has_work() or not self._images_idle()) and time.monotonic() < deadline and self.alive:
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
@@ -137,12 +149,15 @@ class Engine:
         handle = RequestHandle("", asyncio.get_running_loop(), stream)
         request = RequestState(params=params, handle=handle)
         handle.id = request.id
-        self.scheduler.add(request)  # raises Overloaded
+        # a generation request also queues behind the requests whose images wait for the decoder
+        queued = (self.images.pending(queued_only=True) if self.images is not None and params.kind is Kind.GENERATE
+                  else 0)
+        self.scheduler.add(request, also_queued=queued)  # raises Overloaded
         self._wake.set()
         return handle
 
     def stats(self) -> dict[str, int]:
-        return self.scheduler.counts()
+        return {**self.scheduler.counts(), "decoding": self.images.pending() if self.images is not None else 0}
 
     def _validate(self, params: Params) -> None:
         if params.rows > self.config.max_rows:
@@ -160,6 +175,8 @@ class Engine:
             paddle.set_grad_enabled(False)  # per thread: this is the thread that runs the model
             self.runner = Runner(self.model, self.config.max_rows, self.config.max_seq_len)
             self.runner.warmup()
+            self.images = self._image_decoder(self.runner)
+            self.images.start()
         except BaseException as err:  # noqa: BLE001 - reported through warmup()
             self._startup_error = err
             log.exception("engine start-up failed")
@@ -178,6 +195,20 @@ class Engine:
                     self._fail(request, ModelFailure("internal error while running the batch"))
         for request in list(self.scheduler.running) + self.scheduler.drain_waiting():
             self._fail(request, EngineStopped("the server shut down before the request finished"))
+        self.images.stop(EngineStopped("the server shut down before the images were decoded"), wait_s=30)
+
+    def _image_decoder(self, runner: Runner) -> ImageDecoder:
+        """On the CPU a thread of its own with part of the cores; on a GPU inline (a few ms per image)."""
+        if not runner.place.is_cpu_place():
+            self.decode_threads = thread_budget()
+            return ImageDecoder(runner, images_per_call=16, threaded=False)  # a whole request (parallel_size <= 16)
+        self.decode_threads = decode_threads = self.config.decode_threads or max(1, thread_budget() // 2)
+
+        def prepare_thread() -> None:
+            paddle.set_grad_enabled(False)
+            set_thread_budget(decode_threads)
+
+        return ImageDecoder(runner, self.config.images_per_decode, threaded=True, prepare_thread=prepare_thread)
 
     def _step(self) -> bool:
         """One iteration. Returns False when there was nothing to do."""
@@ -312,45 +343,43 @@ class Engine:
         request.handle.deliver(FinishedEvent(result))
 
     def _finish_images(self) -> None:
-        """Decode the token grids of generation requests that completed this step (one batched VQ decode)."""
+        """Hand the token grids of generation requests that completed this step to the image decoder, which
+        answers them (the engine no longer touches them)."""
         done, self._completed = self._completed, []
-        if not done:
-            return
-        try:
-            images = self._runner().decode_images(np.concatenate([r.image_tokens for r in done]))
-        except Exception:  # noqa: BLE001 - retried one by one below so a bad request fails alone
-            images = None
-        offset = 0
         for request in done:
-            P = request.generate.parallel_size
-            try:
-                mine = images[offset:offset + P] if images is not None else self._runner().decode_images(
-                    request.image_tokens)
-            except Exception as err:  # noqa: BLE001
-                self._fail(request, ModelFailure(f"image decoding failed: {err}"))
-                continue
-            finally:
-                offset += P
-            result = GenerateResult(mine, request.image_tokens, request.params.seed, self._timings(request))
-            request.handle.deliver(FinishedEvent(result))
+            request.timings.decode_s = time.perf_counter() - request.first_token_at
+            assert request.image_tokens is not None and self.images is not None
+            self.images.submit(DecodeJob(request, request.image_tokens,
+                                         on_images=lambda images, r=request: self._deliver_images(r, images),
+                                         on_error=lambda error, r=request: self._fail_images(r, error)))
+
+    # image decoder thread (the request has left the scheduler: only its handle and timings are touched)
+
+    def _deliver_images(self, request: RequestState, images: np.ndarray) -> None:
+        request.timings.total_s = time.perf_counter() - request.submitted_at
+        assert request.image_tokens is not None
+        request.handle.deliver(FinishedEvent(GenerateResult(images, request.image_tokens, request.params.seed,
+                                                            request.timings)))
+
+    def _fail_images(self, request: RequestState, error: EngineError) -> None:
+        self.observer.on_failure(error.kind)
+        request.fail(error)
 
     def _send_previews(self) -> None:
-        """Decode the partial token grids of streamed requests that reached a preview step this step.
-
-        Runs on the engine thread through the same decoder as the finished images, so a preview costs every running
-        request its decoding time (and nothing more). A preview that fails is skipped: the request goes on."""
+        """Hand the partial token grids of streamed requests that reached a preview step this step to the image
+        decoder, behind every finished request's images. A preview is a courtesy: one that fails, or that a newer
+        preview or the final images overtake, is skipped and the request goes on."""
         due, self._previews_due = self._previews_due, []
         grid = self.model.cfg.gen_vision.grid
         for request, steps in due:
             if request.status is not Status.RUNNING:  # failed or cancelled since
                 continue
-            assert request.image_tokens is not None
-            try:
-                images = decode_preview(self._runner().decode_images, request.image_tokens, steps, grid)
-            except Exception:  # noqa: BLE001 - a preview is a courtesy, never a reason to fail the request
-                log.exception("preview decoding failed for %s", request.id)
-                continue
-            request.handle.deliver(PreviewEvent(steps, request.generate.image_tokens, images))
+            assert request.image_tokens is not None and self.images is not None
+            self.images.submit(DecodeJob(
+                request, partial_tokens(request.image_tokens, steps), kind=DecodeKind.PREVIEW,
+                on_images=lambda images, r=request, s=steps: r.handle.deliver(
+                    PreviewEvent(s, r.generate.image_tokens, grey_undrawn(images, s, grid))),
+                on_error=lambda error: None))
 
     # helpers
 
@@ -371,6 +400,9 @@ class Engine:
         self._release(request)
         self.observer.on_failure(error.kind)
         request.fail(error)
+
+    def _images_idle(self) -> bool:
+        return self.images is None or self.images.idle
 
     def _report_queue(self) -> None:
         counts = self.scheduler.counts()

@@ -9,8 +9,6 @@ impression of the drawing so far, not a crop of the final image.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 GREY = 128
@@ -31,9 +29,3 @@ def grey_undrawn(images: np.ndarray, steps_done: int, grid: int) -> np.ndarray:
     images[:, row * cell:(row + 1) * cell, col * cell:] = GREY  # the rest of the row being drawn
     images[:, (row + 1) * cell:] = GREY  # the rows below it
     return images
-
-
-def decode_preview(decode: Callable[[np.ndarray], np.ndarray], tokens: np.ndarray, steps_done: int,
-                   grid: int) -> np.ndarray:
-    """The previews of P images after `steps_done` steps, through `decode` ([P, T] codes -> uint8 [P, S, S, 3])."""
-    return grey_undrawn(decode(partial_tokens(tokens, steps_done)), steps_done, grid)

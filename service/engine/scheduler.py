@@ -28,9 +28,11 @@ class Scheduler:
         self.moves: list[tuple[int, int]] = []  # (from, to) cache copies owed before the next decode
         self.avg_request_s = 5.0  # smoothed service time, for Retry-After
 
-    def add(self, request: RequestState) -> None:
+    def add(self, request: RequestState, also_queued: int = 0) -> None:
+        """Queue a request; `also_queued`: requests ahead of it elsewhere (a generation request waits for the
+        images still being decoded too)."""
         with self._lock:
-            if self._queued_beyond_free_rows(request) > self.max_waiting:
+            if self._queued_beyond_free_rows(request) + also_queued > self.max_waiting:
                 raise Overloaded(f"the server is at capacity ({self.max_rows} rows running, {len(self._waiting)} "
                                  "requests waiting); retry later", retry_after_s=self.retry_after())
             self._waiting.append(request)

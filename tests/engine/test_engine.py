@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import paddle
 import pytest
 
 from model import reference
 from service.engine.errors import InvalidRequest, ModelFailure, Overloaded, RequestCancelled, RequestTimeout
 from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, ProgressEvent, TokenEvent, UnderstandResult
+from tests.service.helpers import plain_decode
 
 
 def run(coro):
@@ -54,7 +54,7 @@ def test_solo_generate_equals_reference_loop(make_engine, generate_params, tiny_
     np.testing.assert_array_equal(result.tokens, _reference_generate(tiny_model, params))
     size = tiny_model.cfg.gen_vision.image_size
     assert result.images.shape == (2, size, size, 3) and result.images.dtype == np.uint8
-    np.testing.assert_array_equal(result.images, tiny_model.decode_images(paddle.to_tensor(result.tokens)))
+    np.testing.assert_array_equal(result.images, plain_decode(engine, result.tokens))
 
 
 def test_cfg_weight_one_runs_no_unconditional_rows(generate_params):

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
-import paddle
 
+from service.engine.image_decoder import DecodeKind
 from service.engine.previews import GREY, grey_undrawn
 from service.engine.types import FinishedEvent, GenerateParams, GenerateResult, PreviewEvent, ProgressEvent
+from tests.service.helpers import DecodeGate, plain_decode
+
+
+def _until_idle(engine) -> None:
+    for _ in range(12000):
+        if engine.images.idle:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the image decoder never became idle")
 
 
 def _params(previews: int, image_tokens: int = 576) -> GenerateParams:
@@ -38,13 +48,13 @@ def test_grey_undrawn_paints_exactly_the_blocks_of_positions_not_yet_drawn():
                 assert (block == GREY).all(), (steps, position)
 
 
-def _expected_preview(model, final_tokens: np.ndarray, steps: int) -> np.ndarray:
+def _expected_preview(engine, final_tokens: np.ndarray, steps: int) -> np.ndarray:
     """What the drawing looked like after `steps`: the final grid's first `steps` codes (drawn codes never change),
     the rest a placeholder, decoded by the model itself, then the undrawn blocks painted grey by hand."""
     partial = final_tokens.copy()
     partial[:, steps:] = 0
-    images = model.decode_images(paddle.to_tensor(partial))
-    grid = model.cfg.gen_vision.grid
+    images = plain_decode(engine, partial)
+    grid = engine.model.cfg.gen_vision.grid
     cell = images.shape[1] // grid
     for position in range(steps, grid * grid):
         r, c = divmod(position, grid)
@@ -72,7 +82,12 @@ def test_streamed_previews_show_the_drawing_so_far_and_change_no_result(make_eng
         return await asyncio.gather(*(collect(h) for h in handles))
 
     solo = asyncio.run(alone())
+    # Previews are decoded beside the loop, and one that the drawing overtakes is skipped: to see every one, the
+    # engine waits (in the step after a preview step) until the decoder has nothing left to do.
+    engine.fault_hook = lambda request: (
+        _until_idle(engine) if request.steps_done in request.preview_steps else None)
     events, neighbour_events, reader_events = asyncio.run(together())
+    engine.fault_hook = None
 
     final = events[-1]
     assert isinstance(final, FinishedEvent) and isinstance(final.result, GenerateResult)
@@ -87,7 +102,7 @@ def test_streamed_previews_show_the_drawing_so_far_and_change_no_result(make_eng
     for event in events:
         if isinstance(event, PreviewEvent):
             assert event.steps_total == total and event.images.shape == final.result.images.shape
-            np.testing.assert_array_equal(event.images, _expected_preview(tiny_model, final.result.tokens,
+            np.testing.assert_array_equal(event.images, _expected_preview(engine, final.result.tokens,
                                                                           event.steps_done))
     assert not any(isinstance(e, PreviewEvent) for e in neighbour_events)
 
@@ -114,5 +129,38 @@ def test_a_request_that_does_not_stream_decodes_no_previews(make_engine, generat
 
     events = asyncio.run(collect())
     assert len(events) == 1 and isinstance(events[0], FinishedEvent)
-    assert decoded == [2]  # the final images only
+    assert decoded == [1, 1]  # the final images only, one per call
     assert not any(isinstance(e, ProgressEvent | PreviewEvent) for e in events)
+
+
+
+def test_previews_that_the_drawing_overtakes_are_skipped(make_engine, generate_params):
+    """While the decoder is busy with another request's images, a streamed request's previews wait behind them; each
+    newer preview replaces the queued one, and its final images replace the last: no preview is decoded late."""
+    engine = make_engine(progress_every=4)
+    gate = DecodeGate(engine)
+    blocker, previewed = generate_params(seed=7, parallel_size=1), generate_params(seed=8, parallel_size=1, previews=3)
+
+    async def collect(handle):
+        return [e async for e in handle.events()]
+
+    async def scenario():
+        try:
+            first = engine.submit(blocker)
+            assert await asyncio.to_thread(gate.entered.wait, 120)  # the blocker's images hold the decoder
+            collecting = asyncio.create_task(collect(engine.submit(previewed)))
+            for _ in range(12000):  # until the second request has drawn its last token
+                if engine.stats()["decoding"] == 2:
+                    break
+                await asyncio.sleep(0.01)
+            queued_previews = engine.images.pending(DecodeKind.PREVIEW)
+        finally:
+            gate.release()
+        return queued_previews, await first.result(), await collecting
+
+    queued_previews, first, events = asyncio.run(scenario())
+    assert queued_previews == 0
+    assert isinstance(first, GenerateResult)
+    assert isinstance(events[-1], FinishedEvent) and not any(isinstance(e, PreviewEvent) for e in events)
+    assert [e.steps_done for e in events if isinstance(e, ProgressEvent)] == [4, 8, 12, 16]
+    assert len(gate.calls) == 2  # the two requests' final images, no preview

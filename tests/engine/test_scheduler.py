@@ -89,3 +89,10 @@ def test_counts_report_rows_by_kind():
     scheduler.admit()
     assert scheduler.counts() == {"waiting": 0, "running_understand_rows": 1, "running_generate_rows": 4,
                                   "free_rows": 3}
+
+
+def test_requests_queued_elsewhere_count_as_waiting():
+    scheduler = Scheduler(max_rows=4, max_waiting=1)
+    scheduler.add(_request(2), also_queued=1)  # fits the free rows; one request waits elsewhere
+    with pytest.raises(Overloaded):
+        scheduler.add(_request(2), also_queued=2)

@@ -53,7 +53,7 @@ class LiveServer:
     runtime: Runtime
     server: uvicorn.Server
     thread: threading.Thread
-    gates: list[EngineGate] = field(default_factory=list)
+    gates: list[EngineGate | DecodeGate] = field(default_factory=list)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)
@@ -65,6 +65,12 @@ class LiveServer:
     def gate(self) -> EngineGate:
         """Hold the engine inside its next step (released on stop at the latest)."""
         gate = EngineGate(self.runtime)
+        self.gates.append(gate)
+        return gate
+
+    def decode_gate(self, fails: Callable[[np.ndarray], bool] | None = None) -> DecodeGate:
+        """Hold the VQ decoder inside its next call (released on stop at the latest)."""
+        gate = DecodeGate(self.runtime.engine, fails)
         self.gates.append(gate)
         return gate
 
@@ -130,6 +136,57 @@ class EngineGate:
 
     def release(self) -> None:
         self._open.set()
+
+
+class DecodeGate:
+    """Holds the image decoding of generated tokens inside its next call until released, and fails the calls that
+    `fails(tokens)` picks: wraps the runner's `decode_images`, the call that runs the VQ decoder, so that "a request's
+    images are being decoded" is a fact, not a race. Once open, calls go through to the real decoder.
+    """
+
+    def __init__(self, engine: Any, fails: Callable[[np.ndarray], bool] | None = None) -> None:
+        self.runner = engine.runner
+        self._decode = self.runner.decode_images
+        self._fails = fails
+        self._open = threading.Event()
+        self.entered = threading.Event()  # a decode call has begun
+        self.calls: list[np.ndarray] = []  # the token grids of every call, in order
+        self.threads: list[str] = []  # the thread each call ran in
+        self.runner.decode_images = self._gated
+
+    def _gated(self, tokens: np.ndarray) -> np.ndarray:
+        self.calls.append(np.array(tokens))
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self._open.wait()
+        if self._fails is not None and self._fails(tokens):
+            raise RuntimeError("injected decode failure")
+        return self._decode(tokens)
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def plain_decode(engine: Any, tokens: np.ndarray) -> np.ndarray:
+    """The model's own `decode_images`, called directly (outside the engine), with the thread budget the engine's
+    image decoder uses: MKL and OpenMP sum in an order that depends on the thread count, which can move the last
+    bit of a pixel value."""
+    import paddle
+
+    from service.engine.cpu_threads import set_thread_budget
+
+    out: list[np.ndarray] = []
+
+    def decode() -> None:
+        paddle.set_grad_enabled(False)
+        set_thread_budget(engine.decode_threads)
+        out.append(engine.model.decode_images(paddle.to_tensor(tokens)))
+
+    thread = threading.Thread(target=decode)  # a thread of its own: the caller's budget stays as it was
+    thread.start()
+    thread.join()
+    assert out, "decoding failed (see the log)"
+    return out[0]
 
 
 @dataclass

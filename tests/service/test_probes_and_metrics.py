@@ -37,6 +37,7 @@ def test_metrics_cover_queue_rows_steps_tokens_latency_and_errors(client):
                  random_weights="true") == 1
     assert value("janus_queue_waiting_requests") == 0
     assert value("janus_running_rows", kind="generate") == 0 and value("janus_free_rows") > 0
+    assert value("janus_image_decode_requests") == 0
     assert value("janus_batch_rows_count") > 0 and value("janus_step_seconds_count") > 0
     assert value("janus_generated_tokens_total", kind="image") >= 1
     assert value("janus_generated_tokens_total", kind="text") >= 1
