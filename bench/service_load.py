@@ -27,13 +27,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: Path):
+def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: Path, source: Path | None = None):
+    """A server on a free port; `source`: the checkout whose code it runs (default: whatever `service` imports as)."""
     port = free_port()
     env = dict(os.environ, JANUS_MODEL_DIR=str(model_dir), JANUS_PORT=str(port), JANUS_HOST="127.0.0.1",
                JANUS_MAX_ROWS=str(max_rows), JANUS_MAX_SEQ_LEN=str(max_seq_len), JANUS_MAX_WAITING="256",
                JANUS_LOG_LEVEL="warning")
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli"], env=env, stdout=log, stderr=log,
+                                cwd=source)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
