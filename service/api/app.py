@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -14,6 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from service.api import docs, errors
 from service.api.images import allow_pixels
 from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, UnhandledErrorMiddleware
+from service.api.openai import errors as openai_errors
+from service.api.openai import models as openai_models
 from service.api.routes import generate, health, info, metrics, playground, understand
 from service.runtime import Runtime
 from service.settings import Settings
@@ -26,13 +29,17 @@ DESCRIPTION = """\
 HTTP inference for DeepSeek's Janus-Pro: image understanding (images + question -> text) and text-to-image
 generation, continuously batched on one model.
 
-Every error has the same body: `{"error": {"type", "message", "status", "details"?}}`. 429 and 503 carry
+The routes under `/v1` speak the OpenAI API (the official `openai` SDKs and OpenAI-compatible tools work against
+them): they accept request fields they do not know (ignored, logged once) and answer errors in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`. Every other error has the same body:
+`{"error": {"type", "message", "status", "details"?}}`. Both use the same statuses; 429 and 503 carry
 `Retry-After`. When the server has an API key, send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (not needed for /health and /ready). Every response has an `X-Random-Weights` header, and JSON bodies a
 `random_weights` field: true means a demo model with random weights.
 """
 TAGS = [
     {"name": "inference", "description": "Understanding and generation."},
+    {"name": "openai", "description": "OpenAI-compatible routes (/v1)."},
     {"name": "operations", "description": "Probes, metrics and model information."},
 ]
 
@@ -53,11 +60,12 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
             runtime: Runtime | None) -> FastAPI:
     app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
-    for module in (understand, generate, health, info, metrics):
+    app.state.started_at = int(time.time())  # the served model's `created` in the OpenAI model list
+    for module in (understand, generate, openai_models, health, info, metrics):
         app.include_router(module.router)
     if settings.playground == "on":
         app.include_router(playground.router)
-    errors.install(app)
+    errors.install(app, {openai_errors.PREFIX: openai_errors.openai_error})
     # Added last = outermost: latency covers everything, including bodies refused for size.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -124,6 +125,10 @@ def error_headers(exc: BaseException, status: int) -> dict[str, str]:
     return {}
 
 
+# Re-shapes the service's error body for routes that speak another API's dialect (the /v1 routes: OpenAI's).
+ErrorShaper = Callable[[dict[str, Any], BaseException], dict[str, Any]]
+
+
 def error_response(request: Request | None, exc: BaseException) -> JSONResponse:
     body = error_body(exc)
     status = body["error"]["status"]
@@ -132,11 +137,21 @@ def error_response(request: Request | None, exc: BaseException) -> JSONResponse:
     runtime = getattr(request.app.state, "runtime", None) if request is not None else None
     if runtime is not None:
         runtime.metrics.count_error(body["error"]["type"])
+    if request is not None and (shaper := _shaper(request)) is not None:
+        body = shaper(body, exc)
     return JSONResponse(body, status_code=status, headers=error_headers(exc, status))
 
 
-def install(app: FastAPI) -> None:
-    """Route every exception the app can raise through `error_response`."""
+def _shaper(request: Request) -> ErrorShaper | None:
+    dialects: Mapping[str, ErrorShaper] = getattr(request.app.state, "error_dialects", {})
+    path = request.url.path
+    return next((shaper for prefix, shaper in dialects.items() if path.startswith(prefix)), None)
+
+
+def install(app: FastAPI, dialects: Mapping[str, ErrorShaper] | None = None) -> None:
+    """Route every exception the app can raise through `error_response`; paths under a prefix of `dialects` get
+    their error bodies re-shaped by its shaper."""
+    app.state.error_dialects = dict(dialects or {})
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request, exc)

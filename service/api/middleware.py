@@ -32,7 +32,7 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {self.max_bytes}")
-            await error_response(None, error)(scope, receive, send)
+            await error_response(Request(scope), error)(scope, receive, send)
             return
         seen = 0
 

@@ -171,8 +171,8 @@ def test_readme_names_the_update_command():
 
 def test_a_dependency_added_without_relocking_is_reported():
     requirements = declared()
-    requirements["openai", "test"] = Requirement("openai>=2")
-    assert lock_problems(requirements, LOCK) == ["openai (test) is declared but not locked"]
+    requirements["litellm", "test"] = Requirement("litellm>=1")
+    assert lock_problems(requirements, LOCK) == ["litellm (test) is declared but not locked"]
 
 
 def test_a_changed_or_removed_requirement_is_reported():

@@ -24,7 +24,7 @@ def test_the_committed_openapi_yaml_matches_the_app():
 def test_operation_ids_read_well_in_generated_clients():
     assert {op["operationId"] for op in OPERATIONS.values()} == {
         "understand_image", "understand_image_upload", "generate_images", "get_health", "get_readiness",
-        "get_metrics", "get_model_info"}
+        "get_metrics", "get_model_info", "list_models", "retrieve_model"}
 
 
 @pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))
@@ -74,3 +74,15 @@ def test_probes_document_503_and_need_no_key():
     for path in ("/health", "/ready"):
         op = OPERATIONS[(path, "get")]
         assert "503" in op["responses"] and "security" not in op
+
+
+def test_v1_routes_document_errors_in_openai_shape():
+    v1 = {key: op for key, op in OPERATIONS.items() if key[0].startswith("/v1/")}
+    assert v1
+    for (path, _), op in v1.items():
+        assert "401" in op["responses"], path
+        for status, response in op["responses"].items():
+            if status != "200":
+                assert response["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIErrorResponse")
+                # (a null `param` is left out of the document's examples)
+                assert {"message", "type", "code"} <= set(response["content"]["application/json"]["example"]["error"])

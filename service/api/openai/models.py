@@ -1,0 +1,65 @@
+"""GET /v1/models: the served model in OpenAI's list shape (and GET /v1/models/{model} for one)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from service.api.auth import Authenticated
+from service.api.deps import RuntimeDep
+from service.api.openai.docs import openai_error_responses
+
+OWNER = "janus-serve"
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def _card(request: Request, runtime: RuntimeDep) -> ModelCard:
+    return ModelCard(id=runtime.info.name, created=request.app.state.started_at, owned_by=OWNER)
+
+
+CARD_EXAMPLE = {"id": "Janus-Pro-1B", "object": "model", "created": 1767225600, "owned_by": OWNER}
+
+
+@router.get("/models", operation_id="list_models", summary="List the served model (OpenAI-compatible)",
+            description="The one model this server serves, in OpenAI's list shape. Its `id` is the name to show "
+                        "users; chat and image requests accept any `model` value and answer with this one.",
+            response_model=ModelList,
+            responses={200: {"description": "The model list.",
+                             "content": {"application/json": {"example": {"object": "list",
+                                                                          "data": [CARD_EXAMPLE]}}}},
+                       **openai_error_responses(401)})
+async def list_models(request: Request, runtime: RuntimeDep) -> ModelList:
+    return ModelList(data=[_card(request, runtime)])
+
+
+@router.get("/models/{model:path}", operation_id="retrieve_model",
+            summary="Describe the served model (OpenAI-compatible)",
+            description="The served model's card; any other name is a 404.", response_model=ModelCard,
+            responses={200: {"description": "The model card.",
+                             "content": {"application/json": {"example": CARD_EXAMPLE}}},
+                       **openai_error_responses(401, 404)},
+            # read from the path by hand: a typed parameter would add a 422 in FastAPI's own error shape
+            openapi_extra={"parameters": [{"name": "model", "in": "path", "required": True,
+                                           "schema": {"type": "string"}, "description": "The model's id."}]})
+async def retrieve_model(request: Request, runtime: RuntimeDep) -> ModelCard:
+    model = request.path_params["model"]
+    card = _card(request, runtime)
+    if model != card.id:
+        raise HTTPException(404, f"the model {model!r} does not exist; this server serves {card.id!r}")
+    return card
