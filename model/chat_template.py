@@ -161,6 +161,34 @@ def understanding_prompt(
     return chat.render(turns, system_prompt)
 
 
+def conversation_prompt(
+    turns: Sequence[tuple[str, Message]],
+    template: ChatTemplate | str = DEEPSEEK,
+    system_prompt: Message = DEFAULT_SYSTEM_PROMPT,
+) -> Prompt:
+    """The prompt for answering a conversation: (role, message) turns, role "user" or "assistant", in any order.
+
+    Every turn is closed as the reference chat template closes it, also when its message is empty or two turns of
+    one role follow each other: a user turn by the separator, an assistant turn by the end-of-sentence token. Then
+    the assistant's turn is opened. For alternating turns this is `understanding_prompt`'s layout.
+    """
+    chat = get_template(template) if isinstance(template, str) else template
+    segments: list[Segment] = []
+    system = Prompt.of(system_prompt).segments
+    if system:
+        segments += [*system, chat.separator]
+    for role, message in turns:
+        content = _stripped(Prompt.of(message).segments)
+        if role == "user":
+            segments += [chat.user_role, ": ", *content, chat.separator]
+        elif role == "assistant":
+            segments += [chat.assistant_role, ": ", *content, chat.turn_end]
+        else:
+            raise ValueError(f"a turn's role is user or assistant, not {role!r}")
+    segments += [chat.assistant_role, ":"]
+    return Prompt(_stripped(_merged(segments)))
+
+
 def generation_prompt(prompt: Message, template: ChatTemplate | str = DEEPSEEK) -> Prompt:
     """The text-to-image prompt: no system prompt, an open assistant turn, then `<begin_of_image>`."""
     chat = get_template(template) if isinstance(template, str) else template

@@ -25,9 +25,12 @@ def _forward(model: JanusModel, embeds: paddle.Tensor, positions: paddle.Tensor,
 
 def understand(model: JanusModel, input_ids: np.ndarray, pixel_values: np.ndarray | None, image_id: int,
                eos_id: int, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0) -> list[int]:
-    """input_ids [T] (image tags already expanded) -> new token ids (stops after EOS, which is included)."""
-    rng = np.random.default_rng(seed)
+               seed: int = 0, step_logits: list[np.ndarray] | None = None,
+               rng: np.random.Generator | None = None) -> list[int]:
+    """input_ids [T] (image tags already expanded) -> new token ids (stops after EOS, which is included).
+
+    `step_logits`, when given, receives each step's logits [V]; `rng`, when given, replaces the seed's generator."""
+    rng = np.random.default_rng(seed) if rng is None else rng
     with paddle.no_grad():
         ids = paddle.to_tensor(input_ids[None], dtype="int64")
         features = model.encode_images(paddle.to_tensor(pixel_values)) if pixel_values is not None else None
@@ -37,6 +40,8 @@ def understand(model: JanusModel, input_ids: np.ndarray, pixel_values: np.ndarra
         new: list[int] = []
         for step in range(max_new_tokens):
             logits = model.text_logits(hidden[:, -1]).astype("float32").numpy()
+            if step_logits is not None:
+                step_logits.append(logits[0])
             token = int(choose(logits, temperature, rng, top_p)[0])
             new.append(token)
             if token == eos_id or step == max_new_tokens - 1:

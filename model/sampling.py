@@ -18,29 +18,52 @@ def guided_logits(cond: np.ndarray, uncond: np.ndarray, cfg_weight: float) -> np
 
 def choose(logits: np.ndarray, temperature: float, rng: np.random.Generator, top_p: float = 1.0) -> np.ndarray:
     """logits [R, V] -> token ids [R]. temperature 0 is greedy; otherwise softmax(logits / T), optional nucleus."""
+    probs = distribution(logits, temperature, top_p)
+    return logits.argmax(axis=-1) if probs is None else draw(probs, rng)
+
+
+def distribution(logits: np.ndarray, temperature: float, top_p: float = 1.0) -> np.ndarray | None:
+    """The probabilities [R, V] (float64) a draw picks from, or None when the choice is greedy (argmax)."""
     if temperature <= 0.0:
-        return logits.argmax(axis=-1)
+        return None
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = logits.astype(np.float64) / temperature
         scaled -= scaled.max(axis=-1, keepdims=True)
     if not np.isfinite(scaled).all():
         # a temperature so small that logits / T overflows: its limit, greedy choice
-        return logits.argmax(axis=-1)
+        return None
     probs = np.exp(scaled)
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p < 1.0:
         probs = _nucleus(probs, top_p)
+    return probs
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row from probs [R, V], consuming R numbers of the generator's stream."""
     draws = rng.random(probs.shape[0])
     cdf = np.cumsum(probs, axis=-1)
     cdf[:, -1] = np.inf  # float rounding must never push a draw past the last token
     return (cdf < draws[:, None]).sum(axis=-1)
 
 
+def log_probs(logits: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+    """Log-probabilities [R, V] (float64) of the distribution a choice came from: `probs` when it was drawn
+    (temperature and nucleus applied; tokens outside the nucleus are -inf), else, for a greedy choice, the model's
+    own softmax."""
+    if probs is not None:
+        with np.errstate(divide="ignore"):
+            return np.log(probs)
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     order = np.argsort(-probs, axis=-1, kind="stable")
     sorted_probs = np.take_along_axis(probs, order, axis=-1)
-    # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+    # keep the smallest prefix whose mass reaches top_p, and always the top token (top_p 0 means just that one)
     keep_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
+    keep_sorted[:, 0] = True
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     kept = np.where(keep, probs, 0.0)

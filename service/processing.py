@@ -1,4 +1,5 @@
-"""From a question and images (or a prompt) to the engine's parameters: chat template, token ids, pixel values.
+"""From a conversation and its images (or a prompt) to the engine's parameters: chat template, token ids, pixel
+values. Both the native and the OpenAI-compatible routes come through here.
 
 Knows nothing of HTTP: the API layer decodes uploads into PIL images and calls this; errors are `InputError`
 with a message meant for the client.
@@ -8,26 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
 from model.chat_template import (
     DEFAULT_SYSTEM_PROMPT,
+    IMAGE,
     ChatTemplate,
+    conversation_prompt,
     count_image_tags,
     expand_image_ids,
     generation_prompt,
     get_template,
     place_images,
     template_for_checkpoint,
-    understanding_prompt,
 )
 from model.config import JanusConfig
 from model.image_processing import ImageProcessor
 from model.special_tokens import IMAGE_TOKEN
+from model.token_bytes import token_bytes
 from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
+from service.conversation import Conversation, Turn
 from service.engine.types import GenerateParams, UnderstandParams
+from service.stop_texts import StopTexts
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -36,15 +42,39 @@ class InputError(ValueError):
     """The request's content cannot be turned into a model input (the client's mistake)."""
 
 
-def check_image_tags(question: str, num_images: int) -> None:
-    """Images are placed by `<image_placeholder>` tags; a single image may go without one (reference layout)."""
-    tags = count_image_tags(question)
-    if num_images < 1:
-        raise InputError("at least one image is required")
+def check_image_tags(question: str, num_images: int, history: Sequence[tuple[str, str]] = ()) -> None:
+    """Images are placed by `<image_placeholder>` tags in the questions (the last one or earlier ones); a single
+    image may go without one (it then comes first in the last question: the reference layout)."""
+    tags = count_image_tags(question) + sum(count_image_tags(user) for user, _ in history)
     if tags == 0 and num_images > 1:
         raise InputError(f"{num_images} images were given: place each with an {IMAGE_TOKEN} tag in the question")
     if tags and tags != num_images:
-        raise InputError(f"the question has {tags} {IMAGE_TOKEN} tag(s) but {num_images} image(s) were given")
+        raise InputError(f"the questions have {tags} {IMAGE_TOKEN} tag(s) but {num_images} image(s) were given")
+
+
+def question_conversation(question: str, num_images: int, system_prompt: str | None = None,
+                          history: Sequence[tuple[str, str]] = ()) -> Conversation:
+    """The native request as a conversation: earlier (question, answer) turns, then the question. Tags in the
+    questions place the images (answers are plain text); a single untagged image goes before the last question."""
+    check_image_tags(question, num_images, history)
+    turns: list[Turn] = []
+    for user, assistant in history:
+        turns += [Turn("user", place_images(user)), Turn("assistant", (assistant,))]
+    last = place_images(question)
+    if num_images and count_image_tags(question) + sum(count_image_tags(user) for user, _ in history) == 0:
+        last = (IMAGE, "\n") + last
+    return Conversation((*turns, Turn("user", last)), system_prompt)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerOptions:
+    max_new_tokens: int | None = None  # None: DEFAULT_MAX_NEW_TOKENS or what fits the context
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    n: int = 1  # answers drawn from the one prompt
+    stop: tuple[str, ...] = ()  # an answer ends before the first of these texts
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest log-probabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,29 +95,41 @@ class Preprocessor:
 
     def understand(self, question: str, images: Sequence[Image.Image], *, system_prompt: str | None,
                    max_new_tokens: int | None, temperature: float, top_p: float, seed: int,
-                   timeout_s: float | None) -> UnderstandParams:
-        check_image_tags(question, len(images))
-        # Tags in the question place the images; everything else the user wrote, the system prompt included, is
-        # plain text (typed special tokens included).
-        prompt = understanding_prompt(place_images(question), self.template,
-                                      DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt,
-                                      num_images=len(images))
+                   timeout_s: float | None, history: Sequence[tuple[str, str]] = ()) -> UnderstandParams:
+        conversation = question_conversation(question, len(images), system_prompt, history)
+        options = AnswerOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return self.chat(conversation, images, options, timeout_s)
+
+    def chat(self, conversation: Conversation, images: Sequence[Image.Image], options: AnswerOptions,
+             timeout_s: float | None) -> UnderstandParams:
+        """A conversation (its images in the order they stand) -> the engine's parameters for answering it."""
+        if conversation.num_images != len(images):
+            raise InputError(f"the conversation places {conversation.num_images} image(s) but {len(images)} "
+                             "were given")
+        system = DEFAULT_SYSTEM_PROMPT if conversation.system_prompt is None else conversation.system_prompt
+        prompt = conversation_prompt([(turn.role, turn.content) for turn in conversation.turns], self.template,
+                                     system)
         tok = self.tokenizer
         ids = expand_image_ids(tok.encode_prompt(prompt), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
+        max_new_tokens = options.max_new_tokens
         if max_new_tokens is None:
             # Unasked, answer as long as the context allows (up to the default); an explicit value that does not
             # fit is the engine's to refuse.
             max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, self.max_seq_len - len(ids))
             if max_new_tokens < 1:
                 raise InputError(f"the prompt is {len(ids)} tokens (images included); the context is "
-                                 f"{self.max_seq_len}: shorten the question or send fewer images")
-        try:
-            pixels = self.images(images)
-        except ValueError as err:  # an image PIL decoded but that cannot become RGB pixels
-            raise InputError(f"cannot use the image: {err}") from None
+                                 f"{self.max_seq_len}: shorten the conversation or send fewer images")
+        pixels = None
+        if images:
+            try:
+                pixels = self.images(images)
+            except ValueError as err:  # an image PIL decoded but that cannot become RGB pixels
+                raise InputError(f"cannot use the image: {err}") from None
+        stop_watch = partial(StopTexts, tok, options.stop) if options.stop else None
         return UnderstandParams(prompt_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
-                                image_id=tok.image_id, temperature=temperature, top_p=top_p, seed=seed,
-                                stop_ids=(tok.eos_id,), timeout_s=timeout_s)
+                                image_id=tok.image_id, temperature=options.temperature, top_p=options.top_p,
+                                seed=options.seed, stop_ids=(tok.eos_id,), timeout_s=timeout_s, n=options.n,
+                                stop_watch=stop_watch, logprobs=options.logprobs)
 
     def generate(self, prompt: str, *, parallel_size: int, cfg_weight: float, temperature: float, seed: int,
                  timeout_s: float | None) -> GenerateParams:
@@ -103,3 +145,6 @@ class Preprocessor:
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return self.tokenizer.detokenizer()
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return token_bytes(self.tokenizer, token_id)

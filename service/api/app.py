@@ -15,6 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from service.api import docs, errors
 from service.api.images import allow_pixels
 from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, UnhandledErrorMiddleware
+from service.api.openai import chat as openai_chat
+from service.api.openai import chat_docs as openai_chat_docs
 from service.api.openai import errors as openai_errors
 from service.api.openai import models as openai_models
 from service.api.routes import generate, health, info, metrics, playground, understand
@@ -61,7 +63,7 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     app.state.started_at = int(time.time())  # the served model's `created` in the OpenAI model list
-    for module in (understand, generate, openai_models, health, info, metrics):
+    for module in (understand, generate, openai_chat, openai_models, health, info, metrics):
         app.include_router(module.router)
     if settings.playground == "on":
         app.include_router(playground.router)
@@ -80,7 +82,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes, tags=app.openapi_tags)
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(docs.request_schemas())
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(docs.request_schemas())
+        schemas.update(openai_chat_docs.request_schemas())
         schema["components"]["schemas"] = dict(sorted(schema["components"]["schemas"].items()))
         app.openapi_schema = schema
     return app.openapi_schema

@@ -115,8 +115,8 @@ def request_schemas() -> dict[str, Any]:
     form["description"] = ("Multipart form of an understanding request: one `image` file part per image, "
                            "the options as text fields.")
     form["properties"] = {"image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                    "minItems": 1, "maxItems": MAX_IMAGES, "description": "The image file(s)."},
+                                    "maxItems": MAX_IMAGES,
+                                    "description": "The image file(s); none for a text-only question."},
                           **form["properties"]}
-    form["required"] = ["image", *form.get("required", [])]
     schemas["UnderstandForm"] = form
     return schemas

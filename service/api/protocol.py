@@ -14,6 +14,7 @@ from service.processing import Preprocessor, check_image_tags
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 8
+MAX_HISTORY = 64
 MAX_PARALLEL_SIZE = 16
 DEFAULT_JPEG_QUALITY = 90
 
@@ -34,7 +35,8 @@ class UnderstandOptions(_Request):
 
     question: str = Field(min_length=1, max_length=16_000, examples=["What is shown in this picture?"],
                           description="The question. With several images, place each with an "
-                                      "`<image_placeholder>` tag; one image may go without (it comes first).")
+                                      "`<image_placeholder>` tag (in this question or an earlier one of `history`); "
+                                      "one image may go without (it comes first). No image: a text-only question.")
     system_prompt: str | None = Field(None, max_length=16_000,
                                       description="Replaces the default system prompt; an empty string means none. "
                                                   "Plain text: images are placed only in the question.")
@@ -60,20 +62,38 @@ class UnderstandOptions(_Request):
                   timeout_s: float | None) -> UnderstandParams:
         return prep.understand(self.question, images, system_prompt=self.system_prompt,
                                max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                               seed=seed, timeout_s=timeout_s)
+                               seed=seed, timeout_s=timeout_s, history=self.turns())
+
+    def turns(self) -> list[tuple[str, str]]:
+        """Earlier (question, answer) turns; the multipart form has none."""
+        return []
+
+
+class HistoryTurn(_Request):
+    question: str = Field(min_length=1, max_length=16_000,
+                          description="An earlier question; `<image_placeholder>` tags place images here too.")
+    answer: str = Field(max_length=16_000, description="The model's answer to it (plain text).")
+
+    question_not_blank = field_validator("question")(not_blank)
 
 
 class UnderstandRequest(UnderstandOptions):
     """JSON form of an understanding request: images as base64 strings."""
 
-    images: list[str] = Field(min_length=1, max_length=MAX_IMAGES, examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
+    images: list[str] = Field([], max_length=MAX_IMAGES, examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
                               description="Base64 images (JPEG, PNG, WebP, GIF, BMP, TIFF) or "
-                                          "`data:image/...;base64,` URLs. The server never fetches URLs.")
+                                          "`data:image/...;base64,` URLs, in the order their tags stand. The "
+                                          "server never fetches URLs. None: a text-only conversation.")
+    history: list[HistoryTurn] = Field([], max_length=MAX_HISTORY,
+                                       description="Earlier turns of the conversation, oldest first (JSON only).")
 
     @model_validator(mode="after")
     def _tags_match_images(self) -> UnderstandRequest:
-        check_image_tags(self.question, len(self.images))
+        check_image_tags(self.question, len(self.images), self.turns())
         return self
+
+    def turns(self) -> list[tuple[str, str]]:
+        return [(turn.question, turn.answer) for turn in self.history]
 
 
 # Generation options shared by /generate and /v1/images/generations (one set of limits for both).

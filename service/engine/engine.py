@@ -23,7 +23,7 @@ import numpy as np
 import paddle
 
 from model.janus import JanusModel
-from model.sampling import choose, guided_logits
+from model.sampling import choose, distribution, draw, guided_logits, log_probs
 from service.engine.cpu_threads import set_thread_budget, thread_budget
 from service.engine.errors import (
     EngineError,
@@ -36,7 +36,7 @@ from service.engine.errors import (
 from service.engine.image_decoder import DecodeJob, DecodeKind, ImageDecoder
 from service.engine.observer import EngineObserver, NullObserver
 from service.engine.previews import grey_undrawn, partial_tokens
-from service.engine.request import RequestHandle, RequestState, Status
+from service.engine.request import AnswerState, RequestHandle, RequestState, Status
 from service.engine.runner import Runner
 from service.engine.scheduler import Scheduler
 from service.engine.types import (
@@ -48,6 +48,7 @@ from service.engine.types import (
     ProgressEvent,
     Timings,
     TokenEvent,
+    TokenLogprob,
     UnderstandResult,
 )
 
@@ -161,8 +162,9 @@ class Engine:
 
     def _validate(self, params: Params) -> None:
         if params.rows > self.config.max_rows:
+            knob = "parallel_size" if params.kind is Kind.GENERATE else "n"
             raise InvalidRequest(f"the request needs {params.rows} rows but the server runs at most "
-                                 f"{self.config.max_rows}; lower parallel_size")
+                                 f"{self.config.max_rows}; lower {knob}")
         if params.max_len > self.config.max_seq_len:
             what = ("prompt and image tokens" if params.kind is Kind.GENERATE else "prompt and max_new_tokens")
             raise InvalidRequest(f"{what} need {params.max_len} tokens but the context is {self.config.max_seq_len} "
@@ -229,7 +231,7 @@ class Engine:
         for group in self._prefill_groups(admitted):
             self._prefill(group)
         # the first token of each new request came out of its prefill
-        text_tokens = sum(1 for r in admitted if r.kind is Kind.UNDERSTAND and r.first_token_at)
+        text_tokens = sum(r.params.rows for r in admitted if r.kind is Kind.UNDERSTAND and r.first_token_at)
         image_tokens = sum(r.generate.parallel_size for r in admitted if r.kind is Kind.GENERATE and r.first_token_at)
         rows = 0
         # Everything running decodes together, the just-prefilled included (their first token is already chosen).
@@ -239,8 +241,8 @@ class Engine:
             logits = runner.decode(decoding)
             for request in decoding:
                 if request.kind is Kind.UNDERSTAND:
+                    text_tokens += request.rows
                     self._guarded(request, self._on_text, logits.text[request.id])
-                    text_tokens += 1
                 else:
                     self._guarded(request, self._on_image, logits.image[request.id])
                     image_tokens += request.generate.parallel_size
@@ -305,17 +307,46 @@ class Engine:
     # postprocess
 
     def _on_text(self, request: RequestState, logits: np.ndarray) -> None:
+        """logits [running answers, V]: one token for each running answer; answers that end give their row back."""
         params = request.understand
-        token = int(choose(logits[None], params.temperature, request.rng, params.top_p)[0])
+        if params.logprobs is None:
+            chosen = choose(logits, params.temperature, request.rng, params.top_p)
+            logprobs = None
+        else:
+            probs = distribution(logits, params.temperature, params.top_p)
+            chosen = logits.argmax(axis=-1) if probs is None else draw(probs, request.rng)
+            logprobs = log_probs(logits, probs)
+        ended: list[int] = []
+        for row, (answer, token) in enumerate(zip(request.live, chosen.tolist(), strict=True)):
+            if reason := self._add_token(answer, token, None if logprobs is None else logprobs[row], request):
+                answer.finish_reason = reason
+                ended.append(row)
+        if len(ended) == len(request.live):
+            self._finish_text(request)
+            return
+        for row in reversed(ended):
+            request.live.pop(row)
+            self.scheduler.release_row(request, row)
+        self._runner().move(self.scheduler.take_moves())
+        request.next_tokens = [answer.token_ids[-1] for answer in request.live]
+
+    def _add_token(self, answer: AnswerState, token: int, logprobs: np.ndarray | None,
+                   request: RequestState) -> str:
+        """Record an answer's next token; returns why the answer ends with it ("" while it goes on)."""
+        params = request.understand
         if token in params.stop_ids:
-            self._finish_text(request, "stop")
-            return
-        request.text_tokens.append(token)
-        request.handle.deliver(TokenEvent(token))
-        if len(request.text_tokens) >= params.max_new_tokens:
-            self._finish_text(request, "length")
-            return
-        request.next_tokens = [token]
+            return "stop"
+        answer.token_ids.append(token)
+        entry = None
+        if logprobs is not None and answer.logprobs is not None:
+            entry = _token_logprob(logprobs, token, params.logprobs or 0)
+            answer.logprobs.append(entry)
+        request.handle.deliver(TokenEvent(token, answer.index, entry))
+        if answer.stop_watch is not None and answer.stop_watch.push(token):
+            return "stop"
+        if len(answer.token_ids) >= params.max_new_tokens:
+            return "length"
+        return ""
 
     def _on_image(self, request: RequestState, logits: np.ndarray) -> None:
         params = request.generate
@@ -335,10 +366,9 @@ class Engine:
         elif request.steps_done in request.preview_steps:
             self._previews_due.append((request, request.steps_done))
 
-    def _finish_text(self, request: RequestState, reason: str) -> None:
-        request.finish_reason = reason
+    def _finish_text(self, request: RequestState) -> None:
         self._release(request)
-        result = UnderstandResult(list(request.text_tokens), reason, len(request.params.prompt_ids),
+        result = UnderstandResult([answer.result() for answer in request.answers], len(request.params.prompt_ids),
                                   self._timings(request))
         request.handle.deliver(FinishedEvent(result))
 
@@ -412,3 +442,13 @@ class Engine:
     def _runner(self) -> Runner:
         assert self.runner is not None
         return self.runner
+
+
+def _token_logprob(logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """logprobs [V] of one row -> the chosen token's value and the `top` likeliest (id, value), likeliest first."""
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        ids = np.argpartition(-logprobs, top - 1)[:top]
+        ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+        best = [(int(i), float(logprobs[i])) for i in ids]
+    return TokenLogprob(float(logprobs[token]), best)

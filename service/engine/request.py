@@ -14,6 +14,7 @@ import numpy as np
 
 from service.engine.errors import EngineError
 from service.engine.types import (
+    Answer,
     ErrorEvent,
     Event,
     FinishedEvent,
@@ -23,8 +24,10 @@ from service.engine.types import (
     PreviewEvent,
     ProgressEvent,
     Result,
+    StopWatch,
     Timings,
     TokenEvent,
+    TokenLogprob,
     UnderstandParams,
 )
 
@@ -76,6 +79,20 @@ class RequestHandle:
 
 
 @dataclass(eq=False)
+class AnswerState:
+    """One answer of an understanding request while it grows (its row is running until `finish_reason` is set)."""
+
+    index: int
+    stop_watch: StopWatch | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str = ""
+
+    def result(self) -> Answer:
+        return Answer(list(self.token_ids), self.finish_reason, self.logprobs)
+
+
+@dataclass(eq=False)
 class RequestState:
     """Everything the engine tracks for one request. Rows of a request share one length (no padding)."""
 
@@ -87,11 +104,11 @@ class RequestState:
     slots: list[int] = field(default_factory=list)  # generation: conditional rows first, then unconditional
     length: int = 0  # cache columns each of its rows uses (= the next write column)
     pad: int = 0  # left-padding columns from a batched prefill (rotary position = length - pad)
-    next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or the one text token
-    text_tokens: list[int] = field(default_factory=list)
+    next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or per running answer
+    answers: list[AnswerState] = field(default_factory=list)  # understanding: all answers, finished or not
+    live: list[AnswerState] = field(default_factory=list)  # understanding: the running answers, row k = slots[k]
     image_tokens: np.ndarray | None = None  # [parallel_size, image_tokens]
     steps_done: int = 0
-    finish_reason: str = ""
     timings: Timings = field(default_factory=Timings)
     prefill_started: float = 0.0
     first_token_at: float = 0.0
@@ -103,6 +120,12 @@ class RequestState:
             self.image_tokens = np.zeros((self.params.parallel_size, self.params.image_tokens), np.int64)
             if self.handle.stream:  # nobody would see the previews of a request that does not stream
                 self.preview_steps = frozenset(self.params.preview_steps)
+        else:
+            watch = self.params.stop_watch
+            logprobs = self.params.logprobs is not None
+            self.answers = [AnswerState(i, watch() if watch else None, logprobs=[] if logprobs else None)
+                            for i in range(self.params.n)]
+            self.live = list(self.answers)
         timeout = self.params.timeout_s
         self.deadline = self.submitted_at + timeout if timeout else float("inf")
 
@@ -112,7 +135,8 @@ class RequestState:
 
     @property
     def rows(self) -> int:
-        return self.params.rows
+        """Rows it needs (waiting) or holds (running: answers that ended have given theirs back)."""
+        return len(self.slots) if self.status is Status.RUNNING else self.params.rows
 
     @property
     def understand(self) -> UnderstandParams:

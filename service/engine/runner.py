@@ -23,7 +23,7 @@ from service.engine.types import Kind
 class StepLogits:
     """Host-side logits of one decode step, per request."""
 
-    text: dict[str, np.ndarray]  # request id -> [vocab]
+    text: dict[str, np.ndarray]  # request id -> [rows of the request (its slot order), vocab]
     image: dict[str, np.ndarray]  # request id -> [rows of the request (its slot order), image vocab]
 
 
@@ -37,15 +37,16 @@ class Runner:
     # prefill
 
     def prefill(self, request: RequestState) -> np.ndarray:
-        """Run the prompt into the request's rows. Returns first-token logits: text [1, V] or image [rows, V]."""
+        """Run the prompt into the request's rows. Returns first-token logits [rows, V] (text or image)."""
         if request.kind is Kind.UNDERSTAND:
-            return self.prefill_understand([request])[0][None]
+            return self.prefill_understand([request])[0]
         return self._prefill_generate(request)
 
     def prefill_understand(self, requests: list[RequestState]) -> list[np.ndarray]:
-        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass).
+        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass); a request's
+        other rows (several answers to one prompt) get a copy of its first row's keys and values.
 
-        Returns each request's first-token logits [V]."""
+        Returns each request's first-token logits [rows, V]."""
         width = max(len(r.understand.prompt_ids) for r in requests)
         ids = np.zeros((len(requests), width), np.int64)
         mask = np.zeros((len(requests), width), np.int64)
@@ -61,9 +62,12 @@ class Runner:
         hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], self._tensor(mask),
                                     last_only=True)
         for request in requests:
+            self.cache.copy(request.slots[0], request.slots[1:])
             request.length = width
             request.pad = width - len(request.understand.prompt_ids)
-        return list(self.model.text_logits(hidden[:, -1]).astype("float32").numpy())
+        logits = self.model.text_logits(hidden[:, -1]).astype("float32").numpy()  # [requests, V]
+        return [np.repeat(row[None], len(request.slots), axis=0) for row, request in zip(logits, requests,
+                                                                                         strict=True)]
 
     def _prefill_generate(self, request: RequestState) -> np.ndarray:
         params = request.generate
@@ -135,7 +139,7 @@ class Runner:
         for request in requests:
             rows = row_in_kind[request.slots]
             if request.kind is Kind.UNDERSTAND:
-                out.text[request.id] = text_logits[rows[0]]
+                out.text[request.id] = text_logits[rows]
             else:
                 out.image[request.id] = image_logits[rows]
             request.length += 1

@@ -100,6 +100,14 @@ class Scheduler:
             self.avg_request_s = 0.8 * self.avg_request_s + 0.2 * elapsed
         request.status = Status.FINISHED
 
+    def release_row(self, request: RequestState, index: int) -> None:
+        """Row `index` of a running request is done while its others go on (one of several answers ended): its
+        slot is free at once, and the rows after it in the request move up one index."""
+        assert request in self.running and len(request.slots) > 1
+        slot = request.slots.pop(index)
+        self._owner[slot] = None
+        self._compact()
+
     def _compact(self) -> None:
         """Fill holes below the top with the topmost rows, recording each move."""
         while self.used and self._owner[self.used - 1] is None:

@@ -6,8 +6,10 @@ and reads `Event`s back; the engine never sees HTTP and never tokenizes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 
@@ -15,6 +17,14 @@ import numpy as np
 class Kind(StrEnum):
     UNDERSTAND = "understand"
     GENERATE = "generate"
+
+
+class StopWatch(Protocol):
+    """Watches one answer's tokens for a stop text (built by the API side, which knows the tokenizer)."""
+
+    def push(self, token_id: int) -> bool:
+        """Add the next token; True once the answer's text contains a stop text."""
+        ...
 
 
 @dataclass(slots=True)
@@ -28,12 +38,15 @@ class UnderstandParams:
     seed: int = 0
     stop_ids: tuple[int, ...] = ()
     timeout_s: float | None = None
+    n: int = 1  # answers to the one prompt: a row each, all sharing one prefill
+    stop_watch: Callable[[], StopWatch] | None = None  # one watcher per answer, for stop texts
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's log-probability and the k likeliest
 
     kind = Kind.UNDERSTAND
 
     @property
     def rows(self) -> int:
-        return 1
+        return self.n
 
     @property
     def max_len(self) -> int:
@@ -86,15 +99,37 @@ class Timings:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """The log-probability of a chosen token, and the likeliest tokens of the distribution it was drawn from."""
+
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), likeliest first
+
+
+@dataclass(slots=True)
+class Answer:
+    token_ids: list[int]  # new tokens, excluding the stop token (but including those that complete a stop text)
+    finish_reason: str  # "stop" (a stop id or stop text came) or "length" (max_new_tokens)
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
+
+
+@dataclass(slots=True)
 class UnderstandResult:
-    token_ids: list[int]  # new tokens, excluding the stop token
-    finish_reason: str  # "stop" (a stop id came) or "length" (max_new_tokens)
+    answers: list[Answer]  # n of them, in order
     prompt_tokens: int
     timings: Timings = field(default_factory=Timings)
 
     @property
+    def token_ids(self) -> list[int]:
+        return self.answers[0].token_ids
+
+    @property
+    def finish_reason(self) -> str:
+        return self.answers[0].finish_reason
+
+    @property
     def completion_tokens(self) -> int:
-        return len(self.token_ids)
+        return sum(len(answer.token_ids) for answer in self.answers)
 
 
 @dataclass(slots=True)
@@ -110,9 +145,11 @@ Result = UnderstandResult | GenerateResult
 
 @dataclass(slots=True)
 class TokenEvent:
-    """Understanding: one new token (the stop token is not sent)."""
+    """Understanding: one new token of answer `index` (the stop token is not sent)."""
 
     token_id: int
+    index: int = 0
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ def understand_params(tiny_model, tiny_tokenizer):
         pixels = rng.uniform(-1, 1, (images, 3, size, size)).astype(np.float32) if images else None
         return UnderstandParams(prompt_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
                                 image_id=tok.image_id, temperature=temperature, seed=seed,
-                                stop_ids=(tok.eos_id,), **extra)
+                                **{"stop_ids": (tok.eos_id,), **extra})
 
     return build
 

@@ -228,3 +228,63 @@ def test_a_prompt_that_breaks_a_batched_prefill_fails_alone(make_engine, underst
     results = run(_results(engine, [good[0], broken, good[1], good[2]]))
     assert isinstance(results[1], ModelFailure) and "prefill failed" in str(results[1])
     assert [r.token_ids for r in (results[0], results[2], results[3])] == [r.token_ids for r in solo]
+
+
+class _Draws:
+    """Stands in for a generator: hands out given numbers (then a filler) as `random(n)` is called."""
+
+    def __init__(self, draws: list[float]) -> None:
+        self._draws = list(draws)
+
+    def random(self, n: int) -> np.ndarray:
+        out = [self._draws.pop(0) if self._draws else 0.5 for _ in range(n)]
+        return np.array(out)
+
+
+def test_n_answers_are_rows_of_one_prompt_that_end_on_their_own(make_engine, understand_params, tiny_model):
+    """Each answer row continues the same prompt with its own draws: the request's generator hands each step's
+    numbers to the rows still running, in row order. Rows that end (a stop id) give their slot back at once."""
+    engine = make_engine(max_rows=4)
+    vocab = tiny_model.cfg.language.vocab_size
+    stops = tuple(range(0, vocab, 3))  # a third of the vocabulary ends an answer: rows end at different steps
+    params = understand_params(seed=7, temperature=1.5, max_new_tokens=10, n=3, stop_ids=stops)
+    prefills: list[list[int]] = []
+    model_prefill = tiny_model.prefill
+    tiny_model.prefill = lambda embeds, cache, slots, *rest, **kw: (prefills.append(list(slots)),
+                                                                    model_prefill(embeds, cache, slots, *rest,
+                                                                                  **kw))[1]
+    try:
+        (result,) = run(_results(engine, [params]))
+    finally:
+        del tiny_model.prefill
+    assert prefills == [[0]]  # one prefill of one row; the other rows are copies
+    assert len(result.answers) == 3
+    steps = [len(a.token_ids) + (a.finish_reason == "stop") for a in result.answers]
+    assert len(set(steps)) > 1, "pick a seed whose answers end at different steps"
+    rng = np.random.default_rng(7)
+    per_row: list[list[float]] = [[], [], []]
+    for step in range(max(steps)):
+        running = [row for row in range(3) if step < steps[row]]
+        for row, draw in zip(running, rng.random(len(running)), strict=True):
+            per_row[row].append(float(draw))
+    for answer, draws in zip(result.answers, per_row, strict=True):
+        alone = reference.understand(tiny_model, np.array(params.prompt_ids), params.pixel_values, params.image_id,
+                                     -1, params.max_new_tokens, params.temperature, rng=_Draws(draws))
+        ended = next((i for i, t in enumerate(alone) if t in stops), None)
+        assert answer.token_ids == (alone if ended is None else alone[:ended])
+        assert answer.finish_reason == ("length" if ended is None else "stop")
+    assert result.completion_tokens == sum(len(a.token_ids) for a in result.answers)
+    assert engine.stats()["free_rows"] == 4
+
+
+def test_n_answers_leave_room_for_other_requests_as_they_end(make_engine, understand_params, tiny_model):
+    engine = make_engine(max_rows=3)
+    greedy = understand_params(seed=1, max_new_tokens=6)
+    (alone,) = run(_results(make_engine(), [greedy]))
+    stops = tuple(range(0, tiny_model.cfg.language.vocab_size, 5))
+    many = understand_params(seed=3, temperature=1.5, max_new_tokens=10, n=3, stop_ids=stops)
+    several, joined = run(_results(engine, [many, greedy]))
+    assert joined.token_ids == alone.token_ids
+    assert len({len(a.token_ids) for a in several.answers}) > 1
+    # It started (in a row an ended answer gave back) before the last answer ended.
+    assert joined.timings.queued_s < several.timings.total_s

@@ -12,6 +12,7 @@ much longer with fresh randomness.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ RESULT_SCHEMAS = {"/understand": _validator("UnderstandResponse"),
                   "/understand/upload": _validator("UnderstandResponse"),
                   "/generate": _validator("GenerateResponse")}
 ERROR_SCHEMA = _validator("ErrorResponse")
+OPENAI_ERROR_SCHEMA = _validator("OpenAIErrorResponse")
+CHUNK_SCHEMA = _validator("ChatCompletionChunk")
 
 
 def _checks(path: str, mode: GenerationMode, streamed: bool, with_key: bool) -> list[Any]:
@@ -89,8 +92,24 @@ def _with_real_pictures(case: Any) -> None:
         body["image"] = list(PICTURES[:count])
 
 
+def _check_openai_stream(content: bytes) -> None:
+    """A /v1 stream: `chat.completion.chunk` objects (or one error that is not the server's fault), then [DONE]."""
+    data = [line[len("data:"):].strip() for line in content.decode("utf-8").splitlines() if line.startswith("data:")]
+    assert data and data[-1] == "[DONE]", f"the stream did not end with [DONE]: {data[-1:]}"
+    for payload in map(json.loads, data[:-1]):
+        if "error" in payload:
+            assert not list(OPENAI_ERROR_SCHEMA.iter_errors(payload)), payload
+            assert payload["error"]["type"] != "server_error", f"a server error inside a stream: {payload}"
+        else:
+            errors = sorted(CHUNK_SCHEMA.iter_errors(payload), key=str)
+            assert not errors, f"a chunk does not match the chunk schema: {errors[0].message}"
+
+
 def _check_stream(path: str, status: int, content: bytes) -> None:
     """A 200 event stream: progress or delta events, then exactly one final `done` (or a 4xx `error`)."""
+    if path.startswith("/v1/"):
+        _check_openai_stream(content)
+        return
     events = list(sse_events(iter(content.decode("utf-8").splitlines())))
     assert events, "an empty event stream"
     *steps, last = events

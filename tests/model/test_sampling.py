@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.sampling import choose, guided_logits
+from model.sampling import choose, distribution, draw, guided_logits, log_probs
 
 LOGITS = np.array([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 4.0]])
 
@@ -39,3 +39,31 @@ def test_guidance_weight_one_returns_the_conditional_logits():
     cond, uncond = LOGITS[0], LOGITS[1]
     assert guided_logits(cond, uncond, 1.0) is cond
     np.testing.assert_allclose(guided_logits(cond, uncond, 3.0), uncond + 3 * (cond - uncond))
+
+
+def test_top_p_zero_keeps_only_the_most_likely_token():
+    rng = np.random.default_rng(3)
+    assert {int(choose(LOGITS, 1.0, rng, top_p=0.0)[1]) for _ in range(50)} == {3}
+
+
+def test_log_probs_of_a_draw_are_those_of_the_tempered_nucleus_distribution():
+    logits = LOGITS[:1]
+    probs = distribution(logits, 0.5, top_p=0.9)
+    by_hand = np.exp(logits[0] / 0.5) / np.exp(logits[0] / 0.5).sum()  # [0.0159, 0.867, 0.117, 0.0003]
+    kept = np.where(np.isin(np.arange(4), [1, 2]), by_hand, 0.0)  # 0.867 is short of 0.9: token 2 joins
+    np.testing.assert_allclose(probs[0], kept / kept.sum())
+    lp = log_probs(logits, probs)[0]
+    np.testing.assert_allclose(lp[[1, 2]], np.log(kept[[1, 2]] / kept.sum()))
+    assert np.isneginf(lp[[0, 3]]).all()
+
+
+def test_log_probs_of_a_greedy_choice_are_the_model_softmax():
+    lp = log_probs(LOGITS, distribution(LOGITS, 0.0))
+    np.testing.assert_allclose(np.exp(lp), np.exp(LOGITS) / np.exp(LOGITS).sum(axis=1, keepdims=True))
+
+
+def test_drawing_from_the_distribution_is_choose():
+    a = [choose(LOGITS, 0.8, rng, 0.9).tolist() for rng in [np.random.default_rng(9)] for _ in range(30)]
+    rng = np.random.default_rng(9)
+    b = [draw(distribution(LOGITS, 0.8, 0.9), rng).tolist() for _ in range(30)]
+    assert a == b

@@ -29,6 +29,11 @@ generation
          fed to both rows through gen_embed + gen_aligner; from transformers' image-mode generate when it applies,
          i.e. cfg_weight > 1, else from the same loop written over its modules). cfg_weight == 1 makes the guided
          logits exactly the conditional ones.
+chat prompt (needs only DIR/tokenizer.json: no weights)
+    in:  chat_text uint8 [bytes] (UTF-8: a conversation as the reference chat template writes it, without the
+         system prompt), chat_num_images int64, chat_num_image_tokens int64
+    out: chat_input_ids int64 [T]: transformers' JanusProcessor (default system prompt on, text mode) on that text
+         and as many images, with the checkpoint's tokenizer.json
 VQ decoding
     in:  vq_tokens int64 [b, n]
     out: vq_pixels float32 [b, 3, H, W] (decoder output, before clipping to [-1, 1]),
@@ -575,14 +580,38 @@ def preprocess(checkpoint: Path, requests: dict[str, np.ndarray]) -> dict[str, n
     return out
 
 
+def chat_prompt(checkpoint: Path, requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.janus.processing_janus import JanusProcessor
+
+    text = np.asarray(requests["chat_text"], dtype=np.uint8).tobytes().decode("utf-8")
+    special = json.loads((checkpoint / "special_tokens_map.json").read_text())
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token=_content(special["bos_token"]),
+        eos_token=_content(special["eos_token"]),
+        extra_special_tokens={"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>",
+                              "eoi_token": "<end_of_image>"})
+    processor = JanusProcessor(JanusImageProcessorPil(), tokenizer, use_default_system_prompt=True,
+                               num_image_tokens=int(_scalar(requests, "chat_num_image_tokens")))
+    images = [Image.new("RGB", (16, 16))] * int(_scalar(requests, "chat_num_images"))
+    ids = processor(text=text, images=images or None, return_tensors=None)["input_ids"][0]
+    return {"chat_input_ids": np.asarray(ids, dtype=np.int64)}
+
+
+def _content(token: Any) -> str:
+    return token["content"] if isinstance(token, dict) else str(token)
+
+
 def run(checkpoint: Path, requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     results: dict[str, np.ndarray] = {}
     if any(key.startswith("pre_image_") for key in requests):
         results.update(preprocess(checkpoint, requests))
+    if "chat_text" in requests:
+        results.update(chat_prompt(checkpoint, requests))
     if not any(key in requests for key in ("und_input_ids", "gen_input_ids", "vq_tokens")):
-        return results  # preprocessing alone needs no network
+        return results  # preprocessing and the tokenizer alone need no network
     image_token_id = int(_scalar(requests, "image_token_id")) if "image_token_id" in requests else None
     model, arch = load_model(checkpoint, image_token_id)
     with torch.inference_mode():

@@ -154,10 +154,6 @@ def test_jpeg_quality_with_png_is_refused_with_422(client):
     assert_error(reply, 422, "validation_error", "jpeg_quality")
 
 
-def test_a_request_without_images_is_refused_with_422(client):
-    assert_error(understand(client, []), 422, "validation_error", "images")
-
-
 def test_tags_that_do_not_match_the_images_are_refused_with_422(client):
     reply = client.post("/understand", json={"question": "<image_placeholder> and <image_placeholder>?",
                                              "images": [GOOD_IMAGE]})
@@ -192,11 +188,6 @@ def test_a_multipart_image_sent_as_text_is_refused_with_400(client):
     reply = client.post("/understand", data={"question": "What?", "image": GOOD_IMAGE},
                         files={"other": ("x.txt", b"x", "text/plain")})
     assert_error(reply, 400, "bad_request")
-
-
-def test_a_multipart_form_without_images_is_refused_with_422(client):
-    reply = client.post("/understand", files={"question": (None, "What?")})
-    assert_error(reply, 422, "validation_error", "images")
 
 
 def test_a_non_numeric_multipart_option_is_refused_with_422(client):

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load(render())
 OPERATIONS = {(path, method): op for path, item in SPEC["paths"].items() for method, op in item.items()}
 INFERENCE = [("/understand", "post"), ("/generate", "post")]
+V1_INFERENCE = [("/v1/chat/completions", "post")]
 
 
 def test_the_committed_openapi_yaml_matches_the_app():
@@ -24,7 +25,8 @@ def test_the_committed_openapi_yaml_matches_the_app():
 def test_operation_ids_read_well_in_generated_clients():
     assert {op["operationId"] for op in OPERATIONS.values()} == {
         "understand_image", "understand_image_upload", "generate_images", "get_health", "get_readiness",
-        "get_metrics", "get_model_info", "list_models", "retrieve_model"}
+        "get_metrics", "get_model_info", "list_models", "retrieve_model",
+        "create_chat_completion"}
 
 
 @pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))
@@ -59,7 +61,7 @@ def test_understand_documents_json_and_its_upload_path_the_multipart_form():
     body = OPERATIONS[("/understand/upload", "post")]["requestBody"]["content"]
     form = SPEC["components"]["schemas"]["UnderstandForm"]
     assert set(body) == {"multipart/form-data"} and form["properties"]["image"]["items"]["format"] == "binary"
-    assert set(SPEC["components"]["schemas"]["UnderstandRequest"]["properties"]) - {"images"} \
+    assert set(SPEC["components"]["schemas"]["UnderstandRequest"]["properties"]) - {"images", "history"} \
         == set(form["properties"]) - {"image"}
 
 
@@ -86,3 +88,14 @@ def test_v1_routes_document_errors_in_openai_shape():
                 assert response["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIErrorResponse")
                 # (a null `param` is left out of the document's examples)
                 assert {"message", "type", "code"} <= set(response["content"]["application/json"]["example"]["error"])
+
+
+@pytest.mark.parametrize(("path", "method"), V1_INFERENCE)
+def test_v1_inference_routes_document_their_errors_bodies_and_streams(path, method):
+    op = OPERATIONS[(path, method)]
+    assert {"400", "401", "413", "415", "422", "429", "500", "503", "504"} <= set(op["responses"])
+    for status in ("429", "503"):
+        assert "Retry-After" in op["responses"][status]["headers"]
+    assert "text/event-stream" in op["responses"]["200"]["content"]
+    body = op["requestBody"]["content"]["application/json"]
+    assert body["examples"] and body["schema"]["$ref"].rsplit("/", 1)[1] in SPEC["components"]["schemas"]

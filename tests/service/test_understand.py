@@ -112,3 +112,47 @@ def test_a_data_url_image_is_accepted(client):
     url = "data:image/png;base64," + b64(image_bytes(seed=10))
     reply = client.post("/understand", json={"question": "Describe it.", "images": [url], "max_new_tokens": 2})
     assert reply.status_code == 200, reply.text
+
+
+def _reference_answer(tiny_model, tiny_tokenizer, tiny_dir, prompt: str, images: list[bytes], max_new_tokens: int):
+    """The reference loop on a prompt written out by hand (tokenized as trusted text: its tags are the tokens)."""
+    tok = tiny_tokenizer
+    ids = expand_image_ids(tok.encode(prompt), tok.image_id, tok.boi_id, tok.eoi_id, tiny_model.cfg.vision.num_tokens)
+    pixels = ImageProcessor.from_dir(tiny_dir)([Image.open(io.BytesIO(d)) for d in images]) if images else None
+    new = reference.understand(tiny_model, np.array(ids), pixels, tok.image_id, tok.eos_id, max_new_tokens)
+    return tok.decode(new[:-1] if new and new[-1] == tok.eos_id else new), len(ids)
+
+
+def test_a_text_only_question_is_answered_like_the_reference(client, tiny_model, tiny_tokenizer, tiny_dir):
+    reply = client.post("/understand", json={"question": "Why is the sky blue?", "max_new_tokens": 10})
+    assert reply.status_code == 200, reply.text
+    prompt = f"{DEFAULT_SYSTEM_PROMPT}\n\n<|User|>: Why is the sky blue?\n\n<|Assistant|>:"
+    text, prompt_tokens = _reference_answer(tiny_model, tiny_tokenizer, tiny_dir, prompt, [], 10)
+    assert reply.json()["text"] == text and reply.json()["usage"]["prompt_tokens"] == prompt_tokens
+    form = client.post("/understand/upload", files={"question": (None, "Why is the sky blue?"),
+                                                    "max_new_tokens": (None, "10")})
+    assert form.status_code == 200 and form.json()["text"] == text
+
+
+def test_history_continues_a_conversation_with_images_in_earlier_questions(client, tiny_model, tiny_tokenizer,
+                                                                           tiny_dir):
+    first, second = image_bytes(seed=12), image_bytes(seed=13)
+    reply = client.post("/understand", json={
+        "history": [{"question": "<image_placeholder> What is this?", "answer": "A noisy square."},
+                    {"question": "And <image_placeholder>?", "answer": "Another one."}],
+        "question": "Which is brighter?", "images": [b64(first), b64(second)], "system_prompt": "Be brief.",
+        "max_new_tokens": 9})
+    assert reply.status_code == 200, reply.text
+    eos = tiny_tokenizer.eos_token
+    prompt = ("Be brief.\n\n<|User|>: <image_placeholder> What is this?\n\n<|Assistant|>: A noisy square." + eos +
+              "<|User|>: And <image_placeholder>?\n\n<|Assistant|>: Another one." + eos +
+              "<|User|>: Which is brighter?\n\n<|Assistant|>:")
+    text, prompt_tokens = _reference_answer(tiny_model, tiny_tokenizer, tiny_dir, prompt, [first, second], 9)
+    assert reply.json()["text"] == text and reply.json()["usage"]["prompt_tokens"] == prompt_tokens
+
+
+def test_history_tags_must_match_the_images(client):
+    reply = client.post("/understand", json={"history": [{"question": "<image_placeholder> What?", "answer": "X"}],
+                                             "question": "<image_placeholder> And this?",
+                                             "images": [b64(image_bytes(seed=14))]})
+    assert reply.status_code == 422 and "2 <image_placeholder> tag(s) but 1 image" in reply.text

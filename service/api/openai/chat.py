@@ -1,0 +1,209 @@
+"""POST /v1/chat/completions: answers to a conversation (with images or without), OpenAI-compatible."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.api.auth import Authenticated
+from service.api.bodies import read_json
+from service.api.deps import ReadyRuntimeDep
+from service.api.errors import ApiError, error_body
+from service.api.images import ImageLimits, decode_base64, decode_image
+from service.api.openai import chat_docs
+from service.api.openai.chat_messages import read_messages
+from service.api.openai.chat_protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatCompletionTokenLogprob,
+    Choice,
+    ChoiceLogprobs,
+    CompletionUsage,
+    TopLogprob,
+)
+from service.api.openai.docs import INFERENCE_ERRORS, openai_error_responses
+from service.api.openai.errors import openai_error
+from service.api.protocol import MAX_SEED
+from service.api.streaming import SSE_HEADERS, result_or_cancel
+from service.engine.request import RequestHandle
+from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, TokenLogprob, UnderstandParams, UnderstandResult
+from service.processing import AnswerOptions
+from service.runtime import Runtime
+from service.stop_texts import cut_at_stop, releasable
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
+# A log-probability of a token the sampler could not pick (outside the nucleus): JSON has no -infinity.
+IMPOSSIBLE_LOGPROB = -9999.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every object of one answer shares."""
+
+    id: str
+    created: int
+    model: str
+    fingerprint: str
+    stops: tuple[str, ...]
+    logprobs: bool
+
+
+@router.post("/chat/completions", operation_id="create_chat_completion",
+             summary="Answer a conversation (OpenAI-compatible chat completions)", description=chat_docs.DESCRIPTION,
+             response_model=ChatCompletion,
+             responses={200: chat_docs.OK, **openai_error_responses(*INFERENCE_ERRORS)},
+             openapi_extra=chat_docs.BODY)
+async def create_chat_completion(request: Request, response: Response,
+                                 runtime: ReadyRuntimeDep) -> ChatCompletion | StreamingResponse:
+    body = await read_json(request, ChatCompletionRequest)
+    body.unsupported()
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    params = await asyncio.to_thread(_prepare, runtime, body, seed)
+    handle = runtime.engine.submit(params, stream=bool(body.stream))
+    reply = _Reply(f"chatcmpl-{handle.id}", int(time.time()), runtime.info.name, fingerprint(runtime),
+                   body.stop_texts, bool(body.logprobs))
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_stream(runtime, handle, reply, params.n, usage), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    response.headers["X-Request-Id"] = handle.id
+    result = await result_or_cancel(handle, request)
+    assert isinstance(result, UnderstandResult)
+    return _completion(runtime, reply, result)
+
+
+def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> UnderstandParams:
+    """Decode the images and build the engine's parameters (CPU work, off the event loop)."""
+    chat = read_messages(body.messages)
+    settings = runtime.settings
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    images = []
+    for url, where in chat.images:
+        try:
+            images.append(decode_image(decode_base64(url, where, limits), where, limits))
+        except ApiError as err:  # a bad image (400) or one over the limits (413): name the part it came in
+            err.param = f"{where}.image_url.url"  # type: ignore[attr-defined]
+            raise
+    options = AnswerOptions(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=0.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p, seed=seed, n=body.n or 1, stop=body.stop_texts,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    return runtime.preprocessor.chat(chat.conversation, images, options, timeout_s=settings.request_timeout_s)
+
+
+def fingerprint(runtime: Runtime) -> str:
+    """Names the serving configuration: the same fingerprint and seed give the same answer."""
+    try:
+        version = metadata.version("janus-serve")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    info = runtime.info
+    key = f"{version}|{info.name}|{info.dtype}|{info.device}|{runtime.preprocessor.template.name}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _completion(runtime: Runtime, reply: _Reply, result: UnderstandResult) -> ChatCompletion:
+    prep = runtime.preprocessor
+    choices = []
+    for index, answer in enumerate(result.answers):
+        text = prep.decode(answer.token_ids)
+        if answer.finish_reason == "stop" and reply.stops:
+            text = cut_at_stop(text, reply.stops)
+        logprobs = None
+        if reply.logprobs:
+            entries = zip(answer.token_ids, answer.logprobs or [], strict=True)
+            logprobs = ChoiceLogprobs(content=[_logprob(runtime, token, entry) for token, entry in entries])
+        choices.append(Choice(index=index, message=AssistantMessage(content=text), logprobs=logprobs,
+                              finish_reason=answer.finish_reason))  # type: ignore[arg-type]
+    return ChatCompletion(id=reply.id, created=reply.created, model=reply.model, system_fingerprint=reply.fingerprint,
+                          choices=choices, usage=_usage(result))
+
+
+def _usage(result: UnderstandResult) -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                 total_tokens=result.prompt_tokens + result.completion_tokens)
+
+
+def _logprob(runtime: Runtime, token_id: int, entry: TokenLogprob) -> ChatCompletionTokenLogprob:
+    token, raw = _token(runtime, token_id)
+    top = []
+    for other, value in entry.top:
+        text, other_raw = _token(runtime, other)
+        top.append(TopLogprob(token=text, logprob=max(value, IMPOSSIBLE_LOGPROB), bytes=list(other_raw)))
+    return ChatCompletionTokenLogprob(token=token, logprob=max(entry.logprob, IMPOSSIBLE_LOGPROB), bytes=list(raw),
+                        top_logprobs=top)
+
+
+def _token(runtime: Runtime, token_id: int) -> tuple[str, bytes]:
+    raw = runtime.preprocessor.token_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), raw
+
+
+# streaming
+
+
+async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    """`chat.completion.chunk` events: the role, text pieces as they come (never any part of a stop text), each
+    answer's finish reason, with include_usage a last chunk with the usage; then `[DONE]`."""
+    detokenizers = [runtime.preprocessor.detokenizer() for _ in range(n)]
+    sent = [0] * n  # characters of each answer's text already sent
+
+    def chunk(choices: list[dict[str, Any]], usage: CompletionUsage | None = None) -> bytes:
+        data: dict[str, Any] = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
+                                "model": reply.model, "system_fingerprint": reply.fingerprint, "choices": choices}
+        if include_usage:
+            data["usage"] = usage.model_dump() if usage is not None else None
+        return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+    def choice(index: int, delta: dict[str, str], logprobs: ChoiceLogprobs | None = None,
+               finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs.model_dump() if logprobs else None,
+                "finish_reason": finish_reason}
+
+    try:
+        yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
+        async for event in handle.events():
+            if isinstance(event, TokenEvent):
+                detokenizer = detokenizers[event.index]
+                detokenizer.push(event.token_id)
+                end = releasable(detokenizer.text, reply.stops) if reply.stops else len(detokenizer.text)
+                piece = detokenizer.text[sent[event.index]:end]
+                sent[event.index] = max(sent[event.index], end)
+                logprobs = None
+                if reply.logprobs and event.logprob is not None:
+                    logprobs = ChoiceLogprobs(content=[_logprob(runtime, event.token_id, event.logprob)])
+                if piece or logprobs is not None:
+                    yield chunk([choice(event.index, {"content": piece}, logprobs)])
+            elif isinstance(event, FinishedEvent):
+                result = event.result
+                assert isinstance(result, UnderstandResult)
+                for index, answer in enumerate(result.answers):
+                    detokenizers[index].flush()
+                    text = detokenizers[index].text
+                    if answer.finish_reason == "stop" and reply.stops:
+                        text = cut_at_stop(text, reply.stops)
+                    rest = text[sent[index]:]
+                    yield chunk([choice(index, {"content": rest} if rest else {}, None, answer.finish_reason)])
+                if include_usage:
+                    yield chunk([], _usage(result))
+            elif isinstance(event, ErrorEvent):
+                body = error_body(event.error)
+                runtime.metrics.count_error(body["error"]["type"])
+                yield f"data: {json.dumps(openai_error(body, event.error))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+    finally:
+        # Reached early only when the client went away mid-stream: free the rows at the next step.
+        handle.cancel()
