@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from model.quiet_imports import quiet_paddle_import
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit
@@ -33,6 +35,7 @@ def apply_runtime_env() -> None:
     os.environ.setdefault("PPNLP_HOME", str(cache_root() / "paddlenlp"))
     os.environ.setdefault("PADDLE_HOME", str(cache_root() / "paddle"))  # paddle.hub's downloads
     os.environ.setdefault("GLOG_minloglevel", "2")
+    quiet_paddle_import()
     keep_freed_memory()
 
 
