@@ -1,10 +1,14 @@
 """Understanding in the page: images picked or dropped, the answer streamed in (and exactly the API's answer),
-follow-up questions, cancel, and the server's message for a bad image."""
+follow-up questions that carry the conversation, cancel, and the server's message for a bad image.
+
+The page talks to POST /v1/chat/completions; the expected answers come from the same route called directly (not
+streamed) with the conversation written out here, so a page that dropped, reordered or altered a turn would differ.
+"""
 
 from __future__ import annotations
 
-import base64
 import re
+import time
 
 import httpx
 from playwright.sync_api import expect
@@ -55,11 +59,22 @@ def answers(page) -> list[str]:
     return page.locator(".turn.assistant .text").all_text_contents()
 
 
-def api_answer(url: str, question: str, images: list[bytes]) -> str:
-    reply = httpx.post(f"{url}/understand", timeout=120, json={
-        "question": question, "images": [b64(i) for i in images], "max_new_tokens": MAX_TOKENS, "temperature": 0})
+def data_url(picture: bytes) -> str:
+    return "data:image/png;base64," + b64(picture)
+
+
+def user(text: str, *pictures: bytes) -> dict:
+    if not pictures:
+        return {"role": "user", "content": text}
+    parts = [{"type": "image_url", "image_url": {"url": data_url(p)}} for p in pictures]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def api_answer(url: str, messages: list[dict]) -> str:
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0})
     assert reply.status_code == 200, reply.text
-    return reply.json()["text"]
+    return reply.json()["choices"][0]["message"]["content"]
 
 
 def test_an_answer_streams_into_the_page_and_is_the_apis_answer(server, tab):
@@ -71,7 +86,7 @@ def test_an_answer_streams_into_the_page_and_is_the_apis_answer(server, tab):
     page.evaluate(WATCH_ANSWER)
     ask(page, "What is in this picture?")
 
-    expected = api_answer(server.url, "What is in this picture?", [image_bytes((64, 48), seed=1)])
+    expected = api_answer(server.url, [user("What is in this picture?", image_bytes((64, 48), seed=1))])
     assert answers(page) == [expected]
     shown = page.evaluate("window.shown")
     partial = [text for text in shown if text != expected]
@@ -95,10 +110,12 @@ def test_a_follow_up_question_continues_the_conversation(server, tab):
     ask(page, "And what colour is it?")
 
     first, second = answers(page)
-    assert first == api_answer(server.url, "Describe the picture.", [image])
-    assert second == api_answer(server.url, "And what colour is it?", [image])
-    # the follow-up is answered from the conversation's image without picking it again
-    assert [base64.b64decode(i.split(",", 1)[1]) for i in bodies[0]["images"]] == [image]
+    assert first == api_answer(server.url, [user("Describe the picture.", image)])
+    history = [user("Describe the picture.", image), {"role": "assistant", "content": first},
+               user("And what colour is it?")]
+    # the follow-up carries the whole conversation, the image where it was first given
+    assert bodies[0]["messages"] == history
+    assert second == api_answer(server.url, history)
     assert page.locator(".turn.user").count() == 2
     watched.screenshot("understand-follow-up")
 
@@ -115,10 +132,15 @@ def test_picked_and_dropped_images_go_together_in_order(server, tab):
     expect(thumbs).to_have_count(2)
     set_options(page)
     ask(page, "Which one is brighter?")
-    # Several images: the page puts one tag per image in front of the question, as the API asks.
-    tagged = "<image_placeholder>\n<image_placeholder>\nWhich one is brighter?"
-    assert answers(page) == [api_answer(server.url, tagged, [picked, dropped])]
+    assert answers(page) == [api_answer(server.url, [user("Which one is brighter?", picked, dropped)])]
     expect(thumbs).to_have_count(0)  # they belong to the conversation now
+
+
+def test_a_question_without_an_image_is_answered_too(server, tab):
+    page = tab(server).open().page
+    set_options(page)
+    ask(page, "Hello, who are you?")
+    assert answers(page) == [api_answer(server.url, [user("Hello, who are you?")])]
 
 
 def test_a_picked_image_can_be_removed_before_asking(server, tab):
@@ -142,9 +164,9 @@ def test_a_broken_image_shows_the_servers_message_and_keeps_the_question(server,
     box.press("Enter")
     error = page.locator("#understand-error")
     expect(error).to_be_visible()
-    message = httpx.post(f"{server.url}/understand", json={"question": "What is this?", "images": [b64(broken)],
-                                                          "stream": True}).json()["error"]["message"]
-    assert message.startswith("image 1")
+    message = httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [user("What is this?", broken)], "stream": True}).json()["error"]["message"]
+    assert "truncated" in message
     assert error.inner_text() == f"The server said (400): {message}" + ("" if message.endswith(".") else ".")
     assert box.input_value() == "What is this?"  # ready to retry with another image
     expect(page.get_by_role("list", name="Images for the next question").get_by_role("img")).to_have_count(1)
@@ -170,3 +192,20 @@ def test_cancel_stops_a_running_answer_on_the_server(make_server, tab):
     expect(page.locator("#understand-status")).to_have_text("Cancelled.")
     assert page.get_by_role("button", name="Ask").is_enabled()
     assert live.metric("janus_engine_failures_total", kind="cancelled") == 1
+
+
+def test_an_error_in_the_middle_of_the_answer_shows_the_servers_message(make_server, tab):
+    live = make_server(request_timeout_s=0.5)
+    gate = live.gate()
+    page = tab(live).open().page
+    box = page.get_by_role("textbox", name="Question")
+    box.fill("Hello?")
+    box.press("Enter")
+    wait_until(lambda: gate.seen, "the page's request to run")
+    deadline = gate.seen[0].deadline
+    wait_until(lambda: time.perf_counter() > deadline, "the request's deadline to pass")
+    gate.release()
+    # the stream had started (200), so the timeout arrives inside it, in OpenAI's error shape (no status)
+    expect(page.locator("#understand-error")).to_have_text("The server said: the request did not finish within 0.5 s.")
+    assert answers(page) == [] and box.input_value() == "Hello?"
+    assert page.get_by_role("button", name="Ask").is_enabled()

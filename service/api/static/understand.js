@@ -1,12 +1,18 @@
 // "Ask about images": pick or drop images, ask, watch the answer stream in, ask follow-ups.
 //
-// POST /understand with `stream: true`: `delta` events carry the text as it is written, then one `done` event
-// (or one `error` event). Each question is answered from the conversation's images.
+// POST /v1/chat/completions (OpenAI-compatible) with the whole conversation in `messages` (images as data: URLs in
+// `image_url` parts of the user turns) and `stream: true`: `chat.completion.chunk` events carry the text as it is
+// written (`choices[0].delta.content`), the last one its `finish_reason`, then one with the usage (asked for with
+// `stream_options.include_usage`), then `data: [DONE]`. A failure mid-stream comes as `data: {"error": ...}`.
 
 import { call, sseEvents, streamError } from "./api.js";
 import { $, clearError, el, isAbort, readAsDataUrl, setBusy, showError, waitingLine } from "./ui.js";
 
-const IMAGE_TAG = "<image_placeholder>";
+function userMessage(text, images) {
+  if (!images.length) return { role: "user", content: text };
+  const parts = images.map((image) => ({ type: "image_url", image_url: { url: image.url } }));
+  return { role: "user", content: [...parts, { type: "text", text }] };
+}
 
 export function setUpUnderstand({ onError }) {
   const form = $("understand-form");
@@ -16,6 +22,11 @@ export function setUpUnderstand({ onError }) {
   const picked = [];  // {name, url} for the next question
   let turns = [];  // {question, images, answer} of the conversation so far
   let running = null;  // the AbortController of the request in flight
+  let model = null;  // the served model's name, from /info
+
+  document.addEventListener("janus:info", ({ detail }) => {
+    model = detail.model;
+  });
 
   function renderPicked() {
     const list = $("picked");
@@ -68,10 +79,10 @@ export function setUpUnderstand({ onError }) {
     return node;
   }
 
-  function doneLine(data) {
-    const end = data.finish_reason === "length" ? "stopped at the token limit" : "complete";
-    const sampled = Number($("u-temperature").value) > 0 ? `, seed ${data.seed}` : "";  // greedy needs no seed
-    return `Done: ${data.usage.completion_tokens} tokens in ${data.timings.total_s.toFixed(1)} s (${end}${sampled}).`;
+  function doneLine(finishReason, usage, seconds) {
+    const end = finishReason === "length" ? "stopped at the token limit" : "complete";
+    const tokens = usage ? `${usage.completion_tokens} tokens` : "answered";
+    return `Done: ${tokens} in ${seconds.toFixed(1)} s (${end}).`;
   }
 
   function showHint(text) {
@@ -79,14 +90,17 @@ export function setUpUnderstand({ onError }) {
   }
 
   function requestBody(text, images) {
-    // Several images need one tag each in the question; put them in front when the question has none.
-    const tagged = images.length > 1 && !text.includes(IMAGE_TAG)
-      ? `${images.map(() => IMAGE_TAG).join("\n")}\n${text}` : text;
-    const body = { question: tagged, images: images.map((image) => image.url), stream: true };
+    // The conversation so far (answered turns only), then the new question: the server keeps nothing between
+    // requests, so every follow-up carries the history.
+    const messages = turns.flatMap((turn) => [userMessage(turn.question, turn.images),
+                                              { role: "assistant", content: turn.answer }]);
+    messages.push(userMessage(text, images));
+    const body = { messages, stream: true, stream_options: { include_usage: true } };
+    if (model) body.model = model;
     const temperature = $("u-temperature").value;
     const maxTokens = $("u-max-tokens").value;
     if (temperature !== "") body.temperature = Number(temperature);
-    if (maxTokens !== "") body.max_new_tokens = Number(maxTokens);
+    if (maxTokens !== "") body.max_tokens = Number(maxTokens);
     return body;
   }
 
@@ -96,7 +110,6 @@ export function setUpUnderstand({ onError }) {
     clearError(errorLine);
     const text = question.value;
     const newImages = picked.splice(0);
-    const images = [...turns.flatMap((turn) => turn.images), ...newImages];
     renderPicked();
     question.value = "";
     const userTurn = bubble("user", text, newImages);
@@ -107,24 +120,25 @@ export function setUpUnderstand({ onError }) {
     running = new AbortController();
     setBusy($("ask"), $("understand-cancel"), true);
     const stopWaiting = waitingLine(status, running.signal);
-    let finished = false;
+    const started = performance.now();
+    let finishReason = null;
+    let usage = null;
     try {
-      const response = await call("understand", { method: "POST", json: requestBody(text, images),
-                                                  signal: running.signal });
-      for await (const { event, data } of sseEvents(response)) {
+      const response = await call("v1/chat/completions", { method: "POST", json: requestBody(text, newImages),
+                                                           signal: running.signal });
+      for await (const { data } of sseEvents(response)) {
         stopWaiting();
-        if (event === "delta") {
-          out.textContent += data.text;
-          status.textContent = "Writing…";
-        } else if (event === "done") {
-          out.textContent = data.text;
-          status.textContent = doneLine(data);
-          finished = true;
-        } else if (event === "error") {
-          throw streamError(data);
+        if (data === "[DONE]") break;
+        if (data.error) throw streamError(data);
+        for (const choice of data.choices || []) {
+          if (choice.delta && choice.delta.content) out.textContent += choice.delta.content;
+          if (choice.finish_reason) finishReason = choice.finish_reason;
         }
+        if (data.usage) usage = data.usage;
+        status.textContent = "Writing…";
       }
-      if (!finished) throw new Error("The answer stopped before it was complete (the connection closed).");
+      if (!finishReason) throw new Error("The answer stopped before it was complete (the connection closed).");
+      status.textContent = doneLine(finishReason, usage, (performance.now() - started) / 1000);
       turns.push({ question: text, images: newImages, answer: out.textContent });
     } catch (error) {
       // Nothing of a failed or cancelled turn stays: its question and images go back for another try.
