@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # time
     request_timeout_s: float = Field(600.0, gt=0, description="Per-request limit from submission to result (504).")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM: time given to in-flight requests.")
+    body_timeout_s: float = Field(60.0, gt=0, description="Time a client has to send its whole request body, from "
+                                                          "its headers on; slower: 408 and the connection closes.")
 
     # input limits
     max_body_bytes: int = Field(64 * MiB, ge=1024, description="Largest request body (413).")

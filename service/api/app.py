@@ -70,7 +70,7 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     errors.install(app, {openai_errors.PREFIX: openai_errors.openai_error})
     # Added last = outermost: latency covers everything, including bodies refused for size.
     app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics if runtime else None,
                        random_weights=runtime.info.random_weights if runtime else False)
     allow_pixels(settings.max_image_pixels)

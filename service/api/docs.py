@@ -16,8 +16,15 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
           "bad_request", "image 1 is truncated or corrupt (PNG): image file is truncated"),
     401: ("The server has an API key and the request did not carry it.",
           "unauthorized", "the API key is missing: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"),
+    408: ("The body did not arrive within the server's body-read deadline; the connection is closed.",
+          "request_timeout", "the request body did not arrive within 60 s (3 bytes came); send it faster or ask for "
+                             "a longer JANUS_BODY_TIMEOUT_S"),
+    411: ("A body the server cannot delimit: no Content-Length and no chunked encoding (HTTP/1.0).",
+          "length_required", "the request has no Content-Length header (nor chunked Transfer-Encoding), so no body "
+                             "was read: send Content-Length with the body (HTTP/1.0 clients must)"),
     413: ("The body, an image file or an image's pixel count is over the server's limit.",
-          "payload_too_large", "image 1 is 20000x20000 = 400000000 pixels; the limit is 40000000"),
+          "payload_too_large", "image 1 is 20000x20000 = 400000000 pixels; the server's limit is 40000000 pixels "
+                               "(width x height, JANUS_MAX_IMAGE_PIXELS)"),
     415: ("The body's content type is not one this route reads.",
           "unsupported_media_type", "expected an application/json body, got text/plain"),
     422: ("A field is missing or out of range, or the request cannot fit the model (prompt too long for the "
@@ -50,7 +57,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-INFERENCE_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503, 504)
+INFERENCE_ERRORS = (400, 401, 408, 411, 413, 415, 422, 429, 500, 503, 504)
 
 
 def ok_response(description: str, example: dict[str, Any], stream_example: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.engine.errors import (
     EngineError,
@@ -43,6 +44,14 @@ class PayloadTooLarge(ApiError):
     """A body, an image file or an image's pixel count over its configured limit."""
 
 
+class LengthRequired(ApiError):
+    """A request with a body but no way to know its length (HTTP/1.0 without Content-Length)."""
+
+
+class BodyTimeout(ApiError):
+    """The request body did not arrive within the server's body-read deadline."""
+
+
 class UnsupportedMediaType(ApiError):
     pass
 
@@ -63,6 +72,8 @@ class ClientDisconnected(ApiError):
 ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     BadInput: (400, "bad_request"),
     Unauthorized: (401, "unauthorized"),
+    BodyTimeout: (408, "request_timeout"),
+    LengthRequired: (411, "length_required"),
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
     RequestValidationError: (422, "validation_error"),
@@ -70,6 +81,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
     Overloaded: (429, "overloaded"),
     ClientDisconnected: (499, "client_closed_request"),
+    ClientDisconnect: (499, "client_closed_request"),  # the client went away while its body was being read
     ModelFailure: (500, "model_error"),
     EngineError: (500, "engine_error"),
     NotReady: (503, "not_ready"),
@@ -95,7 +107,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     status, kind = classify(exc)
     details = None
     if isinstance(exc, RequestValidationError):
-        details = [{"loc": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+        details = [{"loc": ".".join(str(p) for p in e.get("loc", ())), "message": _field_message(e)}
                    for e in exc.errors()]
         message = "; ".join(f"{d['loc']}: {d['message']}" if d["loc"] else d["message"] for d in details[:5])
         if all(e.get("type") == "json_invalid" for e in exc.errors()):
@@ -106,11 +118,23 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     elif status == 500 and not isinstance(exc, EngineError):
         message = "internal server error"  # a bug: the details belong in the log, not the response
     else:
-        message = str(exc) or HTTPStatus(status).phrase
+        message = str(exc) or _phrase(status)
     error: dict[str, Any] = {"type": kind, "message": message, "status": status}
     if details is not None:
         error["details"] = details
     return {"error": error}
+
+
+def _phrase(status: int) -> str:
+    if status == 499:  # nginx's code, not in the HTTP registry
+        return "the client closed the connection before the answer"
+    return HTTPStatus(status).phrase
+
+
+def _field_message(error: dict[str, Any]) -> str:
+    if error.get("type") == "finite_number":  # NaN or Infinity: not "must be <= 2", which it is not either
+        return "must be a finite number"
+    return str(error.get("msg", ""))
 
 
 def error_headers(exc: BaseException, status: int) -> dict[str, str]:
@@ -120,6 +144,8 @@ def error_headers(exc: BaseException, status: int) -> dict[str, str]:
         return {"Retry-After": str(UNAVAILABLE_RETRY_S)}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="janus-serve"'}
+    if isinstance(exc, BodyTimeout):
+        return {"Connection": "close"}  # the rest of the body may still come: this connection is done
     if isinstance(exc, StarletteHTTPException) and exc.headers:
         return dict(exc.headers)
     return {}

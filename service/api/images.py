@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,21 +69,21 @@ def decode_image(data: bytes, what: str, limits: ImageLimits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as err:
-        raise PayloadTooLarge(f"{what} is too large: {err}") from None
+        # Pillow's own check fired first (far above our limit): state the server's limit, not Pillow's.
+        raise PayloadTooLarge(_over_pixel_limit(what, _bomb_pixels(err), limits)) from None
     except UnidentifiedImageError:
         raise BadInput(f"{what} is not an image in a supported format ({', '.join(FORMATS)})") from None
     except Exception as err:  # noqa: BLE001 - plugins raise anything from SyntaxError to struct.error on bad headers
         raise BadInput(f"{what} could not be read: {err}") from None
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise PayloadTooLarge(f"{what} is {width}x{height} = {width * height} pixels; "
-                              f"the limit is {limits.max_pixels}")
+        raise PayloadTooLarge(_over_pixel_limit(what, (width, height), limits))
     if width < 1 or height < 1:
         raise BadInput(f"{what} has no pixels ({width}x{height})")
     try:
         image.load()
     except Image.DecompressionBombError as err:
-        raise PayloadTooLarge(f"{what} is too large: {err}") from None
+        raise PayloadTooLarge(_over_pixel_limit(what, _bomb_pixels(err), limits)) from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data surfaces as OSError, ValueError, ...
         raise BadInput(f"{what} is truncated or corrupt ({image.format}): {err}") from None
     image = _upright(image, what)
@@ -90,6 +91,20 @@ def decode_image(data: bytes, what: str, limits: ImageLimits) -> Image.Image:
         return to_rgb(image)
     except ValueError as err:
         raise BadInput(f"{what}: {err}") from None
+
+
+def _over_pixel_limit(what: str, size: tuple[int, int] | int | None, limits: ImageLimits) -> str:
+    if isinstance(size, tuple):
+        found = f"is {size[0]}x{size[1]} = {size[0] * size[1]} pixels"
+    else:
+        found = "is too many pixels" if size is None else f"is {size} pixels"
+    return f"{what} {found}; the server's limit is {limits.max_pixels} pixels (width x height, JANUS_MAX_IMAGE_PIXELS)"
+
+
+def _bomb_pixels(err: Exception) -> int | None:
+    """The pixel count in Pillow's bomb message ("Image size (N pixels) exceeds limit of M pixels, ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    return int(found.group(1)) if found else None
 
 
 def _upright(image: Image.Image, what: str) -> Image.Image:

@@ -1,14 +1,15 @@
-"""ASGI middleware: the request body limit, per-request latency metrics plus the random-weights header, and the
-last-resort catch of bugs."""
+"""ASGI middleware: the request body limits (size and read deadline), per-request latency metrics plus the
+random-weights header, and the last-resort catch of bugs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import PayloadTooLarge, error_response
+from service.api.errors import BodyTimeout, PayloadTooLarge, error_response
 from service.metrics import Metrics
 
 RANDOM_WEIGHTS_HEADER = "x-random-weights"
@@ -16,14 +17,18 @@ RANDOM_WEIGHTS_HEADER = "x-random-weights"
 
 class BodyLimitMiddleware:
     """413 for bodies over `max_bytes`: at once when Content-Length says so, else as soon as the count passes it.
+    408 for a body not complete `timeout_s` after the request started (a client announcing 100 kB and sending
+    3 bytes would otherwise hold its connection for ever).
 
-    A chunked body over the limit makes `receive()` raise PayloadTooLarge inside the route, which reads its
-    body itself and so lets it reach the error table.
+    A chunked body over the limit, or a late one, makes `receive()` raise inside the route, which reads its body
+    itself and so lets the error reach the error table. Once the body is complete, `receive()` is not timed: a
+    streaming answer waits on it for the client's disconnect.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,12 +40,24 @@ class BodyLimitMiddleware:
             await error_response(Request(scope), error)(scope, receive, send)
             return
         seen = 0
+        complete = False
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(f"the request body did not arrive within {self.timeout_s:g} s "
+                                      f"({seen} bytes came); send it faster or ask for a longer "
+                                      "JANUS_BODY_TIMEOUT_S") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise PayloadTooLarge(f"the body is over the {self.max_bytes} byte limit")
             return message

@@ -20,8 +20,8 @@ DEFAULT_JPEG_QUALITY = 90
 
 
 class _Request(BaseModel):
-    # A misspelt option (max_tokens, n) must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # A misspelt option (max_tokens, n) must not be silently ignored; NaN and Infinity are no numbers to sample with.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def not_blank(value: str) -> str:

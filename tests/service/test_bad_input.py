@@ -196,9 +196,10 @@ def test_a_non_numeric_multipart_option_is_refused_with_422(client):
     assert_error(reply, 422, "validation_error", "max_new_tokens")
 
 
-def test_more_files_than_allowed_are_refused_with_400(client):
+def test_more_files_than_allowed_are_refused_with_422_as_in_json(client):
     files = [("image", (f"{i}.png", image_bytes(size=(8, 8)), "image/png")) for i in range(9)]
-    assert_error(client.post("/understand", data={"question": "What?"}, files=files), 400, "bad_request")
+    assert_error(client.post("/understand", data={"question": "What?"}, files=files), 422, "validation_error",
+                 "images")
 
 
 # routing
