@@ -18,6 +18,7 @@ from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, Unhan
 from service.api.openai import chat as openai_chat
 from service.api.openai import chat_docs as openai_chat_docs
 from service.api.openai import errors as openai_errors
+from service.api.openai import images as openai_images
 from service.api.openai import models as openai_models
 from service.api.routes import generate, health, info, metrics, playground, understand
 from service.runtime import Runtime
@@ -63,7 +64,7 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
     app.state.settings = settings
     app.state.started_at = int(time.time())  # the served model's `created` in the OpenAI model list
-    for module in (understand, generate, openai_chat, openai_models, health, info, metrics):
+    for module in (understand, generate, openai_chat, openai_models, openai_images, health, info, metrics):
         app.include_router(module.router)
     if settings.playground == "on":
         app.include_router(playground.router)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.api.openai.image_protocol import ImageGenerationRequest
 from service.api.protocol import MAX_IMAGES, ErrorResponse, GenerateRequest, UnderstandOptions, UnderstandRequest
 
 REF = "#/components/schemas/{model}"
@@ -113,7 +114,7 @@ def generate_body() -> dict[str, Any]:
 def request_schemas() -> dict[str, Any]:
     """Schemas for the request bodies routes read themselves (FastAPI only sees their Request parameter)."""
     schemas: dict[str, Any] = {}
-    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions):
+    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions, ImageGenerationRequest):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

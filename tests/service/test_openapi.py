@@ -26,7 +26,7 @@ def test_operation_ids_read_well_in_generated_clients():
     assert {op["operationId"] for op in OPERATIONS.values()} == {
         "understand_image", "understand_image_upload", "generate_images", "get_health", "get_readiness",
         "get_metrics", "get_model_info", "list_models", "retrieve_model",
-        "create_chat_completion"}
+        "create_chat_completion", "create_image"}
 
 
 @pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))

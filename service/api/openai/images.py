@@ -1,0 +1,164 @@
+"""POST /v1/images/generations: OpenAI's image generation, drawn through the same path as POST /generate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+
+from service.api import docs
+from service.api.auth import Authenticated
+from service.api.bodies import read_json
+from service.api.deps import ReadyRuntimeDep
+from service.api.errors import error_body
+from service.api.generation import Submitted, submit_generation
+from service.api.images import encode_images
+from service.api.openai.docs import INFERENCE_ERRORS, openai_error_responses
+from service.api.openai.errors import openai_error
+from service.api.openai.image_protocol import (
+    CompletedEvent,
+    Encoding,
+    ImageData,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ImageUsage,
+    PartialImageEvent,
+)
+from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
+from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, PreviewEvent
+from service.runtime import Runtime
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
+
+DESCRIPTION = """\
+OpenAI's image generation API (`client.images.generate(...)` in the `openai` SDKs), drawn by the same engine path as
+`POST /generate`: `n` images of `size` `auto` or the model's own size (384x384 for Janus-Pro), returned inline as
+base64 (`b64_json`) in `output_format` png (default), jpeg or webp (`output_compression` = encoder quality).
+
+Janus-Pro's own options go in the body beside OpenAI's (with the SDK: `extra_body`): `cfg_weight` (1-20, default 5),
+`temperature` (0-2, default 1, 0 = greedy) and `seed` (returned in the response; the same seed gives the same images
+as `POST /generate`). Fields that ask for something Janus-Pro cannot do (another size, `response_format: url`,
+transparency, a quality or style setting) are a 400 naming the field; `moderation`, `user`, `safety_identifier` and
+neutral values of the others are accepted without effect, and unknown fields are ignored.
+
+With `stream: true` the answer is a Server-Sent Events stream in OpenAI's shapes: for each of `partial_images` (0-3)
+preview points, one `image_generation.partial_image` event per image (the image as drawn so far, rows not yet drawn
+grey), then one `image_generation.completed` event per image. `image_index` says which image an event belongs to.
+"""
+
+RESPONSE_EXAMPLE = {
+    "created": 1767225600, "data": [{"b64_json": "iVBORw0KGgoAAAANSUhEUgAA..."}], "background": "opaque",
+    "output_format": "png", "size": "384x384",
+    "usage": {"input_tokens": 17, "input_tokens_details": {"text_tokens": 17, "image_tokens": 0},
+              "output_tokens": 576, "output_tokens_details": {"text_tokens": 0, "image_tokens": 576},
+              "total_tokens": 593},
+    "safety_identifier": None, "seed": 42,
+}
+STREAM_EXAMPLE = (
+    'event: image_generation.partial_image\ndata: {"type":"image_generation.partial_image","b64_json":"iVBORw0...",'
+    '"background":"opaque","created_at":1767225600,"output_format":"png","quality":"auto","size":"384x384",'
+    '"partial_image_index":0,"image_index":0}\n\n'
+    'event: image_generation.completed\ndata: {"type":"image_generation.completed","b64_json":"iVBORw0...",'
+    '"background":"opaque","created_at":1767225600,"output_format":"png","quality":"auto","size":"384x384",'
+    '"usage":{"input_tokens":17,...,"total_tokens":593},"safety_identifier":null,"image_index":0,"seed":42}\n\n'
+)
+BODY_EXAMPLES = {
+    "one PNG": {"prompt": "a red fox in the snow, watercolour", "size": "384x384"},
+    "two seeded JPEGs, Janus options": {"prompt": "a lighthouse at dusk", "n": 2, "output_format": "jpeg",
+                                        "output_compression": 90, "seed": 42, "cfg_weight": 5, "temperature": 1},
+    "streamed with previews": {"prompt": "a city street at night", "stream": True, "partial_images": 2},
+}
+
+
+@router.post(
+    "/images/generations",
+    operation_id="create_image",
+    summary="Generate images (OpenAI-compatible)",
+    description=DESCRIPTION,
+    response_model=ImagesResponse,
+    responses={200: docs.ok_response("The images (JSON), or with `stream: true` an event stream.",
+                                     RESPONSE_EXAMPLE, STREAM_EXAMPLE),
+               **openai_error_responses(*INFERENCE_ERRORS)},
+    openapi_extra={"requestBody": docs.json_body(ImageGenerationRequest, BODY_EXAMPLES)},
+)
+async def create_image(request: Request, response: Response,
+                       runtime: ReadyRuntimeDep) -> ImagesResponse | StreamingResponse:
+    body = await read_json(request, ImageGenerationRequest)
+    body.check_supported(runtime.info.output_image_size)
+    _check_rows(body, runtime.settings.max_rows)
+    created = int(time.time())
+    submitted = await submit_generation(runtime, body.to_native(), previews=body.partial_images or 0)
+    handle = submitted.handle
+    if body.stream:
+        return StreamingResponse(_stream(runtime, submitted, body, created), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    response.headers["X-Request-Id"] = handle.id
+    result = await result_or_cancel(handle, request)
+    assert isinstance(result, GenerateResult)
+    encoded = await asyncio.to_thread(_encode, result, body.encoding)
+    return ImagesResponse(created=created, data=[ImageData(b64_json=data) for data in encoded],
+                          output_format=body.encoding.format, size=_size(result), usage=_usage(submitted),
+                          safety_identifier=body.effective_safety_identifier, seed=result.seed)
+
+
+async def _stream(runtime: Runtime, submitted: Submitted, body: ImageGenerationRequest,
+                  created: int) -> AsyncIterator[bytes]:
+    handle, encoding = submitted.handle, body.encoding
+    previews_sent = 0
+    try:
+        async for event in handle.events():
+            if isinstance(event, PreviewEvent):
+                encoded = await asyncio.to_thread(encode_images, event.images, encoding.format, encoding.quality)
+                size = f"{event.images.shape[2]}x{event.images.shape[1]}"
+                for index, data in enumerate(encoded):
+                    yield _event(PartialImageEvent(b64_json=data, created_at=int(time.time()),
+                                                   output_format=encoding.format, size=size,
+                                                   partial_image_index=previews_sent, image_index=index))
+                previews_sent += 1
+            elif isinstance(event, FinishedEvent):
+                assert isinstance(event.result, GenerateResult)
+                encoded = await asyncio.to_thread(_encode, event.result, encoding)
+                for index, data in enumerate(encoded):
+                    yield _event(CompletedEvent(b64_json=data, created_at=int(time.time()),
+                                                output_format=encoding.format, size=_size(event.result),
+                                                usage=_usage(submitted), image_index=index, seed=event.result.seed,
+                                                safety_identifier=body.effective_safety_identifier))
+            elif isinstance(event, ErrorEvent):
+                native = error_body(event.error)
+                runtime.metrics.count_error(native["error"]["type"])
+                yield sse("error", openai_error(native, event.error))
+    finally:
+        # Reached early only when the client went away mid-stream: free the rows at the next step.
+        handle.cancel()
+
+
+def _check_rows(body: ImageGenerationRequest, max_rows: int) -> None:
+    """The engine's row limit, said in this API's terms (`n`, not `parallel_size`)."""
+    per_image = 1 if body.cfg_weight == 1 else 2
+    if body.image_count * per_image > max_rows:
+        message = (f"{body.image_count} images need {body.image_count * per_image} rows ({per_image} per image"
+                   f"{' with guidance' if per_image == 2 else ''}) but the server runs at most {max_rows}; lower n"
+                   f"{' or set cfg_weight 1' if per_image == 2 else ''}")
+        raise RequestValidationError([{"loc": ("body", "n"), "msg": message, "type": "value_error"}])
+
+
+def _event(event: PartialImageEvent | CompletedEvent) -> bytes:
+    return sse(event.type, event)
+
+
+def _encode(result: GenerateResult, encoding: Encoding) -> list[str]:
+    return encode_images(result.images, encoding.format, encoding.quality)
+
+
+def _size(result: GenerateResult) -> str:
+    _, height, width, _ = result.images.shape
+    return f"{width}x{height}"
+
+
+def _usage(submitted: Submitted) -> ImageUsage:
+    params = submitted.params
+    return ImageUsage.of(len(params.prompt_ids), params.parallel_size * params.image_tokens)
