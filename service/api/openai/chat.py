@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import secrets
@@ -103,14 +104,19 @@ def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> Unders
     return runtime.preprocessor.chat(chat.conversation, images, options, timeout_s=settings.request_timeout_s)
 
 
+@functools.cache
+def _package_version() -> str:
+    """Read once: the installed metadata does not change while the server runs."""
+    try:
+        return metadata.version("janus-serve")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
 def fingerprint(runtime: Runtime) -> str:
     """Names the serving configuration: the same fingerprint and seed give the same answer."""
-    try:
-        version = metadata.version("janus-serve")
-    except metadata.PackageNotFoundError:
-        version = "dev"
     info = runtime.info
-    key = f"{version}|{info.name}|{info.dtype}|{info.device}|{runtime.preprocessor.template.name}"
+    key = f"{_package_version()}|{info.name}|{info.dtype}|{info.device}|{runtime.preprocessor.template.name}"
     return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
