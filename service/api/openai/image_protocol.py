@@ -167,31 +167,30 @@ class ImagesResponse(BaseModel):
     seed: int = Field(description="Janus: the sampling seed used; send it back to get the same images.")
 
 
-class PartialImageEvent(BaseModel):
+class _ImageEvent(BaseModel):
+    """What both stream events carry: one image (as drawn so far, or finished) and how it is encoded."""
+
+    type: str
+    b64_json: str
+    background: Literal["opaque"] = "opaque"
+    created_at: int
+    output_format: OutputFormat
+    quality: Literal["auto"] = "auto"
+    size: str
+    image_index: int = Field(description="Janus: which of the request's n images (0-based).")
+
+
+class PartialImageEvent(_ImageEvent):
     """Stream event `image_generation.partial_image`: one image as drawn so far."""
 
     type: Literal["image_generation.partial_image"] = "image_generation.partial_image"
-    b64_json: str
-    background: Literal["opaque"] = "opaque"
-    created_at: int
-    output_format: OutputFormat
-    quality: Literal["auto"] = "auto"
-    size: str
     partial_image_index: int = Field(description="0-based: which preview of this image.")
-    image_index: int = Field(description="Janus: which of the request's n images (0-based).")
 
 
-class CompletedEvent(BaseModel):
+class CompletedEvent(_ImageEvent):
     """Stream event `image_generation.completed`: one finished image."""
 
     type: Literal["image_generation.completed"] = "image_generation.completed"
-    b64_json: str
-    background: Literal["opaque"] = "opaque"
-    created_at: int
-    output_format: OutputFormat
-    quality: Literal["auto"] = "auto"
-    size: str
     usage: ImageUsage = Field(description="The whole request's usage (the same in each image's event).")
     safety_identifier: str | None = None
-    image_index: int = Field(description="Janus: which of the request's n images (0-based).")
     seed: int = Field(description="Janus: the sampling seed used.")
