@@ -17,7 +17,7 @@ from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 from model.attention import decode_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import KVCache
-from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, linear, rms_norm, swiglu
+from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, embedding, linear, matmul_weight, rms_norm, swiglu
 
 
 def llama_config(cfg: LanguageConfig) -> LlamaConfig:
@@ -45,16 +45,16 @@ class Backbone:
         self.cfg = cfg
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
 
-    @property
-    def embed_tokens(self) -> paddle.nn.Embedding:
-        return self.lm.llama.embed_tokens
+    def embed_tokens(self, ids: paddle.Tensor) -> paddle.Tensor:
+        """ids [B, T] -> token embeddings [B, T, hidden]."""
+        return embedding(self.lm.llama.embed_tokens, ids)
 
     def new_cache(self, slots: int, max_len: int, dtype: str, host_views: bool | None = None) -> KVCache:
         c = self.cfg
         return KVCache(c.num_hidden_layers, slots, max_len, c.num_key_value_heads, c.head_dim, dtype, host_views)
 
     def text_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
-        return paddle.matmul(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
+        return matmul_weight(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
 
     def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
                 positions: paddle.Tensor, last_only: bool = False) -> paddle.Tensor:

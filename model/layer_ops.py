@@ -1,10 +1,15 @@
-"""The layers' small operations: linear projections, bias adds, RMSNorm (with the residual add before it), the
-rotary embedding, SwiGLU and GELU.
+"""The layers' small operations: linear projections, embedding lookups, bias adds, RMSNorm (with the residual add
+before it), the rotary embedding, SwiGLU and GELU.
 
 On the CPU in float32 they run the kernels of `model.cpu_kernels`, one call each instead of several Paddle eager
-ops (projections only for the few rows of a decode step, where streaming the weights is what counts); elsewhere
-Paddle's ops with the same arithmetic. Larger projections call `paddle.matmul` directly: PaddleNLP wraps
-`paddle.nn.functional.linear` for its fp8 models, which doubles the fixed cost of every Linear layer call.
+ops (float32 projections only for the few rows of a decode step, where streaming the weights is what counts);
+elsewhere Paddle's ops with the same arithmetic. Larger float32 projections call `paddle.matmul` directly:
+PaddleNLP wraps `paddle.nn.functional.linear` for its fp8 models, which doubles the fixed cost of every Linear
+layer call.
+
+Weights stored as bfloat16 on the CPU (the published checkpoints' format, kept to halve memory and the bytes a
+decode step reads) always go through the kernels, which widen them to float32 as they read them: Paddle's CPU
+build has no bf16 matmul, and widening a whole weight through Paddle per call runs at about 0.5 GB/s.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from paddle import nn
 
 from model import cpu_kernels
 
+# rows up to which the bf16 register-widening kernel beats widened tiles through MKL (measured on Janus-Pro-1B)
+BF16_ROWS_MAX = 8
+
 
 def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
     """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias.
 
     A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
     weight, bias = layer.weight, layer.bias
+    if weight.dtype == paddle.bfloat16 and x.dtype == paddle.float32:
+        return bf16_linear(x, weight, bias)
     rows = math.prod(x.shape[:-1])
     if rows <= cpu_kernels.LINEAR_MAX_ROWS and weight.shape[0] == x.shape[-1]:
         lib = cpu_kernels.for_tensors(x, weight, *([] if bias is None else [bias]))
@@ -35,6 +45,47 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
             return out
     out = paddle.matmul(x, weight)
     return out if bias is None else add_bias_(out, bias)
+
+
+def matmul_weight(x: paddle.Tensor, weight: paddle.Tensor, transpose_y: bool = False) -> paddle.Tensor:
+    """x [..., in] @ weight ([in, out], or [out, in] with transpose_y): a projection without a Linear layer (the
+    LM head)."""
+    if weight.dtype == paddle.bfloat16 and x.dtype == paddle.float32 and not transpose_y:
+        return bf16_linear(x, weight, None)
+    return paddle.matmul(x, weight, transpose_y=transpose_y)
+
+
+def bf16_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None) -> paddle.Tensor:
+    """float32 x [..., K] @ bf16 weight [K, N] (+ float32 bias) -> float32 [..., N], computed in float32."""
+    lib = cpu_kernels.library() if x.place.is_cpu_place() else None
+    if lib is None or (bias is not None and bias.dtype != paddle.float32):
+        out = paddle.matmul(x, weight.astype(x.dtype))  # no kernels: correct, but widens the whole weight per call
+        return out if bias is None else out + bias.astype(x.dtype)
+    x = x if x.is_contiguous() else x.contiguous()
+    rows = math.prod(x.shape[:-1])
+    K, N = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
+    out = paddle.empty([*x.shape[:-1], N], "float32")
+    kernel = lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16
+    kernel(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
+    return out
+
+
+def embedding(layer: nn.Embedding, ids: paddle.Tensor) -> paddle.Tensor:
+    """ids [...] -> rows of the layer's table [..., dim], float32 when the table is stored as bf16 on the CPU."""
+    table = layer.weight
+    if table.dtype != paddle.bfloat16 or not ids.place.is_cpu_place():
+        return layer(ids)
+    lib = cpu_kernels.library()
+    if lib is None:
+        return layer(ids).astype("float32")
+    flat = np.ascontiguousarray(ids.numpy().reshape(-1), dtype=np.int64)
+    if flat.size and not 0 <= flat.min() <= flat.max() < table.shape[0]:  # the kernel would read past the table
+        raise ValueError(f"token ids must lie in [0, {table.shape[0]})")
+    out = paddle.empty([*ids.shape, table.shape[1]], "float32")
+    lib.janus_embedding_bf16(flat.ctypes.data, table.data_ptr(), out.data_ptr(), flat.size, table.shape[1])
+    return out
 
 
 def add_bias_(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:

@@ -1,8 +1,16 @@
-/* y = x W + b for a few rows of x: the projections of a decode step, which read every weight once and are bound by
- * memory bandwidth. MKL's sgemm (Paddle's matmul) reads weights at about 17-20 GB/s on this kind of CPU for one
- * row, and not much faster per row for 2-8 rows; splitting W by rows among the threads instead of by columns
- * makes each thread stream one contiguous block of memory, which measured 25-33 GB/s (the machine's read
- * bandwidth). Each thread sums its rows into a private partial y; the partials are added at the end.
+/* y = x W + b with float32 activations and weights stored as float32 or bfloat16 (the published checkpoints'
+ * format, kept as it is on the CPU: half the bytes to read per step). Arithmetic is float32 either way: widening
+ * bf16 to float32 is exact, so both storages compute the same products.
+ *
+ * A few rows (a decode step) read every weight once and are bound by memory bandwidth. MKL's sgemm (Paddle's
+ * matmul) reads weights at about 17-20 GB/s on this kind of CPU for one row, and not much faster per row for 2-8
+ * rows; splitting W by rows among the threads instead of by columns makes each thread stream one contiguous block
+ * of memory, which measured 25-33 GB/s (the machine's read bandwidth). Each thread sums its rows into a private
+ * partial y; the partials are added at the end. bf16 weights are widened in registers as they are loaded.
+ *
+ * More rows (prefill, many decode rows) are bound by arithmetic: bf16 weights are widened a tile at a time into a
+ * small float32 buffer that stays in the core's cache, and MKL's sgemm multiplies from there (the paddle wheel's
+ * MKL; without it, a plain vectorised loop).
  */
 #include <omp.h>
 #include <stdint.h>
@@ -13,15 +21,17 @@
 
 #define MAX_ROWS 8
 
-/* x [M, K] contiguous, w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]. Meant for a few
- * rows; more are done MAX_ROWS at a time (each pass reads all of w again). */
-void janus_linear_rows(const float *x, const float *w, const float *bias, float *y, int M, int K, int N) {
-    if (M > MAX_ROWS) {
-        for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
-            janus_linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS,
-                              K, N);
-        return;
-    }
+/* One body for both storages: `bf16` is a constant at every call, so inlining removes the branch. */
+static inline __attribute__((always_inline)) v8 weight8(const void *w, int64_t i, int bf16) {
+    return bf16 ? load8_bf16((const uint16_t *)w + i) : load8((const float *)w + i);
+}
+static inline __attribute__((always_inline)) float weight1(const void *w, int64_t i, int bf16) {
+    return bf16 ? bf16_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+/* x [M, K] contiguous (M <= MAX_ROWS), w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]. */
+static inline __attribute__((always_inline)) void linear_rows(const float *x, const void *w, const float *bias,
+                                                              float *y, int M, int K, int N, int bf16) {
     const int threads = (int64_t)K * N >= 65536 ? omp_get_max_threads() : 1;
     float *partial = malloc(sizeof(float) * (size_t)threads * M * N);
     const int vector_end = N / 8 * 8;
@@ -37,9 +47,10 @@ void janus_linear_rows(const float *x, const float *w, const float *bias, float 
         for (; k + 4 <= k1; k += 4) { /* four weight rows per pass: one load and store of acc per four FMAs */
             for (int m = 0; m < M; m++)
                 for (int j = 0; j < 4; j++) xs[m * 4 + j] = x[(int64_t)m * K + k + j];
-            const float *w0 = w + (int64_t)k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+            const int64_t r0 = (int64_t)k * N, r1 = r0 + N, r2 = r1 + N, r3 = r2 + N;
             for (int c = 0; c < vector_end; c += 8) {
-                const v8 a0 = load8(w0 + c), a1 = load8(w1 + c), a2 = load8(w2 + c), a3 = load8(w3 + c);
+                const v8 a0 = weight8(w, r0 + c, bf16), a1 = weight8(w, r1 + c, bf16);
+                const v8 a2 = weight8(w, r2 + c, bf16), a3 = weight8(w, r3 + c, bf16);
                 for (int m = 0; m < M; m++) {
                     float *am = acc + (int64_t)m * N + c;
                     const float *xm = xs + m * 4;
@@ -50,15 +61,16 @@ void janus_linear_rows(const float *x, const float *w, const float *bias, float 
             for (int c = vector_end; c < N; c++)
                 for (int m = 0; m < M; m++) {
                     const float *xm = xs + m * 4;
-                    acc[(int64_t)m * N + c] += xm[0] * w0[c] + xm[1] * w1[c] + xm[2] * w2[c] + xm[3] * w3[c];
+                    acc[(int64_t)m * N + c] += xm[0] * weight1(w, r0 + c, bf16) + xm[1] * weight1(w, r1 + c, bf16) +
+                                               xm[2] * weight1(w, r2 + c, bf16) + xm[3] * weight1(w, r3 + c, bf16);
                 }
         }
         for (; k < k1; k++) {
-            const float *w0 = w + (int64_t)k * N;
+            const int64_t r0 = (int64_t)k * N;
             for (int m = 0; m < M; m++) {
                 const float xm = x[(int64_t)m * K + k];
                 float *am = acc + (int64_t)m * N;
-                for (int c = 0; c < N; c++) am[c] += xm * w0[c];
+                for (int c = 0; c < N; c++) am[c] += xm * weight1(w, r0 + c, bf16);
             }
         }
 #pragma omp barrier
@@ -72,4 +84,108 @@ void janus_linear_rows(const float *x, const float *w, const float *bias, float 
         }
     }
     free(partial);
+}
+
+/* Few-row projections: meant for up to MAX_ROWS rows; more are done MAX_ROWS at a time (each pass reads all of w
+ * again). */
+void janus_linear_rows(const float *x, const float *w, const float *bias, float *y, int M, int K, int N) {
+    for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
+        linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 0);
+}
+
+void janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+    for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
+        linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 1);
+}
+
+/* Tiles of the many-row product: TILE_M x TILE_N outputs per task, the weights widened TILE_K rows at a time into
+ * a TILE_K x TILE_N float32 buffer (128 KiB: it stays in L2 while sgemm reads it). */
+#ifndef TILE_M
+#define TILE_M 256
+#define TILE_N 128
+#define TILE_K 256
+#endif
+
+#ifdef JANUS_WITH_MKL
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
+void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc);
+int MKL_Set_Num_Threads_Local(int threads);
+#endif
+
+/* buf [depth, cols] (float32) = w [depth rows of stride N, cols columns] (bf16) */
+static void widen_tile(const uint16_t *w, int64_t N, float *buf, int depth, int cols) {
+    const int vector_end = cols / 8 * 8;
+    for (int r = 0; r < depth; r++) {
+        const uint16_t *src = w + r * N;
+        float *dst = buf + (int64_t)r * cols;
+        int c = 0;
+        for (; c < vector_end; c += 8) store8(dst + c, load8_bf16(src + c));
+        for (; c < cols; c++) dst[c] = bf16_to_float(src[c]);
+    }
+}
+
+/* c [rows, cols] (row stride ldc) += a [rows, depth] (row stride lda) b [depth, cols] (contiguous) */
+static void tile_product(const float *a, int64_t lda, const float *b, float *c, int64_t ldc, int rows, int depth,
+                         int cols) {
+#ifdef JANUS_WITH_MKL
+    cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, rows, cols, depth, 1.0f, a, (int)lda, b, cols, 1.0f, c,
+                (int)ldc);
+#else
+    for (int m = 0; m < rows; m++) {
+        const float *am = a + m * lda;
+        float *cm = c + m * ldc;
+        for (int k = 0; k < depth; k++) {
+            const float value = am[k];
+            const float *bk = b + (int64_t)k * cols;
+            for (int j = 0; j < cols; j++) cm[j] += value * bk[j];
+        }
+    }
+#endif
+}
+
+/* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N]: for many rows. */
+void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+    const int row_tiles = (M + TILE_M - 1) / TILE_M, col_tiles = (N + TILE_N - 1) / TILE_N;
+#pragma omp parallel
+    {
+#ifdef JANUS_WITH_MKL
+        const int previous = MKL_Set_Num_Threads_Local(1); /* the threads here share the cores already */
+#endif
+        float *buf = malloc(sizeof(float) * TILE_K * TILE_N);
+#pragma omp for schedule(monotonic: dynamic) collapse(2) /* libiomp5 has no nonmonotonic entry points */
+        for (int tm = 0; tm < row_tiles; tm++) {
+            for (int tn = 0; tn < col_tiles; tn++) {
+                const int m0 = tm * TILE_M, n0 = tn * TILE_N;
+                const int rows = M - m0 < TILE_M ? M - m0 : TILE_M, cols = N - n0 < TILE_N ? N - n0 : TILE_N;
+                float *c = y + (int64_t)m0 * N + n0;
+                for (int m = 0; m < rows; m++) {
+                    float *cm = c + (int64_t)m * N;
+                    if (bias)
+                        memcpy(cm, bias + n0, sizeof(float) * cols);
+                    else
+                        memset(cm, 0, sizeof(float) * cols);
+                }
+                for (int k0 = 0; k0 < K; k0 += TILE_K) {
+                    const int depth = K - k0 < TILE_K ? K - k0 : TILE_K;
+                    widen_tile(w + (int64_t)k0 * N + n0, N, buf, depth, cols);
+                    tile_product(x + (int64_t)m0 * K + k0, K, buf, c, N, rows, depth, cols);
+                }
+            }
+        }
+        free(buf);
+#ifdef JANUS_WITH_MKL
+        MKL_Set_Num_Threads_Local(previous);
+#endif
+    }
+}
+
+/* out [rows, dim] float32 = table [*, dim] bf16 at ids[rows]: an embedding lookup from bf16 storage. */
+void janus_embedding_bf16(const int64_t *ids, const uint16_t *table, float *out, int64_t rows, int dim) {
+#pragma omp parallel for schedule(static) if (rows * dim > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *src = table + ids[r] * dim;
+        float *dst = out + r * dim;
+        for (int d = 0; d < dim; d++) dst[d] = bf16_to_float(src[d]);
+    }
 }

@@ -14,6 +14,21 @@ static inline void store8(float *p, v8 x) { memcpy(p, &x, sizeof x); }
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 static inline v8 select8(v8i mask, v8 a, v8 b) { return (v8)(((v8i)a & mask) | ((v8i)b & ~mask)); }
 
+/* bfloat16 is the top half of a float32: widening is a zero-extend and a shift, exact (vpmovzxwd + vpslld). */
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+static inline v8 load8_bf16(const uint16_t *p) {
+    v8h h;
+    memcpy(&h, p, sizeof h);
+    return (v8)(__builtin_convertvector(h, v8u) << 16);
+}
+static inline float bf16_to_float(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* e^x for x <= 0: 2^n * e^r with |r| <= ln2/2, degree-6 Taylor (relative error about 1e-7, float's own
  * precision). Below -87 the result is clamped to e^-87 ~ 1.6e-38, never a denormal. */
 static inline v8 exp8(v8 x) {
