@@ -26,6 +26,7 @@ RANDOM_WEIGHTS_BANNER = (
 class ModelInfo:
     name: str
     dtype: str
+    weights: str  # how the weights are held: bfloat16 (on the CPU computed in float32) or the dtype
     device: str
     random_weights: bool
     input_image_size: int  # pixels per side the understanding encoder sees
@@ -35,8 +36,8 @@ class ModelInfo:
     context_length: int  # the model's own limit (positions)
 
     @classmethod
-    def describe(cls, cfg: JanusConfig, dtype: str, device: str, random_weights: bool) -> ModelInfo:
-        return cls(cfg.name, dtype, device, random_weights, cfg.vision.image_size, cfg.vision.num_tokens,
+    def describe(cls, cfg: JanusConfig, dtype: str, weights: str, device: str, random_weights: bool) -> ModelInfo:
+        return cls(cfg.name, dtype, weights, device, random_weights, cfg.vision.image_size, cfg.vision.num_tokens,
                    cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings)
 
 
@@ -63,7 +64,7 @@ class Runtime:
         if settings.model_dir is None:
             log.warning(RANDOM_WEIGHTS_BANNER)
         dtype = settings.compute_dtype
-        model, report = load_janus(directory, dtype)
+        model, report = load_janus(directory, dtype, keep_bf16=settings.keep_bf16_weights)
         random_weights = settings.model_dir is None or model.cfg.random_weights
         if random_weights and settings.model_dir is not None:
             log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
@@ -73,8 +74,8 @@ class Runtime:
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template)
-        info = ModelInfo.describe(model.cfg, dtype, settings.device, random_weights)
+        info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
-        log.info("model %s ready to start (%s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
-                 settings.device, report.seconds, report.source, preprocessor.template.name)
+        log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
+                 report.weights, settings.device, report.seconds, report.source, preprocessor.template.name)
         return cls(settings, engine, preprocessor, metrics, info)

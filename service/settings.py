@@ -19,7 +19,9 @@ class Settings(BaseSettings):
         None, description="Local checkpoint folder. Unset: the embedded demo checkpoint with RANDOM weights.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="Where the model runs.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype; auto = float32 on cpu, bfloat16 on gpu.")
+        "auto", description="Compute dtype; auto = bfloat16 on gpu; on cpu float32 arithmetic, with a bf16 "
+                            "checkpoint's projection and embedding weights kept bf16 (half the memory); float32 on "
+                            "cpu widens every weight.")
     chat_template: Literal["deepseek", "legacy"] | None = Field(
         None, description="Prompt roles; unset: read from the checkpoint (Janus-Pro: deepseek, Janus-1.3B: legacy).")
 
@@ -56,7 +58,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.device == "cpu" and self.dtype in ("bfloat16", "float16"):
             # Paddle's CPU build lacks half-precision kernels for most ops: fail at start, not on the first request.
-            raise ValueError(f"dtype {self.dtype} is not supported on cpu; use float32 (or auto)")
+            raise ValueError(f"dtype {self.dtype} is not supported on cpu; use auto (bf16 checkpoints keep bf16 "
+                             "weights, computed in float32) or float32")
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise ValueError(f"model_dir {self.model_dir} is not a directory")
         return self
@@ -66,6 +69,11 @@ class Settings(BaseSettings):
         if self.dtype != "auto":
             return self.dtype
         return "float32" if self.device == "cpu" else "bfloat16"
+
+    @property
+    def keep_bf16_weights(self) -> bool:
+        """CPU with dtype auto: a bf16 checkpoint's weights stay bf16 where the CPU kernels compute from them."""
+        return self.device == "cpu" and self.dtype == "auto"
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None

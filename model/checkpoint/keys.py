@@ -41,3 +41,14 @@ def transposed_names(model: nn.Layer) -> set[str]:
     if head is not None and not head.transpose_y:
         names.add("language_model.lm_head.weight")
     return names
+
+
+def bf16_storable_names(model: nn.Layer) -> set[str]:
+    """Parameters the CPU computes from bf16 storage (see `model.layer_ops`): the projections of the backbone, the
+    vision encoder, the aligners and the heads (every Linear weight, the LM head) and the token embeddings. The VQ
+    decoder, norms, biases and the small image-token embedding stay float32."""
+    names = {name for name in transposed_names(model) if not name.startswith("gen_vision_model.")}
+    embeddings = "language_model.llama.embed_tokens.weight"
+    if embeddings in dict(model.named_parameters()):
+        names.add(embeddings)
+    return names

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+from paddle.base.framework import EagerParamBase
 from paddlenlp.transformers.model_utils import no_init_weights
 
+from model import cpu_kernels
 from model.checkpoint import keys
 from model.checkpoint.errors import CheckpointError
 from model.checkpoint.native_cache import load_native, widen_bf16
@@ -28,7 +30,8 @@ class LoadReport:
     seconds: float
     source: str  # "cache", "converted", "converted (not cached)"
     parameters: int
-    dtype: str
+    dtype: str  # the compute dtype
+    weights: str = "float32"  # how the projections' weights are held: "bfloat16" (CPU, computed in float32) or dtype
 
 
 def build_lazy(cfg: JanusConfig, dtype: str = "float32") -> JanusModel:
@@ -42,9 +45,14 @@ def build_lazy(cfg: JanusConfig, dtype: str = "float32") -> JanusModel:
         paddle.set_default_dtype(previous)
 
 
-def load_janus(directory: str | Path, dtype: str = "float32",
-               cache_dir: Path | None | bool = True) -> tuple[JanusModel, LoadReport]:
-    """Load a local checkpoint directory. `cache_dir=True` uses the default cache, `False`/`None` disables it."""
+def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | None | bool = True,
+               keep_bf16: bool = False) -> tuple[JanusModel, LoadReport]:
+    """Load a local checkpoint directory. `cache_dir=True` uses the default cache, `False`/`None` disables it.
+
+    keep_bf16 (float32 on the CPU): weights that the checkpoint stores as bf16 stay bf16 where the CPU kernels
+    compute from bf16 (`keys.bf16_storable_names`: the projections and token embeddings), half the memory of
+    float32; everything else is widened. Without the kernels (switched off or unbuildable) every weight is
+    widened, as Paddle's CPU build cannot multiply bf16."""
     started = time.perf_counter()
     directory = Path(directory)
     if dtype not in SUPPORTED_DTYPES:
@@ -57,18 +65,43 @@ def load_janus(directory: str | Path, dtype: str = "float32",
     model = build_lazy(cfg, dtype)
     params = dict(model.named_parameters())
     expected = {name: list(p.shape) for name, p in params.items()}
+    keep = _bf16_storable(model) if keep_bf16 and dtype == "float32" else set()
     native, source = load_native(directory, expected, keys.transposed_names(model), cache_dir or None,
-                                 widen=dtype == "float32")
+                                 widen=dtype == "float32" and not keep)
+    kept = 0
+    sublayers = dict(model.named_sublayers()) if keep else {}
     for name, param in params.items():
         arr, code = native[name]
-        if code == "BF16" and dtype == "bfloat16":
-            param.set_value(paddle.to_tensor(arr, dtype="bfloat16"))
+        if code == "BF16" and (dtype == "bfloat16" or name in keep):
+            bf16 = paddle.to_tensor(arr, dtype="bfloat16")
+            del arr
+            if dtype == "bfloat16":
+                param.set_value(bf16)
+            else:  # a bf16 parameter in place of the float32 one the float32 network was built with
+                _replace_parameter(sublayers, name, bf16)
+                kept += 1
             continue
         weights = widen_bf16(arr) if code == "BF16" else arr.astype(np.float32, copy=False)
         param.set_value(weights if dtype == "float32" else paddle.to_tensor(weights).astype(dtype))
     model.eval()
     report = LoadReport(time.perf_counter() - started, source, sum(int(np.prod(s)) for s in expected.values()),
-                        dtype)
-    log.info("loaded %s (%d parameters, %s) in %.2f s from %s", directory, report.parameters, dtype,
-             report.seconds, source)
+                        dtype, "bfloat16" if kept else dtype)
+    log.info("loaded %s (%d parameters, %s, weights %s) in %.2f s from %s", directory, report.parameters, dtype,
+             report.weights, report.seconds, source)
     return model, report
+
+
+def _bf16_storable(model: JanusModel) -> set[str]:
+    """The names that may stay bf16, or none when the CPU kernels are not there to compute from them."""
+    if cpu_kernels.library() is None:
+        log.warning("bf16 weights are widened to float32: the CPU kernels that compute from bf16 are unavailable")
+        return set()
+    return keys.bf16_storable_names(model)
+
+
+def _replace_parameter(sublayers: dict[str, paddle.nn.Layer], name: str, value: paddle.Tensor) -> None:
+    owner_name, _, attribute = name.rpartition(".")
+    owner = sublayers[owner_name]
+    parameter = EagerParamBase.from_tensor(value)  # shares value's memory
+    parameter.stop_gradient = True
+    setattr(owner, attribute, parameter)

@@ -3,8 +3,13 @@
 Reading a 4 GB torch pickle and transposing every Linear weight takes far longer than memory-mapping a file that
 already holds the Paddle names and layouts. The first start converts (validating every key and shape) and writes
 `weights.safetensors` into a folder keyed by the checkpoint files' names, sizes and modification times; later
-starts read it tensor by tensor. For a float32 network bf16 weights are widened once, at conversion (exact), so
-later starts only copy; for a bf16/fp16 network they stay bf16. Either way the cache is lossless.
+starts read it tensor by tensor. For a network that holds float32 weights, bf16 weights are widened once, at
+conversion (exact), so later starts only copy; for one that keeps bf16 (on the GPU, or the CPU's bf16 weights)
+they stay bf16, half the size. Either way the cache is lossless.
+
+Conversion streams: each tensor is read, checked, laid out and appended to the cache file before the next is
+read, so the first start holds no more than one weight file's tensors in memory (the torch reader loads a whole
+`.bin` shard; safetensors are read tensor by tensor), and the network is then filled from the cache.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +61,13 @@ def widen_bf16(bits: np.ndarray) -> np.ndarray:
 
 def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool = False) -> Native:
     """Read every weight file, keep what the network uses, in its layout; fail on anything that does not fit."""
-    native: Native = {}
+    return {name: (arr, code) for name, arr, code in iter_converted(files, expected, transposed, widen)}
+
+
+def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed: set[str],
+                   widen: bool = False) -> Iterator[tuple[str, np.ndarray, str]]:
+    """(paddle name, array in paddle layout, dtype code) for every weight the network uses, one at a time; fails
+    (after the last file) when any is missing."""
     origin: dict[str, Path] = {}
     for path in files:
         for key, arr, is_bf16 in sources.iter_tensors(path):
@@ -65,7 +77,7 @@ def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[s
             if name not in expected:
                 raise CheckpointError(f"{path.name}: unexpected key {key!r} (shape {list(arr.shape)}): "
                                       "the network has no such parameter")
-            if name in native:
+            if name in origin:
                 raise CheckpointError(f"key {key!r} appears twice: in {origin[name].name} and {path.name}")
             if name in transposed and arr.ndim == 2:
                 arr = arr.T
@@ -73,17 +85,17 @@ def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[s
                 found = list(arr.shape[::-1]) if name in transposed else list(arr.shape)
                 want = expected[name][::-1] if name in transposed else expected[name]
                 raise CheckpointError(f"{path.name}: key {key!r} has shape {found}, expected {want}")
-            if is_bf16 and widen:
-                native[name] = (widen_bf16(np.ascontiguousarray(arr)), "F32")
-            else:
-                native[name] = (np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr))
             origin[name] = path
-    missing = sorted(set(expected) - set(native))
+            if is_bf16 and widen:
+                yield name, widen_bf16(np.ascontiguousarray(arr)), "F32"
+            else:
+                yield name, np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr)
+            del arr
+    missing = sorted(set(expected) - set(origin))
     if missing:
         shown = ", ".join(repr(keys.to_checkpoint_name(m)) for m in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"missing key(s) {shown}{more} in {', '.join(f.name for f in files)}")
-    return native
 
 
 def load_native(directory: Path, expected: dict[str, list[int]], transposed: set[str], cache_dir: Path | None,
@@ -103,23 +115,31 @@ def load_native(directory: Path, expected: dict[str, list[int]], transposed: set
             log.warning("converted-weights cache %s does not match the network; converting again", target)
         except CheckpointError as err:
             log.warning("ignoring unreadable converted-weights cache: %s", err)
-    native = convert(files, expected, transposed, widen)
     if target is None:
-        return native, "converted (not cached)"
+        return convert(files, expected, transposed, widen), "converted (not cached)"
     try:
-        _write_atomically(target, native, directory)
+        _convert_into(target, files, expected, transposed, widen, directory)
     except OSError as err:
         log.warning("could not cache converted weights in %s: %s", target.parent, err)
-        return native, "converted (not cached)"
-    return native, "converted"
+        return convert(files, expected, transposed, widen), "converted (not cached)"
+    return CachedWeights(target), "converted"
 
 
-def _write_atomically(target: Path, native: Native, source: Path) -> None:
+def _convert_into(target: Path, files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool,
+                  source: Path) -> None:
+    """Stream the conversion into the cache file, written under a temporary name and renamed when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     os.close(fd)
     try:
-        safetensors_io.save(Path(tmp), native, metadata={"source": str(source.resolve())})
+        writer = safetensors_io.StreamingWriter(Path(tmp), sorted(expected), {"source": str(source.resolve())})
+        try:
+            for name, arr, code in iter_converted(files, expected, transposed, widen):
+                writer.add(name, arr, code)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

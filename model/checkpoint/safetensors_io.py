@@ -72,8 +72,12 @@ class SafetensorsFile:
         for name, info in self.header.items():
             if info.get("dtype") not in _NUMPY_OF:
                 raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-            if self._data_start + info["data_offsets"][1] > size:
+            begin, end = info["data_offsets"]
+            if self._data_start + end > size:
                 raise CheckpointError(f"{path}: tensor {name!r} lies past the end of the file (truncated?)")
+            count = int(np.prod(info["shape"], dtype=np.int64))
+            if end - begin != count * np.dtype(_NUMPY_OF[info["dtype"]]).itemsize:
+                raise CheckpointError(f"{path}: tensor {name!r} byte size does not match its shape {info['shape']}")
 
     def shapes(self) -> dict[str, list[int]]:
         return {name: list(info["shape"]) for name, info in self.header.items()}
@@ -111,3 +115,44 @@ def save(path: Path, tensors: dict[str, tuple[np.ndarray, str]], metadata: dict[
 
 def dtype_code(arr: np.ndarray) -> str:
     return _CODE_OF[arr.dtype]
+
+
+class StreamingWriter:
+    """Writes a safetensors file one tensor at a time, so that no more than one tensor need be in memory.
+
+    The header's place is reserved up front (sized for the names to come) and filled in, padded with spaces, when
+    the file is closed."""
+
+    def __init__(self, path: Path, names: list[str], metadata: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.metadata = metadata or {}
+        # an entry is '"name":{"dtype":"BF16","shape":[...],"data_offsets":[a,b]},': generous room for the numbers
+        room = sum(len(json.dumps(n)) + 160 for n in names) + len(json.dumps(self.metadata)) + 64
+        self._header_room = room + (-room % 8)
+        self._header: dict[str, object] = {}
+        self._offset = 0
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._file.seek(8 + self._header_room)
+
+    def add(self, name: str, arr: np.ndarray, code: str) -> None:
+        """Append one tensor; pass code "BF16" with uint16 bits for bfloat16."""
+        data = np.ascontiguousarray(arr)
+        self._header[name] = {"dtype": code, "shape": list(arr.shape),
+                              "data_offsets": [self._offset, self._offset + data.nbytes]}
+        data.tofile(self._file)
+        self._offset += data.nbytes
+
+    def close(self) -> None:
+        header = dict(self._header)
+        if self.metadata:
+            header["__metadata__"] = self.metadata
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        if len(blob) > self._header_room:
+            raise ValueError(f"safetensors header of {len(blob)} bytes exceeds the {self._header_room} reserved")
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", self._header_room))
+        self._file.write(blob + b" " * (self._header_room - len(blob)))
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()

@@ -39,7 +39,10 @@ def weight_files(directory: Path) -> list[Path]:
 def iter_tensors(path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
     """(key, array, is_bf16) for every tensor in one weight file. bf16 arrives as uint16 bits."""
     if path.suffix == ".safetensors":
-        for key, (arr, code) in safetensors_io.load(path).items():
+        # one tensor read at a time (no memory map: touched pages of a mapping count as resident memory)
+        weights = safetensors_io.SafetensorsFile(path)
+        for key in weights.shapes():
+            arr, code = weights.read(key)
             yield key, arr, code == "BF16"
         return
     yield from _iter_torch_pickle(path)
@@ -55,7 +58,8 @@ def _iter_torch_pickle(path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
         raise CheckpointError(f"{path}: cannot read torch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    for key, value in state.items():
-        arr = np.asarray(value)
+    # The reader holds the whole file; each tensor is dropped once handed on, so memory shrinks as conversion goes.
+    for key in list(state):
+        arr = np.asarray(state.pop(key))
         # numpy has no bfloat16: the reader hands bf16 storage back as uint16.
         yield key, arr, arr.dtype == np.uint16

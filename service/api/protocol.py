@@ -226,7 +226,9 @@ class Limits(BaseModel):
 
 class InfoResponse(BaseModel):
     model: str
-    dtype: str
+    dtype: str = Field(description="The arithmetic's dtype.")
+    weights: str = Field(description="How the weights are held: bfloat16 (on the cpu, a bf16 checkpoint with dtype "
+                                     "auto: computed in float32 from bf16, half the memory) or the dtype.")
     device: str
     random_weights: bool
     context_length: int = Field(description="The model's own position limit.")

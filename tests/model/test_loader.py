@@ -216,3 +216,42 @@ def test_gpu_dtypes_load_as_that_dtype(tmp_path, dtype):
         np.testing.assert_array_equal(widened, exact)
     else:
         np.testing.assert_allclose(widened, exact, rtol=1e-3, atol=1e-6)
+
+
+def _stored_dtypes(cache: Path) -> tuple[set[str], int]:
+    (cached,) = cache.rglob("weights.safetensors")
+    header, _ = safetensors_io.read_header(cached)
+    return {info["dtype"] for info in header.values()}, cached.stat().st_size
+
+
+def test_converted_cache_of_a_bf16_checkpoint_keeps_bf16_at_half_the_float32_size(tmp_path):
+    directory = build_tiny_checkpoint(tmp_path / "ckpt", dtype="bfloat16")
+    kept, first = load_janus(directory, cache_dir=tmp_path / "kept", keep_bf16=True)
+    again, second = load_janus(directory, cache_dir=tmp_path / "kept", keep_bf16=True)
+    widened, _ = load_janus(directory, cache_dir=tmp_path / "widened")
+    assert (first.source, second.source) == ("converted", "cache")
+    assert first.weights == second.weights == "bfloat16"
+    kept_dtypes, kept_size = _stored_dtypes(tmp_path / "kept")
+    widened_dtypes, widened_size = _stored_dtypes(tmp_path / "widened")
+    assert (kept_dtypes, widened_dtypes) == ({"BF16"}, {"F32"})
+    assert 0.45 < kept_size / widened_size < 0.55
+    storable = keys.bf16_storable_names(again)
+    exact = _weights(widened)
+    for name, param in again.named_parameters():  # from the cache: bf16 where computed from bf16, values exact
+        assert str(param.dtype) == ("paddle.bfloat16" if name in storable else "paddle.float32"), name
+        np.testing.assert_array_equal(param.astype("float32").numpy(), exact[name], err_msg=name)
+
+
+def test_float32_checkpoint_stays_float32_when_bf16_weights_are_allowed(tmp_path, fresh_dir):
+    model, report = load_janus(fresh_dir, cache_dir=tmp_path / "cache", keep_bf16=True)
+    assert report.weights == "float32"
+    assert {str(p.dtype) for p in model.parameters()} == {"paddle.float32"}
+    assert _stored_dtypes(tmp_path / "cache")[0] == {"F32"}
+    _assert_same(model, _expected_weights(model))
+
+
+def test_failed_conversion_leaves_no_cache_file_behind(tmp_path, fresh_dir):
+    _rewrite(fresh_dir, lambda t: t.pop("gen_head.vision_head.bias"))
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_janus(fresh_dir, cache_dir=tmp_path / "cache")
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []

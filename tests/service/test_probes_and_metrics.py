@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.helpers import b64, image_bytes
+from tests.service.helpers import b64, image_bytes, start_server, test_settings
 
 
 def test_health_and_ready_answer_200_on_a_warm_server(client):
@@ -18,7 +18,7 @@ def test_info_names_the_model_and_its_limits(client, server, tiny_model):
     info = client.get("/info").json()
     cfg = tiny_model.cfg
     assert info["model"] == cfg.name and info["random_weights"] is True
-    assert (info["dtype"], info["device"]) == ("float32", "cpu")
+    assert (info["dtype"], info["weights"], info["device"]) == ("float32", "float32", "cpu")
     assert info["understanding"] == {"image_size": cfg.vision.image_size, "image_tokens": cfg.vision.num_tokens}
     assert info["generation"] == {"image_size": cfg.gen_vision.image_size, "image_tokens": cfg.gen_vision.num_tokens}
     assert info["limits"]["max_rows"] == server.runtime.settings.max_rows
@@ -73,3 +73,21 @@ def test_generated_token_counter_counts_every_image_token_once(client, tiny_mode
     before = image_tokens()
     assert client.post("/generate", json={"prompt": "a fox", "seed": 3, "parallel_size": 2}).status_code == 200
     assert image_tokens() - before == 2 * tiny_model.cfg.gen_vision.num_tokens
+
+
+def test_info_says_bf16_weights_are_kept_on_cpu_with_dtype_auto(tmp_path):
+    from model.tiny_checkpoint import build_tiny_checkpoint
+
+    directory = build_tiny_checkpoint(tmp_path / "bf16", dtype="bfloat16")
+    answers = {}
+    for dtype in ("auto", "float32"):
+        live = start_server(test_settings(directory, dtype=dtype))
+        try:
+            with live.client() as http:
+                info = http.get("/info").json()
+                answers[dtype] = http.post("/understand", json={"question": "What?", "images": [b64(image_bytes())],
+                                                               "max_new_tokens": 6, "temperature": 0}).json()["text"]
+        finally:
+            live.stop()
+        assert (info["dtype"], info["weights"]) == ("float32", "bfloat16" if dtype == "auto" else "float32")
+    assert answers["auto"] == answers["float32"]

@@ -61,6 +61,14 @@ def test_half_precision_is_allowed_on_gpu_and_auto_picks_bfloat16_there():
     assert Settings(device="gpu", dtype="float16").compute_dtype == "float16"
 
 
+def test_auto_on_cpu_computes_in_float32_keeping_bf16_weights_and_float32_widens_them():
+    assert (Settings().compute_dtype, Settings().keep_bf16_weights) == ("float32", True)
+    assert (Settings(dtype="float32").compute_dtype, Settings(dtype="float32").keep_bf16_weights) == ("float32", False)
+    assert Settings(device="gpu").keep_bf16_weights is False
+    with pytest.raises(ValueError, match="use auto .bf16 checkpoints keep bf16 weights, computed in float32"):
+        Settings(dtype="bfloat16")
+
+
 def test_a_folder_without_a_checkpoint_exits_1_with_the_reason(tmp_path, caplog):
     with caplog.at_level(logging.CRITICAL, logger="service"):
         assert main(["--model-dir", str(tmp_path), "--port", "0"]) == 1

@@ -12,7 +12,8 @@ from service.api.protocol import MAX_IMAGES, MAX_PARALLEL_SIZE, ImageSpec, InfoR
 router = APIRouter(tags=["operations"], dependencies=[Authenticated])
 
 EXAMPLE = {
-    "model": "Janus-Pro-1B", "dtype": "bfloat16", "device": "gpu", "random_weights": False, "context_length": 16384,
+    "model": "Janus-Pro-1B", "dtype": "float32", "weights": "bfloat16", "device": "cpu", "random_weights": False,
+    "context_length": 16384,
     "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
     "limits": {"max_rows": 32, "max_seq_len": 1024, "max_waiting": 64, "request_timeout_s": 600.0,
                "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
@@ -24,15 +25,15 @@ EXAMPLE = {
     "/info",
     operation_id="get_model_info",
     summary="Model and limits",
-    description="The served model (name, dtype, device), whether its weights are random (the demo checkpoint), "
-                "the image sizes in and out, and the server's limits.",
+    description="The served model (name, dtype, how its weights are held, device), whether its weights are random "
+                "(the demo checkpoint), the image sizes in and out, and the server's limits.",
     response_model=InfoResponse,
     responses={200: {"content": {"application/json": {"example": EXAMPLE}}}, **docs.error_responses(401)},
 )
 async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
     info, settings = runtime.info, runtime.settings
     return InfoResponse(
-        model=info.name, dtype=info.dtype, device=info.device, random_weights=info.random_weights,
+        model=info.name, dtype=info.dtype, weights=info.weights, device=info.device, random_weights=info.random_weights,
         context_length=info.context_length,
         understanding=ImageSpec(image_size=info.input_image_size, image_tokens=info.input_image_tokens),
         generation=ImageSpec(image_size=info.output_image_size, image_tokens=info.output_image_tokens),
