@@ -32,14 +32,27 @@ from model.special_tokens import IMAGE_TOKEN
 from model.token_bytes import token_bytes
 from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
 from service.conversation import Conversation, Turn
+from service.engine.capacity import CONTEXT_SETTING, ROWS_SETTING, Capacity, Shortfall
 from service.engine.types import GenerateParams, UnderstandParams
 from service.stop_texts import StopTexts
 
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_IMAGES = 8  # per understanding request whatever the context: each image is a full vision-encoder pass
+# What an understanding request must leave room for to count as servable (`max_images`): a short answer.
+MIN_ANSWER_TOKENS = 16
 
 
 class InputError(ValueError):
     """The request's content cannot be turned into a model input (the client's mistake)."""
+
+
+class DoesNotFit(InputError):
+    """The request is larger than this server's settings allow; the message names the setting to raise."""
+
+    def __init__(self, message: str, shortfall: Shortfall, param: str | None = None) -> None:
+        super().__init__(f"{message}, or {shortfall.advice}")
+        self.shortfall = shortfall
+        self.param = param  # the request field to change, in the client's own terms
 
 
 def check_image_tags(question: str, num_images: int, history: Sequence[tuple[str, str]] = ()) -> None:
@@ -75,6 +88,7 @@ class AnswerOptions:
     n: int = 1  # answers drawn from the one prompt
     stop: tuple[str, ...] = ()  # an answer ends before the first of these texts
     logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest log-probabilities
+    length_field: str = "max_new_tokens"  # what the client's API calls max_new_tokens (for refusals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +98,40 @@ class Preprocessor:
     template: ChatTemplate
     vision_tokens: int  # placeholder positions per input image
     gen_tokens: int  # image tokens per generated image
-    max_seq_len: int  # the engine's per-row context
+    capacity: Capacity  # what fits the engine's KV memory
 
     @classmethod
     def from_dir(cls, directory: str | Path, cfg: JanusConfig, max_seq_len: int,
-                 template: str | None = None) -> Preprocessor:
+                 template: str | None = None, max_rows: int | None = None) -> Preprocessor:
         chat = get_template(template) if template else template_for_checkpoint(directory)
         return cls(JanusTokenizer.from_dir(directory), ImageProcessor.from_dir(directory), chat,
-                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens, max_seq_len)
+                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens, Capacity(max_seq_len, max_rows))
+
+    def max_images(self) -> int:
+        """Images one question can carry here, at most MAX_IMAGES: with the default system prompt, a short
+        question and room for a short answer. What `GET /info` promises."""
+        for count in range(MAX_IMAGES, 0, -1):
+            tags = IMAGE_TOKEN * count if count > 1 else ""
+            ids = self._prompt_ids(question_conversation(f"{tags}What do these show?", count))
+            if self.capacity.shortfall(len(ids), MIN_ANSWER_TOKENS) is None:
+                return count
+        return 0
+
+    def max_parallel_size(self, limit: int) -> int:
+        """Images one guided generation request (two rows each) with a short prompt can ask for here, at most
+        `limit`. What `GET /info` promises."""
+        prompt = len(self.tokenizer.encode_prompt(generation_prompt("a red fox in the snow", self.template)))
+        for count in range(limit, 0, -1):
+            if self.capacity.shortfall(prompt, self.gen_tokens, rows=2 * count) is None:
+                return count
+        return 0
+
+    def _prompt_ids(self, conversation: Conversation) -> list[int]:
+        system = DEFAULT_SYSTEM_PROMPT if conversation.system_prompt is None else conversation.system_prompt
+        prompt = conversation_prompt([(turn.role, turn.content) for turn in conversation.turns], self.template,
+                                     system)
+        tok = self.tokenizer
+        return expand_image_ids(tok.encode_prompt(prompt), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
 
     def understand(self, question: str, images: Sequence[Image.Image], *, system_prompt: str | None,
                    max_new_tokens: int | None, temperature: float, top_p: float, seed: int,
@@ -106,36 +146,59 @@ class Preprocessor:
         if conversation.num_images != len(images):
             raise InputError(f"the conversation places {conversation.num_images} image(s) but {len(images)} "
                              "were given")
-        system = DEFAULT_SYSTEM_PROMPT if conversation.system_prompt is None else conversation.system_prompt
-        prompt = conversation_prompt([(turn.role, turn.content) for turn in conversation.turns], self.template,
-                                     system)
-        tok = self.tokenizer
-        ids = expand_image_ids(tok.encode_prompt(prompt), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
-        max_new_tokens = options.max_new_tokens
-        if max_new_tokens is None:
-            # Unasked, answer as long as the context allows (up to the default); an explicit value that does not
-            # fit is the engine's to refuse.
-            max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, self.max_seq_len - len(ids))
-            if max_new_tokens < 1:
-                raise InputError(f"the prompt is {len(ids)} tokens (images included); the context is "
-                                 f"{self.max_seq_len}: shorten the conversation or send fewer images")
+        ids = self._prompt_ids(conversation)
+        # Unasked, answer as long as the context allows (up to the default), and at least one token.
+        max_new_tokens = options.max_new_tokens or max(min(DEFAULT_MAX_NEW_TOKENS, self.capacity.room(len(ids))), 1)
+        self._check_answer_fits(len(ids), len(images), max_new_tokens, options)
         pixels = None
         if images:
             try:
                 pixels = self.images(images)
             except ValueError as err:  # an image PIL decoded but that cannot become RGB pixels
                 raise InputError(f"cannot use the image: {err}") from None
+        tok = self.tokenizer
         stop_watch = partial(StopTexts, tok, options.stop) if options.stop else None
         return UnderstandParams(prompt_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
                                 image_id=tok.image_id, temperature=options.temperature, top_p=options.top_p,
                                 seed=options.seed, stop_ids=(tok.eos_id,), timeout_s=timeout_s, n=options.n,
                                 stop_watch=stop_watch, logprobs=options.logprobs)
 
+    def _check_answer_fits(self, prompt_tokens: int, num_images: int, max_new_tokens: int,
+                           options: AnswerOptions) -> None:
+        short = self.capacity.shortfall(prompt_tokens, max_new_tokens, rows=options.n)
+        if short is None:
+            return
+        if short.setting == ROWS_SETTING:
+            raise DoesNotFit(f"n {options.n} needs {options.n} rows (one per answer) but the server runs at most "
+                             f"{short.limit}: lower n", short, "n")
+        assert short.setting == CONTEXT_SETTING
+        images = f" ({num_images} image(s) of {self.vision_tokens + 2} positions each)" if num_images else ""
+        shorten = "send fewer images or a shorter conversation" if num_images else "shorten the conversation"
+        room = self.capacity.room(prompt_tokens)
+        if options.max_new_tokens is None or room < 1:
+            raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and the server's context is "
+                             f"{short.limit} tokens, which leaves no room for an answer: {shorten}", short)
+        raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and {options.length_field} {max_new_tokens} "
+                         f"would take it to {short.needed}, but the server's context is {short.limit} tokens: lower "
+                         f"{options.length_field} to at most {room}, {shorten}", short, options.length_field)
+
     def generate(self, prompt: str, *, parallel_size: int, cfg_weight: float, temperature: float, seed: int,
-                 timeout_s: float | None) -> GenerateParams:
+                 timeout_s: float | None, count_field: str = "parallel_size") -> GenerateParams:
+        """`count_field`: what the client's API calls parallel_size (for refusals)."""
         if not prompt.strip():
             raise InputError("the prompt is empty")
         ids = self.tokenizer.encode_prompt(generation_prompt(prompt, self.template))
+        guided = cfg_weight != 1.0
+        rows = parallel_size * (2 if guided else 1)
+        short = self.capacity.shortfall(len(ids), self.gen_tokens, rows=rows)
+        if short is not None and short.setting == CONTEXT_SETTING:
+            raise DoesNotFit(f"the prompt is {len(ids)} tokens and an image {self.gen_tokens} more, but the server's "
+                             f"context is {short.limit} tokens: shorten the prompt", short, "prompt")
+        if short is not None:
+            per_image = "two per image with guidance" if guided else "one per image"
+            cure = f"lower {count_field} (or set cfg_weight 1: one row per image)" if guided else f"lower {count_field}"
+            raise DoesNotFit(f"{count_field} {parallel_size} needs {rows} rows ({per_image}) but the server runs at "
+                             f"most {short.limit}: {cure}", short, count_field)
         return GenerateParams(prompt_ids=ids, pad_id=self.tokenizer.pad_id, image_tokens=self.gen_tokens,
                               parallel_size=parallel_size, cfg_weight=cfg_weight, temperature=temperature,
                               seed=seed, timeout_s=timeout_s)

@@ -73,7 +73,8 @@ class Runtime:
                               progress_every=settings.progress_every, decode_threads=settings.decode_threads)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
-        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template)
+        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template,
+                                             max_rows=settings.max_rows)
         info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
         log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,

@@ -28,10 +28,11 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
                                "(width x height, JANUS_MAX_IMAGE_PIXELS)"),
     415: ("The body's content type is not one this route reads.",
           "unsupported_media_type", "expected an application/json body, got text/plain"),
-    422: ("A field is missing or out of range, or the request cannot fit the model (prompt too long for the "
-          "context, more rows than the server has).",
+    422: ("A field is missing or out of range, or the request cannot fit the server (prompt and images too long "
+          "for its context, more rows than it has: the message names the setting to raise).",
           "validation_error", "body.max_new_tokens: Input should be less than or equal to 4096"),
-    429: ("Every row is busy and the waiting queue is full. Retry after `Retry-After` seconds.",
+    429: ("Every row is busy and the waiting queue is full, or the wait for free rows would outlast the request's "
+          "timeout. Retry after `Retry-After` seconds (an estimate for this kind of request, at most 60).",
           "overloaded", "the server is at capacity (32 rows running, 64 requests waiting); retry later"),
     500: ("The model failed on this request (other requests are unaffected).",
           "model_error", "prefill failed: ..."),
@@ -82,9 +83,13 @@ GENERATE_EXAMPLE = {
 
 
 def json_body(model: type[BaseModel], examples: dict[str, Any]) -> dict[str, Any]:
+    """`examples`: name -> value, or name -> (summary, value)."""
+    def example(value: Any) -> dict[str, Any]:
+        return {"summary": value[0], "value": value[1]} if isinstance(value, tuple) else {"value": value}
+
     return {"required": True, "content": {"application/json": {
         "schema": {"$ref": REF.format(model=model.__name__)},
-        "examples": {name: {"value": value} for name, value in examples.items()}}}}
+        "examples": {name: example(value) for name, value in examples.items()}}}}
 
 
 def understand_body() -> dict[str, Any]:
@@ -92,8 +97,9 @@ def understand_body() -> dict[str, Any]:
     writes code that does not import), so the multipart form is documented on its own path."""
     return {"requestBody": json_body(UnderstandRequest, {
         "one image": {"question": "What is shown in this picture?", "images": ["<base64>"]},
-        "two images": {"question": "<image_placeholder> <image_placeholder> Which of the two is brighter?",
-                       "images": ["<base64>", "<base64>"], "max_new_tokens": 64, "stream": True},
+        "two images": ("Two images: needs a larger context, e.g. JANUS_MAX_SEQ_LEN=1536 (1024 holds one image)",
+                       {"question": "<image_placeholder> <image_placeholder> Which of the two is brighter?",
+                        "images": ["<base64>", "<base64>"], "max_new_tokens": 64, "stream": True}),
     })}
 
 

@@ -19,11 +19,15 @@ class Submitted:
     params: GenerateParams  # what the engine runs: the seed actually used, the prompt's token count
 
 
-async def submit_generation(runtime: Runtime, body: GenerateRequest, previews: int = 0) -> Submitted:
-    """Pick a seed when the request has none, tokenize off the event loop, and queue the request.
+async def submit_generation(runtime: Runtime, body: GenerateRequest, previews: int = 0,
+                            count_field: str = "parallel_size") -> Submitted:
+    """Pick a seed when the request has none, tokenize off the event loop, check that the request fits the server
+    (a 422 naming the setting to raise when not), and queue the request.
 
-    `previews`: partial images to decode while drawing (streamed requests only)."""
+    `previews`: partial images to decode while drawing (streamed requests only). `count_field`: what the client's
+    API calls parallel_size, for the refusal."""
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s)
+    params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s,
+                                     count_field)
     params.previews = previews if body.stream else 0
     return Submitted(runtime.engine.submit(params, stream=body.stream), params)

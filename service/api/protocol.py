@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from model.special_tokens import IMAGE_TOKEN
 from service.engine.types import GenerateParams, Timings, UnderstandParams
-from service.processing import Preprocessor, check_image_tags
+from service.processing import MAX_IMAGES, Preprocessor, check_image_tags
 
 MAX_SEED = 2**32 - 1
-MAX_IMAGES = 8
 MAX_HISTORY = 64
 MAX_PARALLEL_SIZE = 16
 DEFAULT_JPEG_QUALITY = 90
@@ -83,7 +82,11 @@ class UnderstandRequest(UnderstandOptions):
     images: list[str] = Field([], max_length=MAX_IMAGES, examples=[["iVBORw0KGgoAAAANSUhEUgAA..."]],
                               description="Base64 images (JPEG, PNG, WebP, GIF, BMP, TIFF) or "
                                           "`data:image/...;base64,` URLs, in the order their tags stand. The "
-                                          "server never fetches URLs. None: a text-only conversation.")
+                                          "server never fetches URLs. None: a text-only conversation. "
+                                          f"At most {MAX_IMAGES}, and only as many as fit the server's context: "
+                                          "each image takes 578 positions (Janus-Pro), so the default "
+                                          "JANUS_MAX_SEQ_LEN of 1024 holds one; GET /info says how many "
+                                          "(`limits.max_images`).")
     history: list[HistoryTurn] = Field([], max_length=MAX_HISTORY,
                                        description="Earlier turns of the conversation, oldest first (JSON only).")
 
@@ -127,9 +130,11 @@ class GenerateRequest(_Request):
             raise ValueError("jpeg_quality applies only to format jpeg")
         return self
 
-    def to_params(self, prep: Preprocessor, seed: int, timeout_s: float | None) -> GenerateParams:
+    def to_params(self, prep: Preprocessor, seed: int, timeout_s: float | None,
+                  count_field: str = "parallel_size") -> GenerateParams:
+        """`count_field`: what the client's API calls parallel_size (`n` on /v1/images/generations)."""
         return prep.generate(self.prompt, parallel_size=self.parallel_size, cfg_weight=self.cfg_weight,
-                             temperature=self.temperature, seed=seed, timeout_s=timeout_s)
+                             temperature=self.temperature, seed=seed, timeout_s=timeout_s, count_field=count_field)
 
 
 # responses
@@ -214,14 +219,16 @@ class ImageSpec(BaseModel):
 
 class Limits(BaseModel):
     max_rows: int
-    max_seq_len: int
+    max_seq_len: int = Field(description="Tokens per row: prompt (images included) + answer or image tokens.")
     max_waiting: int
     request_timeout_s: float
     max_body_bytes: int
     max_image_bytes: int
     max_image_pixels: int
-    max_images: int
-    max_parallel_size: int
+    max_images: int = Field(description="Images one understanding request can carry here: as many as fit "
+                                        "max_seq_len with the default system prompt, a short question and answer.")
+    max_parallel_size: int = Field(description="Images one generation request can ask for here with guidance "
+                                               "(two rows each; twice as many with cfg_weight 1, up to 16).")
 
 
 class InfoResponse(BaseModel):

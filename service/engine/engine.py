@@ -24,6 +24,7 @@ import paddle
 
 from model.janus import JanusModel
 from model.sampling import choose, distribution, draw, guided_logits, log_probs
+from service.engine.capacity import ROWS_SETTING, Capacity
 from service.engine.cpu_threads import set_thread_budget, thread_budget
 from service.engine.errors import (
     EngineError,
@@ -85,6 +86,7 @@ class Engine:
         self.config = config
         self.observer = observer or NullObserver()
         self.scheduler = Scheduler(config.max_rows, config.max_waiting)
+        self.capacity = Capacity(config.max_seq_len, config.max_rows)
         self.runner: Runner | None = None
         self.images: ImageDecoder | None = None  # made in the worker thread, with the runner
         self.decode_threads = 0  # the image decoder's thread budget, once it is made
@@ -161,14 +163,15 @@ class Engine:
         return {**self.scheduler.counts(), "decoding": self.images.pending() if self.images is not None else 0}
 
     def _validate(self, params: Params) -> None:
-        if params.rows > self.config.max_rows:
-            knob = "parallel_size" if params.kind is Kind.GENERATE else "n"
-            raise InvalidRequest(f"the request needs {params.rows} rows but the server runs at most "
-                                 f"{self.config.max_rows}; lower {knob}")
-        if params.max_len > self.config.max_seq_len:
-            what = ("prompt and image tokens" if params.kind is Kind.GENERATE else "prompt and max_new_tokens")
-            raise InvalidRequest(f"{what} need {params.max_len} tokens but the context is {self.config.max_seq_len} "
-                                 f"(the prompt alone is {len(params.prompt_ids)} tokens)")
+        """The preprocessor refuses what does not fit in the client's terms; this guards the engine itself."""
+        prompt = len(params.prompt_ids)
+        short = self.capacity.shortfall(prompt, params.max_len - prompt, params.rows)
+        if short is not None and short.setting == ROWS_SETTING:
+            raise InvalidRequest(f"the request needs {short.needed} rows but the server runs at most {short.limit}: "
+                                 f"{short.advice}")
+        if short is not None:
+            raise InvalidRequest(f"the request needs {short.needed} tokens per row (the prompt alone is {prompt}) but "
+                                 f"the server's context is {short.limit}: {short.advice}")
 
     # worker thread
 

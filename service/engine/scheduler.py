@@ -4,6 +4,9 @@ Running rows always occupy slots 0..used-1 (the runner decodes them through zero
 leaves, the rows in the highest slots move down into its holes; the scheduler records those moves and the runner
 copies the caches before the next step. Pure Python: it never touches a tensor. Thread-safe where the asyncio side
 calls it (`add`, `counts`).
+
+Admission refuses at once (Overloaded, with a Retry-After estimate) a request that would find the waiting queue full,
+or that would wait for free rows longer than its own timeout: it could only time out.
 """
 
 from __future__ import annotations
@@ -11,13 +14,21 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from service.engine.errors import Overloaded
 from service.engine.request import RequestState, Status
+from service.engine.types import Kind
+from service.engine.wait_estimate import HoldTimes, Running, admission_times, remaining_s
+
+# Retry-After bounds: at least a second, and no longer than a client will wait before retrying (a longer wait is
+# better found out by asking again than by sleeping on an estimate that the next minutes will change).
+MIN_RETRY_AFTER_S = 1.0
+MAX_RETRY_AFTER_S = 60.0
 
 
 class Scheduler:
-    def __init__(self, max_rows: int, max_waiting: int) -> None:
+    def __init__(self, max_rows: int, max_waiting: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_rows = max_rows
         self.max_waiting = max_waiting
         self._lock = threading.Lock()
@@ -26,16 +37,41 @@ class Scheduler:
         self._owner: list[RequestState | None] = [None] * max_rows  # slot -> request using it
         self.used = 0  # slots 0..used-1 hold running rows
         self.moves: list[tuple[int, int]] = []  # (from, to) cache copies owed before the next decode
-        self.avg_request_s = 5.0  # smoothed service time, for Retry-After
+        self.hold = HoldTimes()  # learned row-holding time per kind, for the wait estimates
+        self._clock = clock
+        self._admitted_at: dict[RequestState, float] = {}
 
     def add(self, request: RequestState, also_queued: int = 0) -> None:
         """Queue a request; `also_queued`: requests ahead of it elsewhere (a generation request waits for the
         images still being decoded too)."""
         with self._lock:
+            starts = self._admission_times([*self._waiting, request])
             if self._queued_beyond_free_rows(request) + also_queued > self.max_waiting:
                 raise Overloaded(f"the server is at capacity ({self.max_rows} rows running, {len(self._waiting)} "
-                                 "requests waiting); retry later", retry_after_s=self.retry_after())
+                                 "requests waiting); retry later", retry_after_s=self._retry_after(request, starts))
+            timeout = request.params.timeout_s
+            if timeout is not None and starts[-1] > timeout:
+                raise Overloaded(f"the server is at capacity: this request would wait about {starts[-1]:.0f} s for "
+                                 f"{request.rows} free row(s), longer than its {timeout:g} s time limit; retry later",
+                                 retry_after_s=self._retry_after(request, starts))
             self._waiting.append(request)
+
+    def _admission_times(self, queue: list[RequestState]) -> list[float]:
+        now = self._clock()
+        running = [Running(r.rows, remaining_s(r, now - self._admitted_at.get(r, now), self.hold))
+                   for r in list(self.running)]
+        return admission_times(self.max_rows - self.used, running, queue, self.hold)
+
+    def _retry_after(self, request: RequestState, starts: list[float]) -> float:
+        """When the same request, sent again (and nothing else arriving), would be accepted: once enough of the
+        queue ahead of it has been admitted, and once its own wait fits its timeout."""
+        *ahead, own = starts
+        at = own - request.params.timeout_s if request.params.timeout_s is not None else 0.0
+        if self.max_waiting == 0:
+            at = max(at, own)
+        elif len(ahead) >= self.max_waiting:
+            at = max(at, ahead[len(ahead) - self.max_waiting])
+        return min(max(at, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
 
     def _queued_beyond_free_rows(self, newcomer: RequestState) -> int:
         """How many requests would wait with the newcomer added: those the next step cannot admit into the free
@@ -47,10 +83,6 @@ class Scheduler:
                 return len(queue) - position
             spare -= request.rows
         return 0
-
-    def retry_after(self) -> float:
-        busy = max(1, len(self.running))
-        return max(1.0, self.avg_request_s * (len(self._waiting) + 1) / busy)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -78,6 +110,7 @@ class Scheduler:
     def admit(self) -> list[RequestState]:
         """Move waiting requests into free rows, first come first served (no overtaking, so none starves)."""
         admitted: list[RequestState] = []
+        now = self._clock()
         with self._lock:
             while self._waiting and self._waiting[0].rows <= self.max_rows - self.used:
                 request = self._waiting.popleft()
@@ -86,6 +119,7 @@ class Scheduler:
                     self._owner[slot] = request
                 self.used += request.rows
                 request.status = Status.RUNNING
+                self._admitted_at[request] = now
                 admitted.append(request)
         self.running.extend(admitted)
         return admitted
@@ -96,8 +130,9 @@ class Scheduler:
             for slot in request.slots:
                 self._owner[slot] = None
             self._compact()
-            elapsed = time.perf_counter() - request.submitted_at
-            self.avg_request_s = 0.8 * self.avg_request_s + 0.2 * elapsed
+            admitted_at = self._admitted_at.pop(request, None)
+            if admitted_at is not None and _ran_to_its_end(request):
+                self.hold.observe(request.kind, self._clock() - admitted_at)
         request.status = Status.FINISHED
 
     def release_row(self, request: RequestState, index: int) -> None:
@@ -136,3 +171,10 @@ class Scheduler:
             waiting = list(self._waiting)
             self._waiting.clear()
         return waiting
+
+
+def _ran_to_its_end(request: RequestState) -> bool:
+    """Cancelled and failed requests say nothing about how long a request holds its rows."""
+    if request.kind is Kind.GENERATE:
+        return request.steps_done >= request.generate.image_tokens
+    return all(answer.finish_reason for answer in request.answers)

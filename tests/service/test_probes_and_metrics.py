@@ -22,7 +22,7 @@ def test_info_names_the_model_and_its_limits(client, server, tiny_model):
     assert info["understanding"] == {"image_size": cfg.vision.image_size, "image_tokens": cfg.vision.num_tokens}
     assert info["generation"] == {"image_size": cfg.gen_vision.image_size, "image_tokens": cfg.gen_vision.num_tokens}
     assert info["limits"]["max_rows"] == server.runtime.settings.max_rows
-    assert info["limits"]["max_parallel_size"] == 16
+    assert info["limits"]["max_parallel_size"] == server.runtime.settings.max_rows // 2  # two rows per image
 
 
 def test_metrics_cover_queue_rows_steps_tokens_latency_and_errors(client):

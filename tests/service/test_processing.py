@@ -62,7 +62,7 @@ def test_the_default_answer_length_is_capped_by_what_fits_the_context(tiny_dir, 
 
 def test_a_prompt_that_leaves_no_room_for_an_answer_is_refused(tiny_dir, tiny_model):
     tiny_context = Preprocessor.from_dir(tiny_dir, tiny_model.cfg, max_seq_len=40)
-    with pytest.raises(InputError, match="the context is 40"):
+    with pytest.raises(InputError, match="the server.s context is 40 tokens.*raise JANUS_MAX_SEQ_LEN"):
         understand(tiny_context)
 
 

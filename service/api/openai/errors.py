@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.api.errors import ApiError, BadInput
+from service.processing import DoesNotFit
 
 PREFIX = "/v1/"
 
@@ -45,7 +46,7 @@ def error_type(status: int) -> str:
 def openai_error(native: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """The service's error body (`errors.error_body`) re-shaped as OpenAI's."""
     error = native["error"]
-    param = getattr(exc, "param", None) if isinstance(exc, ApiError) else None
+    param = getattr(exc, "param", None) if isinstance(exc, ApiError | DoesNotFit) else None
     if param is None and error.get("details"):
         param = loc_to_param(error["details"][0]["loc"])
     return {"error": {"message": error["message"], "type": error_type(error["status"]), "param": param,

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from service.api import docs
@@ -89,9 +88,9 @@ async def create_image(request: Request, response: Response,
                        runtime: ReadyRuntimeDep) -> ImagesResponse | StreamingResponse:
     body = await read_json(request, ImageGenerationRequest)
     body.check_supported(runtime.info.output_image_size)
-    _check_rows(body, runtime.settings.max_rows)
     created = int(time.time())
-    submitted = await submit_generation(runtime, body.to_native(), previews=body.partial_images or 0)
+    submitted = await submit_generation(runtime, body.to_native(), previews=body.partial_images or 0,
+                                        count_field="n")
     handle = submitted.handle
     if body.stream:
         return StreamingResponse(_stream(runtime, submitted, body, created), media_type="text/event-stream",
@@ -134,16 +133,6 @@ async def _stream(runtime: Runtime, submitted: Submitted, body: ImageGenerationR
     finally:
         # Reached early only when the client went away mid-stream: free the rows at the next step.
         handle.cancel()
-
-
-def _check_rows(body: ImageGenerationRequest, max_rows: int) -> None:
-    """The engine's row limit, said in this API's terms (`n`, not `parallel_size`)."""
-    per_image = 1 if body.cfg_weight == 1 else 2
-    if body.image_count * per_image > max_rows:
-        message = (f"{body.image_count} images need {body.image_count * per_image} rows ({per_image} per image"
-                   f"{' with guidance' if per_image == 2 else ''}) but the server runs at most {max_rows}; lower n"
-                   f"{' or set cfg_weight 1' if per_image == 2 else ''}")
-        raise RequestValidationError([{"loc": ("body", "n"), "msg": message, "type": "value_error"}])
 
 
 def _event(event: PartialImageEvent | CompletedEvent) -> bytes:

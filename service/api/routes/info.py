@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from service.api import docs
 from service.api.auth import Authenticated
 from service.api.deps import RuntimeDep
-from service.api.protocol import MAX_IMAGES, MAX_PARALLEL_SIZE, ImageSpec, InfoResponse, Limits
+from service.api.protocol import MAX_PARALLEL_SIZE, ImageSpec, InfoResponse, Limits
 
 router = APIRouter(tags=["operations"], dependencies=[Authenticated])
 
@@ -17,7 +17,7 @@ EXAMPLE = {
     "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
     "limits": {"max_rows": 32, "max_seq_len": 1024, "max_waiting": 64, "request_timeout_s": 600.0,
                "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
-               "max_images": 8, "max_parallel_size": 16},
+               "max_images": 1, "max_parallel_size": 16},
 }
 
 
@@ -40,5 +40,6 @@ async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
         limits=Limits(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
                       max_waiting=settings.max_waiting, request_timeout_s=settings.request_timeout_s,
                       max_body_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes,
-                      max_image_pixels=settings.max_image_pixels, max_images=MAX_IMAGES,
-                      max_parallel_size=MAX_PARALLEL_SIZE))
+                      max_image_pixels=settings.max_image_pixels,
+                      max_images=runtime.preprocessor.max_images(),
+                      max_parallel_size=runtime.preprocessor.max_parallel_size(MAX_PARALLEL_SIZE)))
