@@ -1,10 +1,12 @@
-"""The published Janus-Pro-1B architecture (random weights, float32) on this machine: load, prefill, decode steps,
-memory, and the decode step against the memory-bandwidth floor measured in the same run.
+"""The published Janus-Pro-1B (or 7B) architecture (random weights) on this machine: load, prefill, decode steps,
+VQ decoding, memory, and the decode step against the memory-bandwidth floor measured in the same run.
 
-    python -m bench.fullsize [--dir DIR] [--rows 1 8 32] [--context 300]
+    python -m bench.fullsize [--size 1B] [--weights bfloat16|float32] [--dir DIR] [--rows 1 8 32] [--context 300]
 
-A decode step reads every backbone weight once, so it cannot beat (weight bytes / memory bandwidth). The report
-gives step time / that floor: 1.0 would be perfect; large values mean per-op overhead or extra copies.
+`--weights bfloat16` keeps the checkpoint's bf16 weights (what JANUS_DTYPE=auto does on the CPU), float32 widens
+them. A decode step reads every backbone weight once, so it cannot beat (weight bytes / memory bandwidth). The
+report gives step time / that floor: 1.0 would be perfect; large values mean per-op overhead or extra copies.
+`python -m bench.bf16_weights` runs this for both storages side by side.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def step_weight_bytes(janus) -> int:  # noqa: ANN001
     for name, param in janus.named_parameters():
         if name.startswith(("language_model.llama.layers.", "language_model.llama.norm", "gen_head.",
                             "gen_aligner.", "gen_embed.")):
-            total += int(np.prod(param.shape)) * 4
+            total += int(np.prod(param.shape)) * param.element_size()
     return total
 
 
@@ -51,18 +53,23 @@ def main() -> None:
     from model.checkpoint.loader import load_janus
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "janus-1b-random")
+    parser.add_argument("--size", choices=["1B", "7B"], default="1B")
+    parser.add_argument("--weights", choices=["bfloat16", "float32"], default="float32")
+    parser.add_argument("--dir", type=Path, default=None, help="default: a random checkpoint under the temp folder")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "janus-bench-cache")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--context", type=int, default=300, help="tokens already in each row's cache")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--prefills", type=int, default=2, help="one-image prefills to time (the best counts)")
+    parser.add_argument("--vq", action="store_true", help="also time the VQ decoding of one image")
     args = parser.parse_args()
     paddle.set_grad_enabled(False)
     bandwidth = memory_bandwidth_gbs()
-    directory = build(args.dir, "1B")
-    cache_dir = Path(tempfile.gettempdir()) / "janus-bench-cache"
-    load_janus(directory, cache_dir=cache_dir)  # make sure the converted cache exists: we time a later start
+    directory = args.dir or build(Path(tempfile.gettempdir()) / f"janus-{args.size.lower()}-random", args.size)
+    keep_bf16 = args.weights == "bfloat16"
+    load_janus(directory, cache_dir=args.cache, keep_bf16=keep_bf16)  # the converted cache: we time a later start
     started = time.perf_counter()
-    janus, report = load_janus(directory, cache_dir=cache_dir)
+    janus, report = load_janus(directory, cache_dir=args.cache, keep_bf16=keep_bf16)
     load_s = time.perf_counter() - started
     cfg = janus.cfg
     max_rows = max(args.rows)
@@ -71,14 +78,16 @@ def main() -> None:
     # prefill of a one-image understanding prompt (576 image positions + ~40 text tokens)
     ids = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
                           np.arange(2000, 2020)]).astype(np.int64)
-    pixels = paddle.zeros([1, 3, 384, 384], "float32")
-    started = time.perf_counter()
-    features = janus.encode_images(pixels)
-    embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
+    pixels = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (1, 3, 384, 384)).astype(np.float32))
     T = len(ids)
-    hidden = janus.prefill(embeds, cache, [0])
-    janus.text_logits(hidden[:, -1]).numpy()
-    prefill_s = time.perf_counter() - started
+    prefill_s = float("inf")
+    for _ in range(args.prefills):  # the best of a few: the first also pays for first-touch allocations
+        started = time.perf_counter()
+        features = janus.encode_images(pixels)
+        embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
+        hidden = janus.prefill(embeds, cache, [0], last_only=True)
+        janus.text_logits(hidden[:, -1]).numpy()
+        prefill_s = min(prefill_s, time.perf_counter() - started)
 
     floor_s = step_weight_bytes(janus) / (bandwidth * 1e9)
     steps = {}
@@ -94,10 +103,18 @@ def main() -> None:
             timings.append(time.perf_counter() - started)
         step_s = float(np.median(timings[1:]))
         steps[str(rows)] = {"step_s": step_s, "vs_floor": step_s / floor_s}
+    vq_s = None
+    if args.vq:
+        tokens = paddle.to_tensor(np.random.default_rng(1).integers(0, 16384, (1, 576)))
+        started = time.perf_counter()
+        janus.decode_images(tokens)
+        vq_s = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({
-        "model": "Janus-Pro-1B shape, random weights, float32", "parameters": report.parameters,
-        "load_s": load_s, "prefill_one_image_s": prefill_s, "prompt_tokens": T, "context_tokens": args.context,
+        "model": f"Janus-Pro-{args.size} shape, random weights", "weights": report.weights,
+        "parameters": report.parameters, "load_s": load_s, "load_source": report.source,
+        "prefill_one_image_s": prefill_s, "vq_decode_one_image_s": vq_s, "prompt_tokens": T,
+        "context_tokens": args.context,
         "memory_bandwidth_gbs": bandwidth, "step_weight_gib": step_weight_bytes(janus) / 2**30,
         "floor_step_s": floor_s, "decode": steps, "peak_rss_gib": peak}))
 

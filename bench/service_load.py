@@ -29,10 +29,18 @@ def free_port() -> int:
 @contextmanager
 def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: Path, source: Path | None = None):
     """A server on a free port; `source`: the checkout whose code it runs (default: whatever `service` imports as)."""
+    with server_process(model_dir, max_rows, max_seq_len, log_path, source) as (base, _):
+        yield base
+
+
+@contextmanager
+def server_process(model_dir: Path, max_rows: int, max_seq_len: int, log_path: Path, source: Path | None = None,
+                   extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300):
+    """running_server's (base URL, process), with more environment and a longer start where asked."""
     port = free_port()
     env = dict(os.environ, JANUS_MODEL_DIR=str(model_dir), JANUS_PORT=str(port), JANUS_HOST="127.0.0.1",
                JANUS_MAX_ROWS=str(max_rows), JANUS_MAX_SEQ_LEN=str(max_seq_len), JANUS_MAX_WAITING="256",
-               JANUS_LOG_LEVEL="warning")
+               JANUS_LOG_LEVEL="warning", **(extra_env or {}))
     if source is not None:
         env["PYTHONPATH"] = str(source)
     with open(log_path, "w") as log:
@@ -40,7 +48,7 @@ def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: P
                                 cwd=source)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + ready_timeout_s
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
@@ -51,8 +59,8 @@ def running_server(model_dir: Path, max_rows: int, max_seq_len: int, log_path: P
                     pass
                 time.sleep(0.5)
             else:
-                raise RuntimeError(f"server not ready after 300 s; see {log_path}")
-            yield base
+                raise RuntimeError(f"server not ready after {ready_timeout_s:.0f} s; see {log_path}")
+            yield base, proc
         finally:
             proc.terminate()
             try:

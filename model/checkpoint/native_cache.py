@@ -14,6 +14,8 @@ read, so the first start holds no more than one weight file's tensors in memory 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -44,6 +46,13 @@ class CachedWeights:
 
     def __getitem__(self, name: str) -> tuple[np.ndarray, str]:
         return self.file.read(name)
+
+    def dtype_code(self, name: str) -> str:
+        return self.file.header[name]["dtype"]
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Read a tensor straight into `out` (e.g. a view of a parameter's memory): no second copy in memory."""
+        self.file.read_into(name, out)
 
 
 def cache_key(directory: Path, files: list[Path], widen_bf16: bool) -> str:
@@ -141,6 +150,14 @@ def _convert_into(target: Path, files: list[Path], expected: dict[str, list[int]
             raise
         writer.close()
         os.replace(tmp, target)
+        _return_freed_memory()
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _return_freed_memory() -> None:
+    """Hand the conversion's freed buffers back to the system before the network is filled from the cache: glibc
+    keeps freed blocks under 32 MB for reuse, and the network's tensors would otherwise come on top of them."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

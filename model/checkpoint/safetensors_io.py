@@ -93,6 +93,18 @@ class SafetensorsFile:
         return arr.reshape(info["shape"]), code
 
 
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Read one tensor into `out` (contiguous, of its size and item size) instead of a new array."""
+        info = self.header[name]
+        nbytes = info["data_offsets"][1] - info["data_offsets"][0]
+        if not out.flags.c_contiguous or out.nbytes != nbytes:
+            raise ValueError(f"{name}: cannot read {nbytes} bytes into an array of {out.nbytes}")
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + info["data_offsets"][0])
+            if f.readinto(memoryview(out).cast("B")) != nbytes:
+                raise CheckpointError(f"{self.path}: tensor {name!r} is truncated")
+
+
 def save(path: Path, tensors: dict[str, tuple[np.ndarray, str]], metadata: dict[str, str] | None = None) -> None:
     """Write name -> (array, dtype code); pass code "BF16" with uint16 bits for bfloat16."""
     header: dict[str, object] = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import safetensors_io
+from model.checkpoint import safetensors_io, torch_pickle
 from model.checkpoint.errors import CheckpointError
 
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -45,21 +45,5 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
             arr, code = weights.read(key)
             yield key, arr, code == "BF16"
         return
-    yield from _iter_torch_pickle(path)
+    yield from torch_pickle.iter_tensors(path)
 
-
-def _iter_torch_pickle(path: Path) -> Iterator[tuple[str, np.ndarray, bool]]:
-    # PaddleNLP's reader understands torch's zip-pickle format without torch (it decides by the file name).
-    from paddlenlp.utils.serialization import load_torch
-
-    try:
-        state = load_torch(str(path))
-    except Exception as err:  # the reader raises many kinds (zip, pickle, its own) for a damaged file
-        raise CheckpointError(f"{path}: cannot read torch checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    # The reader holds the whole file; each tensor is dropped once handed on, so memory shrinks as conversion goes.
-    for key in list(state):
-        arr = np.asarray(state.pop(key))
-        # numpy has no bfloat16: the reader hands bf16 storage back as uint16.
-        yield key, arr, arr.dtype == np.uint16

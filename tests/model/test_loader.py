@@ -255,3 +255,14 @@ def test_failed_conversion_leaves_no_cache_file_behind(tmp_path, fresh_dir):
     with pytest.raises(CheckpointError, match="missing key"):
         load_janus(fresh_dir, cache_dir=tmp_path / "cache")
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_torch_checkpoint_naming_anything_but_tensors_is_refused(fresh_dir):
+    import pickle
+    import zipfile
+
+    (fresh_dir / "model.safetensors").unlink()
+    with zipfile.ZipFile(fresh_dir / "pytorch_model.bin", "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"weight": os.getcwd}))  # a callable, not a tensor
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin: cannot read torch checkpoint .*may not contain"):
+        load_janus(fresh_dir, cache_dir=False)

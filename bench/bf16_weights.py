@@ -1,0 +1,142 @@
+"""bf16-stored weights (JANUS_DTYPE=auto on the CPU) against float32 weights, side by side in one run, on random
+weights in the published layouts.
+
+    python -m bench.bf16_weights --torch-python PATH                # Janus-Pro-1B shape: pytorch_model.bin
+    python -m bench.bf16_weights --size 7B --torch-python PATH      # Janus-Pro-7B shape: two .bin shards + index
+
+1B: for each storage, a first start (conversion into a fresh cache) and its peak resident memory, then a later
+start timing decode steps, a one-image prefill and one image's VQ decoding (`bench.fullsize`), each in a fresh
+process; ratios bf16 / float32. 7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later
+start, prefill, a 2-row decode step against the bandwidth floor, and a `janus-serve` process answering one
+understanding and one generation request, with its peak resident memory. `--keep` leaves the checkpoint on disk
+(the 7B one takes about 15 GB and several minutes to write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+import model  # noqa: F401
+from bench.big_checkpoint import build, build_sharded
+from bench.service_load import server_process
+from bench.workload import generate_jobs, understand_jobs
+
+FIRST_START = """
+import json, resource, sys, time
+import model
+from pathlib import Path
+from model.checkpoint.loader import load_janus
+m, report = load_janus(sys.argv[1], cache_dir=Path(sys.argv[2]), keep_bf16=sys.argv[3] == "bfloat16")
+print(json.dumps({"load_s": report.seconds, "source": report.source, "weights": report.weights,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def _last_json(command: list[str]) -> dict:
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def first_start(directory: Path, cache: Path, weights: str) -> dict:
+    shutil.rmtree(cache, ignore_errors=True)
+    return _last_json([sys.executable, "-c", FIRST_START, str(directory), str(cache), weights])
+
+
+def later_start(directory: Path, cache: Path, weights: str, size: str, rows: list[int], vq: bool,
+                prefills: int) -> dict:
+    command = [sys.executable, "-m", "bench.fullsize", "--size", size, "--weights", weights, "--dir", str(directory),
+               "--cache", str(cache), "--rows", *map(str, rows), "--prefills", str(prefills)]
+    return _last_json(command + (["--vq"] if vq else []))
+
+
+def checkpoint_gib(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".bin", ".safetensors")) / 2**30
+
+
+def serve_once(directory: Path, cache_root: Path, log: Path) -> dict:
+    """One understanding and one generation request through a real server, one after the other."""
+    env = {"JANUS_CACHE_DIR": str(cache_root), "JANUS_DTYPE": "auto", "JANUS_REQUEST_TIMEOUT_S": "3600"}
+    started = time.perf_counter()
+    with server_process(directory, max_rows=4, max_seq_len=1024, log_path=log, extra_env=env,
+                        ready_timeout_s=3600) as (base, proc):
+        ready_s = time.perf_counter() - started
+        with httpx.Client(base_url=base, timeout=3600) as http:
+            info = http.get("/info").json()
+            timings = {}
+            for route, job in (("/understand", understand_jobs(1)[0]),
+                               ("/generate", generate_jobs(1)[0])):
+                body = job.body() | ({"parallel_size": 1} if route == "/generate" else {})
+                sent = time.perf_counter()
+                reply = http.post(route, json=body)
+                reply.raise_for_status()
+                timings[route] = time.perf_counter() - sent
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return {"ready_s": ready_s, "weights": info["weights"], "understand_s": timings["/understand"],
+            "generate_one_image_s": timings["/generate"], "server_peak_rss_gib": peak_kib / 2**20,
+            "max_rows": 4, "max_seq_len": 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", choices=["1B", "7B"], default="1B")
+    parser.add_argument("--torch-python", required=True, help="an interpreter with torch, to write .bin files")
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--rows", type=int, nargs="+", default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the random checkpoint for another run")
+    parser.add_argument("--no-serve", action="store_true", help="7B: skip the server run")
+    args = parser.parse_args()
+    root = Path(tempfile.gettempdir())
+    directory = args.dir or root / f"janus-{args.size.lower()}-random-bin"
+    started = time.perf_counter()
+    if args.size == "1B":
+        build(directory, "1B", args.torch_python)
+    else:
+        build_sharded(directory, "7B", args.torch_python, shards=2)
+    written_s = time.perf_counter() - started
+    bench_root = Path(tempfile.mkdtemp(prefix="janus-bf16-bench-"))
+    cache = bench_root / "converted"
+    result: dict = {"size": args.size, "checkpoint_gib": checkpoint_gib(directory),
+                    "files": sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".json")),
+                    "checkpoint_written_s": written_s}
+    try:
+        storages = ["bfloat16", "float32"] if args.size == "1B" else ["bfloat16"]
+        rows = args.rows or ([1, 2, 8, 32] if args.size == "1B" else [2])
+        for weights in storages:
+            first = first_start(directory, cache, weights)
+            later = later_start(directory, cache, weights, args.size, rows, vq=args.size == "1B",
+                                prefills=2 if args.size == "1B" else 1)
+            result[weights] = {"first_start": first, "later_start": later}
+            print(json.dumps({weights: result[weights]}), file=sys.stderr, flush=True)
+        if args.size == "1B":
+            bf, fp = result["bfloat16"]["later_start"], result["float32"]["later_start"]
+            result["bf16_over_float32"] = {
+                **{f"decode_{r}_rows": bf["decode"][str(r)]["step_s"] / fp["decode"][str(r)]["step_s"] for r in rows},
+                "prefill_one_image": bf["prefill_one_image_s"] / fp["prefill_one_image_s"],
+                "vq_decode_one_image": bf["vq_decode_one_image_s"] / fp["vq_decode_one_image_s"],
+                "peak_rss": bf["peak_rss_gib"] / fp["peak_rss_gib"],
+                "first_start_peak_rss": (result["bfloat16"]["first_start"]["peak_rss_gib"]
+                                         / result["float32"]["first_start"]["peak_rss_gib"]),
+            }
+        elif not args.no_serve:
+            result["serve"] = serve_once(directory, bench_root, bench_root / "server.log")
+        result["first_start_peak_over_checkpoint"] = (result["bfloat16"]["first_start"]["peak_rss_gib"]
+                                                      / result["checkpoint_gib"])
+    finally:
+        shutil.rmtree(bench_root, ignore_errors=True)
+        if not args.keep and args.dir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
