@@ -6,9 +6,20 @@ import copy
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.responses import StreamingResponse
 
 from service.api.openai.image_protocol import ImageGenerationRequest
-from service.api.protocol import MAX_IMAGES, ErrorResponse, GenerateRequest, UnderstandOptions, UnderstandRequest
+from service.api.protocol import (
+    MAX_IMAGES,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Progress,
+    TextDelta,
+    UnderstandOptions,
+    UnderstandRequest,
+    UnderstandResponse,
+)
 
 REF = "#/components/schemas/{model}"
 
@@ -44,15 +55,21 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`by_reference`: the schema as a reference rather than as `model`, for routes whose own media type is not
+    JSON (FastAPI documents a `model` in the route's media type; errors are JSON everywhere)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         description, kind, message = _ERRORS[status]
         example: dict[str, Any] = {"type": kind, "message": message, "status": status}
         if kind == "validation_error":
             example["details"] = [{"loc": "body.max_new_tokens", "message": message.split(": ", 1)[1]}]
-        entry: dict[str, Any] = {"model": ErrorResponse, "description": description,
+        entry: dict[str, Any] = {"description": description,
                                  "content": {"application/json": {"example": {"error": example}}}}
+        if by_reference:
+            entry["content"]["application/json"]["schema"] = {"$ref": REF.format(model=ErrorResponse.__name__)}
+        else:
+            entry["model"] = ErrorResponse
         if status in (429, 503):
             entry["headers"] = _RETRY_AFTER
         out[status] = entry
@@ -62,11 +79,34 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 INFERENCE_ERRORS = (400, 401, 408, 411, 413, 415, 422, 429, 500, 503, 504)
 
 
-def ok_response(description: str, example: dict[str, Any], stream_example: str) -> dict[str, Any]:
-    """200 as JSON (the schema comes from the route's response model) or as an event stream."""
-    return {"description": description,
-            "content": {"application/json": {"example": example},
-                        "text/event-stream": {"schema": {"type": "string"}, "example": stream_example}}}
+class EventStreamResponse(StreamingResponse):
+    """A Server-Sent Events answer (also the media type the stream operations document)."""
+
+    media_type = "text/event-stream"
+
+
+def ok_response(description: str, example: dict[str, Any], stream_example: str | None = None) -> dict[str, Any]:
+    """200 as JSON (the schema comes from the route's response model); with `stream_example` also as an event
+    stream (the OpenAI routes, whose clients are OpenAI's SDKs, document both media types as OpenAI does)."""
+    content: dict[str, Any] = {"application/json": {"example": example}}
+    if stream_example is not None:
+        content["text/event-stream"] = {"schema": {"type": "string"}, "example": stream_example}
+    return {"description": description, "content": content}
+
+
+UNDERSTAND_EVENTS: dict[str, type[BaseModel]] = {"delta": TextDelta, "done": UnderstandResponse,
+                                                 "error": ErrorResponse}
+GENERATE_EVENTS: dict[str, type[BaseModel]] = {"progress": Progress, "done": GenerateResponse, "error": ErrorResponse}
+
+
+def stream_response(description: str, events: dict[str, type[BaseModel]], example: str) -> dict[str, Any]:
+    """200 as an event stream: a string to generated clients (read it with an SSE parser); each event's `data` is
+    JSON of the named schema, listed in `x-sse-events` (event name -> schema)."""
+    kinds = ", ".join(f"`{name}` ({model.__name__})" for name, model in events.items())
+    return {"description": description, "content": {"text/event-stream": {
+        "schema": {"type": "string", "description": f"Server-Sent Events; `data` of each is JSON: {kinds}."},
+        "example": example,
+        "x-sse-events": {name: {"$ref": REF.format(model=model.__name__)} for name, model in events.items()}}}}
 
 
 TIMINGS_EXAMPLE = {"queued_s": 0.002, "prefill_s": 0.081, "decode_s": 1.93, "total_s": 2.013}
@@ -118,9 +158,11 @@ def generate_body() -> dict[str, Any]:
 
 
 def request_schemas() -> dict[str, Any]:
-    """Schemas for the request bodies routes read themselves (FastAPI only sees their Request parameter)."""
+    """Schemas for the request bodies routes read themselves (FastAPI only sees their Request parameter), and for
+    the stream events' payloads."""
     schemas: dict[str, Any] = {}
-    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions, ImageGenerationRequest):
+    # (the events' other payloads are response models, which FastAPI documents itself)
+    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions, ImageGenerationRequest, TextDelta, Progress):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

@@ -46,7 +46,9 @@ class UnderstandOptions(_Request):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="Sampling seed; the server picks one (and returns it) when absent.")
-    stream: bool = Field(False, description="Answer with Server-Sent Events: text deltas, then a final event.")
+    stream: bool = Field(False, description="Answer with Server-Sent Events: text deltas, then a final event. "
+                                            "Kept for existing clients: `POST /understand/stream` is the operation "
+                                            "documented as a stream (there this field changes nothing).")
 
     question_not_blank = field_validator("question")(not_blank)
 
@@ -120,7 +122,9 @@ class GenerateRequest(_Request):
     # with format png.
     jpeg_quality: int | None = Field(None, ge=1, le=100,
                                      description=f"JPEG quality (format jpeg only); default {DEFAULT_JPEG_QUALITY}.")
-    stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images.")
+    stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images. Kept for "
+                                            "existing clients: `POST /generate/stream` is the operation documented "
+                                            "as a stream (there this field changes nothing).")
 
     prompt_not_blank = field_validator("prompt")(not_blank)
 

@@ -191,6 +191,37 @@ def test_generated_client_generates_images_that_decode(client, fmt: str):
         assert decoded.size == (result.width, result.height)
 
 
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(event.event, event.data) for event in helpers.sse_events(iter(text.splitlines()))]
+
+
+def test_generated_client_streams_through_the_stream_operations_as_text_with_the_named_event_payloads(client):
+    # The stream operations answer a string (the event stream) to a generated client; each event's data reads as
+    # the schema the document names for it, and the plain operation keeps its typed answer.
+    models = module("models")
+    picture = base64.b64encode(helpers.image_bytes(seed=3)).decode()
+    body = models.UnderstandRequest(question="What is it?", images=[picture], max_new_tokens=5, seed=2)
+    streamed = module("api.inference.understand_image_stream").sync(client=client, body=body)
+    assert isinstance(streamed, str), streamed
+    *deltas, (last, done) = _events(streamed)
+    assert {name for name, _ in deltas} <= {"delta"} and last == "done"
+    answer = models.UnderstandResponse.from_dict(done)
+    assert "".join(models.TextDelta.from_dict(data).text for _, data in deltas) == answer.text
+    plain = module("api.inference.understand_image").sync(client=client, body=body)
+    assert isinstance(plain, models.UnderstandResponse) and plain.text == answer.text
+
+    request = models.GenerateRequest(prompt="a red fox", seed=4, format_=models.GenerateRequestFormat.PNG)
+    streamed = module("api.inference.generate_images_stream").sync(client=client, body=request)
+    assert isinstance(streamed, str), streamed
+    *progress, (last, done) = _events(streamed)
+    assert progress and all(name == "progress" for name, _ in progress) and last == "done"
+    steps = [models.Progress.from_dict(data) for _, data in progress]
+    assert steps[-1].steps_done == steps[-1].steps_total
+    images = models.GenerateResponse.from_dict(done)
+    plain_images = module("api.inference.generate_images").sync(client=client, body=request)
+    assert [image.data for image in images.images] == [image.data for image in plain_images.images]
+
+
 def test_generated_client_parses_errors_into_the_error_model(client):
     models = module("models")
     body = models.GenerateRequest(prompt="x", parallel_size=0)

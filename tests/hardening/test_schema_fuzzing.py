@@ -4,7 +4,13 @@ Every operation gets generated requests, valid ones (positive) and, for the rout
 (negative). Checks on every answer: no 5xx; the status code is documented for the operation; the content type and
 headers (Retry-After) are the documented ones; JSON bodies validate against their schemas; requests that violate
 the schema are refused with a 4xx. Event streams are read to the end and checked event by event here, since the
-document describes a stream as one string.
+document describes a stream as one string (with each event's schema named in `x-sse-events`).
+
+Streaming is documented as operations of their own (`/understand/stream`, `/understand/upload/stream`,
+`/generate/stream`): the plain operations document only their JSON answer, so that generated clients type it as
+what it is. Their `stream: true`, kept for existing clients, answers with the same stream as the stream operation
+(one code path), which the fuzzer covers there; a generated `stream: true` on a plain operation is sent as
+`stream: false`, whose answer is the one the plain operation documents.
 
 The default run is bounded (a few dozen derandomized examples per operation); the `slow` variant fuzzes
 much longer with fresh randomness.
@@ -12,6 +18,8 @@ much longer with fresh randomness.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +31,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -48,7 +57,10 @@ CONFIG = schemathesis.Config.from_dict({
 SCHEMA = schemathesis.openapi.from_path(SPEC_PATH, config=CONFIG)
 OPERATIONS = [(method.upper(), path) for path, item in SPEC["paths"].items() for method in item]
 WITH_BODY = [(method, path) for method, path in OPERATIONS if "requestBody" in SPEC["paths"][path][method.lower()]]
-STREAM_EVENTS = {"/understand": {"delta"}, "/understand/upload": {"delta"}, "/generate": {"progress"}}
+STREAM_EVENTS = {"/understand/stream": {"delta"}, "/understand/upload/stream": {"delta"},
+                 "/generate/stream": {"progress"}}
+# The plain operations whose request has a `stream` field (see above).
+PLAIN_WITH_STREAM_FIELD = {"/understand", "/understand/upload", "/generate"}
 API_KEY = "fuzz-key-0123456789"
 
 PICTURES = [image_bytes(size=(24 + 4 * i, 20), seed=40 + i) for i in range(8)]
@@ -59,9 +71,9 @@ def _validator(component: str) -> Draft202012Validator:
     return Draft202012Validator({"$ref": f"#/components/schemas/{component}", "components": SPEC["components"]})
 
 
-RESULT_SCHEMAS = {"/understand": _validator("UnderstandResponse"),
-                  "/understand/upload": _validator("UnderstandResponse"),
-                  "/generate": _validator("GenerateResponse")}
+RESULT_SCHEMAS = {"/understand/stream": _validator("UnderstandResponse"),
+                  "/understand/upload/stream": _validator("UnderstandResponse"),
+                  "/generate/stream": _validator("GenerateResponse")}
 ERROR_SCHEMA = _validator("ErrorResponse")
 OPENAI_ERROR_SCHEMA = _validator("OpenAIErrorResponse")
 CHUNK_SCHEMA = _validator("ChatCompletionChunk")
@@ -73,7 +85,7 @@ def _checks(path: str, mode: GenerationMode, streamed: bool, with_key: bool) -> 
         checks.append(response_schema_conformance)
     # Multipart fields are all text on the wire: a "wrong type" value (false for a string, [] for a number)
     # often reads as a valid one there, so only JSON bodies can be held to strict rejection.
-    if mode is GenerationMode.NEGATIVE and path != "/understand/upload":
+    if mode is GenerationMode.NEGATIVE and not path.startswith("/understand/upload"):
         checks.append(negative_data_rejection)
     if with_key:
         checks.append(ignored_auth)
@@ -92,6 +104,13 @@ def _with_real_pictures(case: Any) -> None:
         body["image"] = list(PICTURES[:count])
 
 
+def _without_stream(path: str, case: Any) -> None:
+    """A plain operation's `stream: true` (a JSON true, or the text of a form field) sent as `stream: false`."""
+    body = case.body
+    if path in PLAIN_WITH_STREAM_FIELD and isinstance(body, dict) and str(body.get("stream")).lower() == "true":
+        body["stream"] = False
+
+
 def _check_openai_stream(content: bytes) -> None:
     """A /v1 stream: `chat.completion.chunk` objects (or one error that is not the server's fault), then [DONE]."""
     data = [line[len("data:"):].strip() for line in content.decode("utf-8").splitlines() if line.startswith("data:")]
@@ -105,8 +124,32 @@ def _check_openai_stream(content: bytes) -> None:
             assert not errors, f"a chunk does not match the chunk schema: {errors[0].message}"
 
 
+def _check_openai_image_stream(content: bytes) -> None:
+    """A /v1/images/generations stream: partial images, then one completed event per image (or one error that is
+    not the server's fault); each event's `type` is its name and carries a decodable image."""
+    events = list(sse_events(iter(content.decode("utf-8").splitlines())))
+    assert events, "an empty event stream"
+    *earlier, last = events
+    if last.event == "error":
+        assert not list(OPENAI_ERROR_SCHEMA.iter_errors(last.data)), last.data
+        assert last.data["error"]["type"] != "server_error", f"a server error inside a stream: {last.data}"
+        events = earlier
+    else:
+        assert last.event == "image_generation.completed", f"the stream ended with {last.event}"
+    for event in events:
+        assert event.event in ("image_generation.partial_image", "image_generation.completed"), event.event
+        assert event.data["type"] == event.event and isinstance(event.data["image_index"], int), event.data
+        Image.open(io.BytesIO(base64.b64decode(event.data["b64_json"]))).load()
+    names = [event.event for event in events]
+    if "image_generation.completed" in names:  # the images are finished after every preview
+        assert set(names[names.index("image_generation.completed"):]) == {"image_generation.completed"}, names
+
+
 def _check_stream(path: str, status: int, content: bytes) -> None:
     """A 200 event stream: progress or delta events, then exactly one final `done` (or a 4xx `error`)."""
+    if path == "/v1/images/generations":
+        _check_openai_image_stream(content)
+        return
     if path.startswith("/v1/"):
         _check_openai_stream(content)
         return
@@ -134,6 +177,7 @@ def fuzz(url: str, method: str, path: str, mode: GenerationMode, examples: int, 
     def run(case: Any, real_pictures: bool) -> None:
         if real_pictures and mode is GenerationMode.POSITIVE:
             _with_real_pictures(case)
+        _without_stream(path, case)
         response = case.call(base_url=url, headers=headers, timeout=120)
         media = (response.headers.get("content-type") or [""])[0]
         streamed = media.startswith("text/event-stream")

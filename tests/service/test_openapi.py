@@ -14,6 +14,12 @@ SPEC = yaml.safe_load(render())
 OPERATIONS = {(path, method): op for path, item in SPEC["paths"].items() for method, op in item.items()}
 INFERENCE = [("/understand", "post"), ("/generate", "post")]
 V1_INFERENCE = [("/v1/chat/completions", "post")]
+STREAMS = {
+    ("/understand/stream", "post"): {"delta": "TextDelta", "done": "UnderstandResponse", "error": "ErrorResponse"},
+    ("/understand/upload/stream", "post"): {"delta": "TextDelta", "done": "UnderstandResponse",
+                                            "error": "ErrorResponse"},
+    ("/generate/stream", "post"): {"progress": "Progress", "done": "GenerateResponse", "error": "ErrorResponse"},
+}
 
 
 def test_the_committed_openapi_yaml_matches_the_app():
@@ -24,9 +30,9 @@ def test_the_committed_openapi_yaml_matches_the_app():
 
 def test_operation_ids_read_well_in_generated_clients():
     assert {op["operationId"] for op in OPERATIONS.values()} == {
-        "understand_image", "understand_image_upload", "generate_images", "get_health", "get_readiness",
-        "get_metrics", "get_model_info", "list_models", "retrieve_model",
-        "create_chat_completion", "create_image"}
+        "understand_image", "understand_image_upload", "understand_image_stream", "understand_image_upload_stream",
+        "generate_images", "generate_images_stream", "get_health", "get_readiness", "get_metrics", "get_model_info",
+        "list_models", "retrieve_model", "create_chat_completion", "create_image"}
 
 
 @pytest.mark.parametrize("key", sorted(f"{m.upper()} {p}" for p, m in OPERATIONS))
@@ -38,8 +44,8 @@ def test_every_route_has_a_summary_a_description_and_examples(key):
         assert media.get("example"), f"{key}: a 200 response without an example"
 
 
-@pytest.mark.parametrize(("path", "method"), INFERENCE)
-def test_inference_routes_document_their_errors_bodies_and_streams(path, method):
+@pytest.mark.parametrize(("path", "method"), [*INFERENCE, *STREAMS])
+def test_inference_routes_document_their_errors_and_bodies(path, method):
     op = OPERATIONS[(path, method)]
     assert {"400", "401", "413", "415", "422", "429", "503", "504"} <= set(op["responses"])
     for status in ("429", "503"):
@@ -48,10 +54,12 @@ def test_inference_routes_document_their_errors_bodies_and_streams(path, method)
         if status != "200":
             assert response["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
             assert response["content"]["application/json"]["example"]["error"]["status"] == int(status)
-    assert "text/event-stream" in op["responses"]["200"]["content"]
     body = op["requestBody"]["content"]
-    assert body["application/json"]["examples"]
-    assert body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1] in SPEC["components"]["schemas"]
+    if path.startswith("/understand/upload"):
+        assert set(body) == {"multipart/form-data"}
+    else:
+        assert body["application/json"]["examples"]
+        assert body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1] in SPEC["components"]["schemas"]
     assert {"type": "http", "scheme": "bearer"}.items() <= SPEC["components"]["securitySchemes"]["HTTPBearer"].items()
     assert op["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 
@@ -99,3 +107,21 @@ def test_v1_inference_routes_document_their_errors_bodies_and_streams(path, meth
     assert "text/event-stream" in op["responses"]["200"]["content"]
     body = op["requestBody"]["content"]["application/json"]
     assert body["examples"] and body["schema"]["$ref"].rsplit("/", 1)[1] in SPEC["components"]["schemas"]
+
+
+@pytest.mark.parametrize(("path", "method"), [*INFERENCE, ("/understand/upload", "post")])
+def test_plain_operations_document_only_their_json_answer(path, method):
+    # one media type for the 200, so that a generated client types the answer as the response model it is
+    assert set(OPERATIONS[(path, method)]["responses"]["200"]["content"]) == {"application/json"}
+
+
+@pytest.mark.parametrize(("path", "method"), sorted(STREAMS))
+def test_stream_operations_document_an_event_stream_with_named_event_payloads(path, method):
+    content = OPERATIONS[(path, method)]["responses"]["200"]["content"]
+    assert set(content) == {"text/event-stream"}
+    stream = content["text/event-stream"]
+    assert stream["schema"]["type"] == "string"  # what arrives, to a generated client: text to parse as SSE
+    events = {name: ref["$ref"].rsplit("/", 1)[1] for name, ref in stream["x-sse-events"].items()}
+    assert events == STREAMS[(path, method)]
+    assert set(events.values()) <= set(SPEC["components"]["schemas"])
+    assert all(f"event: {name}" in stream["example"] for name in events if name != "error")

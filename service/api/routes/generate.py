@@ -37,9 +37,11 @@ halves the work).
 The images come back base64-encoded as JPEG (default, `jpeg_quality`) or PNG, with the `seed` used: send it back to
 get the same images, whatever else the server is doing. `temperature` 0 is greedy.
 
-With `stream: true` the answer is a Server-Sent Events stream: `progress` events (`{"id", "steps_done",
-"steps_total"}`; a step produces one image token of every image), then one `done` event carrying the full response,
-or one `error` event carrying the error body.
+`POST /generate/stream` takes the same request and answers with a Server-Sent Events stream: `progress` events
+(`Progress`: `{"id", "steps_done", "steps_total"}`; a step produces one image token of every image), then one `done`
+event carrying the full response (`GenerateResponse`), or one `error` event carrying the error body
+(`ErrorResponse`). `stream: true` here gives the same stream (kept for existing clients; the stream operation is the
+one documented as such).
 
 Every response says `random_weights`: true means the server runs a demo model with random weights.
 """
@@ -57,8 +59,7 @@ STREAM_EXAMPLE = (
     summary="Generate images from a prompt",
     description=DESCRIPTION,
     response_model=GenerateResponse,
-    responses={200: docs.ok_response("The images (JSON), or with `stream: true` an event stream.",
-                                     docs.GENERATE_EXAMPLE, STREAM_EXAMPLE),
+    responses={200: docs.ok_response("The images.", docs.GENERATE_EXAMPLE),
                **docs.error_responses(*docs.INFERENCE_ERRORS)},
     openapi_extra=docs.generate_body(),
 )
@@ -67,12 +68,30 @@ async def generate_images(request: Request, response: Response,
     body = await read_json(request, GenerateRequest)
     handle = (await submit_generation(runtime, body)).handle
     if body.stream:
-        return StreamingResponse(_stream(runtime, handle, body), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+        return docs.EventStreamResponse(_stream(runtime, handle, body),
+                                        headers={**SSE_HEADERS, "X-Request-Id": handle.id})
     response.headers["X-Request-Id"] = handle.id
     result = await result_or_cancel(handle, request)
     assert isinstance(result, GenerateResult)
     return await _response(runtime, handle.id, result, body)
+
+
+@router.post(
+    "/generate/stream",
+    operation_id="generate_images_stream",
+    summary="Generate images from a prompt, streamed",
+    description=DESCRIPTION,
+    response_class=docs.EventStreamResponse,
+    response_model=None,
+    responses={200: docs.stream_response("Progress as the images are drawn, then the images, as Server-Sent Events.",
+                                         docs.GENERATE_EVENTS, STREAM_EXAMPLE),
+               **docs.error_responses(*docs.INFERENCE_ERRORS, by_reference=True)},
+    openapi_extra=docs.generate_body(),
+)
+async def generate_images_stream(request: Request, runtime: ReadyRuntimeDep) -> StreamingResponse:
+    body = (await read_json(request, GenerateRequest)).model_copy(update={"stream": True})
+    handle = (await submit_generation(runtime, body)).handle
+    return docs.EventStreamResponse(_stream(runtime, handle, body), headers={**SSE_HEADERS, "X-Request-Id": handle.id})
 
 
 async def _response(runtime: Runtime, request_id: str, result: GenerateResult,

@@ -31,9 +31,13 @@ form** (one `image` file part per image, the options as text fields), and either
 one image the question needs no tag; with several, put one `<image_placeholder>` where each image belongs, in order.
 
 `temperature` 0 (the default) is greedy decoding; the same request with the same `seed` gives the same answer,
-whatever else the server is doing. With `stream: true` the answer is a Server-Sent Events stream: `delta` events
-(`{"id", "text"}`) as the text grows, then one `done` event carrying the full response, or one `error` event
-carrying the error body.
+whatever else the server is doing.
+
+`POST /understand/stream` (and `POST /understand/upload/stream` for the form) takes the same request and answers
+with a Server-Sent Events stream: `delta` events (`TextDelta`: `{"id", "text"}`) as the text grows, then one `done`
+event carrying the full response (`UnderstandResponse`), or one `error` event carrying the error body
+(`ErrorResponse`). `stream: true` here gives the same stream (kept for existing clients; the stream operations are
+the ones documented as such).
 
 Every response says `random_weights`: true means the server runs a demo model with random weights.
 """
@@ -48,28 +52,51 @@ STREAM_EXAMPLE = (
 async def understand_image(request: Request, response: Response,
                            runtime: ReadyRuntimeDep) -> UnderstandResponse | StreamingResponse:
     body = await read_understand(request)
+    return await _answer(request, response, runtime, body, body.options.stream)
+
+
+async def understand_image_stream(request: Request, response: Response,
+                                  runtime: ReadyRuntimeDep) -> StreamingResponse:
+    answer = await _answer(request, response, runtime, await read_understand(request), stream=True)
+    assert isinstance(answer, StreamingResponse)
+    return answer
+
+
+async def _answer(request: Request, response: Response, runtime: Runtime, body: UnderstandInput,
+                  stream: bool) -> UnderstandResponse | StreamingResponse:
     seed = body.options.seed if body.options.seed is not None else secrets.randbelow(MAX_SEED + 1)
     params = await asyncio.to_thread(_prepare, runtime, body, seed)
-    handle = runtime.engine.submit(params, stream=body.options.stream)
-    if body.options.stream:
-        return StreamingResponse(_stream(runtime, handle, seed), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    handle = runtime.engine.submit(params, stream=stream)
+    if stream:
+        return docs.EventStreamResponse(_stream(runtime, handle, seed),
+                                        headers={**SSE_HEADERS, "X-Request-Id": handle.id})
     response.headers["X-Request-Id"] = handle.id
     result = await result_or_cancel(handle, request)
     assert isinstance(result, UnderstandResult)
     return _response(runtime, handle.id, result, seed)
 
 
-RESPONSES = {200: docs.ok_response("The answer (JSON), or with `stream: true` an event stream.",
-                                   docs.UNDERSTAND_EXAMPLE, STREAM_EXAMPLE),
+RESPONSES = {200: docs.ok_response("The answer.", docs.UNDERSTAND_EXAMPLE),
              **docs.error_responses(*docs.INFERENCE_ERRORS)}
+STREAM_RESPONSES = {200: docs.stream_response("The answer as it is written, as Server-Sent Events.",
+                                              docs.UNDERSTAND_EVENTS, STREAM_EXAMPLE),
+                    **docs.error_responses(*docs.INFERENCE_ERRORS, by_reference=True)}
 router.add_api_route("/understand", understand_image, methods=["POST"], operation_id="understand_image",
                      summary="Answer a question about images", description=DESCRIPTION,
                      response_model=UnderstandResponse, responses=RESPONSES, openapi_extra=docs.understand_body())
+router.add_api_route("/understand/stream", understand_image_stream, methods=["POST"],
+                     operation_id="understand_image_stream", summary="Answer a question about images, streamed",
+                     description=DESCRIPTION, response_class=docs.EventStreamResponse, response_model=None,
+                     responses=STREAM_RESPONSES, openapi_extra=docs.understand_body())
 router.add_api_route("/understand/upload", understand_image, methods=["POST"], operation_id="understand_image_upload",
                      summary="Answer a question about uploaded images (multipart form)", description=DESCRIPTION,
                      response_model=UnderstandResponse, responses=RESPONSES,
                      openapi_extra=docs.understand_upload_body())
+router.add_api_route("/understand/upload/stream", understand_image_stream, methods=["POST"],
+                     operation_id="understand_image_upload_stream",
+                     summary="Answer a question about uploaded images (multipart form), streamed",
+                     description=DESCRIPTION, response_class=docs.EventStreamResponse, response_model=None,
+                     responses=STREAM_RESPONSES, openapi_extra=docs.understand_upload_body())
 
 
 def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:

@@ -1,7 +1,7 @@
 // "Generate images": prompt and options, a progress bar, then the images, each downloadable, with the seed.
 //
-// POST /generate with `stream: true`: `progress` events ({steps_done, steps_total}), then one `done` event with
-// the images (base64) and the seed used (or one `error` event).
+// POST /generate/stream (the request of POST /generate): `progress` events ({steps_done, steps_total}), then one
+// `done` event with the images (base64) and the seed used (or one `error` event).
 
 import { call, sseEvents, streamError } from "./api.js";
 import { $, clearError, el, isAbort, setBusy, showError, waitingLine } from "./ui.js";
@@ -17,7 +17,7 @@ export function setUpGenerate({ onError }) {
   });
 
   function requestBody() {
-    const body = { prompt: $("prompt").value, format: $("g-format").value, stream: true };
+    const body = { prompt: $("prompt").value, format: $("g-format").value };
     const numbers = { parallel_size: "g-count", cfg_weight: "g-guidance", temperature: "g-temperature",
                       seed: "g-seed" };
     // An empty field is left out (the server's default; for the seed: a random one, returned with the images).
@@ -64,7 +64,7 @@ export function setUpGenerate({ onError }) {
     const stopWaiting = waitingLine(status, running.signal);
     let finished = false;
     try {
-      const response = await call("generate", { method: "POST", json: requestBody(), signal: running.signal });
+      const response = await call("generate/stream", { method: "POST", json: requestBody(), signal: running.signal });
       for await (const { event, data } of sseEvents(response)) {
         stopWaiting();
         if (event === "progress") {
