@@ -8,9 +8,10 @@
  * of memory, which measured 25-33 GB/s (the machine's read bandwidth). Each thread sums its rows into a private
  * partial y; the partials are added at the end. bf16 weights are widened in registers as they are loaded.
  *
- * More rows (prefill, many decode rows) are bound by arithmetic: bf16 weights are widened a tile at a time into a
- * small float32 buffer that stays in the core's cache, and MKL's sgemm multiplies from there (the paddle wheel's
- * MKL; without it, a plain vectorised loop).
+ * More rows (many decode rows) are bound by arithmetic: bf16 weights are widened a tile at a time into a small
+ * float32 buffer that stays in the core's cache, and MKL's sgemm multiplies from there (the paddle wheel's MKL;
+ * without it, a plain vectorised loop). Prefill-sized products (128 rows and more) widen panels of whole columns
+ * and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole weight.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -100,11 +101,9 @@ void janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias
 
 /* Tiles of the many-row product: TILE_M x TILE_N outputs per task, the weights widened TILE_K rows at a time into
  * a TILE_K x TILE_N float32 buffer (128 KiB: it stays in L2 while sgemm reads it). */
-#ifndef TILE_M
 #define TILE_M 256
 #define TILE_N 128
 #define TILE_K 256
-#endif
 
 #ifdef JANUS_WITH_MKL
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
@@ -144,8 +143,44 @@ static void tile_product(const float *a, int64_t lda, const float *b, float *c, 
 #endif
 }
 
+#ifdef JANUS_WITH_MKL
+#define PANEL_ROWS 128       /* from here on the panels below */
+#define PANEL_FLOATS (8 << 20) /* 32 MiB of widened weights per panel */
+
+/* Prefill-sized products: widen a panel of whole weight columns (all K rows, as many columns as fit in 32 MiB) and
+ * hand it to MKL's own threaded sgemm, which runs closer to its peak on one large product than on many tiles; the
+ * widening is a few percent of the arithmetic at these row counts. */
+static void linear_bf16_panels(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+    int cols = PANEL_FLOATS / K;
+    cols = cols >= N ? N : (cols < 8 ? 8 : cols / 8 * 8);
+    float *panel = malloc(sizeof(float) * (size_t)K * cols);
+    for (int n0 = 0; n0 < N; n0 += cols) {
+        const int width = N - n0 < cols ? N - n0 : cols;
+#pragma omp parallel for schedule(static)
+        for (int k = 0; k < K; k += 64) widen_tile(w + (int64_t)k * N + n0, N, panel + (int64_t)k * width,
+                                                   K - k < 64 ? K - k : 64, width);
+        float *c = y + n0;
+#pragma omp parallel for schedule(static) if ((int64_t)M * width > 65536)
+        for (int m = 0; m < M; m++) {
+            if (bias)
+                memcpy(c + (int64_t)m * N, bias + n0, sizeof(float) * width);
+            else
+                memset(c + (int64_t)m * N, 0, sizeof(float) * width);
+        }
+        cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, M, width, K, 1.0f, x, K, panel, width, 1.0f, c, N);
+    }
+    free(panel);
+}
+#endif
+
 /* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N]: for many rows. */
 void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+#ifdef JANUS_WITH_MKL
+    if (M >= PANEL_ROWS) {
+        linear_bf16_panels(x, w, bias, y, M, K, N);
+        return;
+    }
+#endif
     const int row_tiles = (M + TILE_M - 1) / TILE_M, col_tiles = (N + TILE_N - 1) / TILE_N;
 #pragma omp parallel
     {

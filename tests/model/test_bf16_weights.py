@@ -66,6 +66,15 @@ def test_bf16_projection_matches_the_float32_product_on_the_widened_weights(lib,
     _assert_float32_close(ours.numpy(), x, w, b)
 
 
+def test_bf16_prefill_product_over_several_column_panels(lib):
+    """Prefill-sized products widen 32 MiB panels of whole columns: a weight of more than one panel, with a part
+    panel at the end."""
+    rng = np.random.default_rng(9)
+    layer, w, b = _bf16_linear(rng, 2048, 4100, bias=True)
+    x = rng.standard_normal((130, 2048)).astype(np.float32)
+    _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
+
+
 @pytest.mark.parametrize("rows", [1, 4, 16, 600])
 def test_each_bf16_kernel_directly_without_bias(lib, rows):
     """Both kernels at every row count (not only the one `linear` picks), prefill lengths included."""
