@@ -51,6 +51,7 @@ def main() -> None:
     import paddle
 
     from model.checkpoint.loader import load_janus
+    from model.kv_cache import RowBatch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=["1B", "7B"], default="1B")
@@ -73,7 +74,9 @@ def main() -> None:
     load_s = time.perf_counter() - started
     cfg = janus.cfg
     max_rows = max(args.rows)
-    cache = janus.new_cache(max_rows, max(args.context + args.steps + 1, cfg.vision.num_tokens + 64))
+    row_blocks = -(-max(args.context + args.steps + 1, cfg.vision.num_tokens + 64) // 16)
+    cache = janus.new_cache(max_rows * row_blocks, 16)
+    tables = [list(range(r * row_blocks, (r + 1) * row_blocks)) for r in range(max_rows)]
 
     # prefill of a one-image understanding prompt (576 image positions + ~40 text tokens)
     ids = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
@@ -85,7 +88,7 @@ def main() -> None:
         started = time.perf_counter()
         features = janus.encode_images(pixels)
         embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
-        hidden = janus.prefill(embeds, cache, [0], last_only=True)
+        hidden = janus.extend(embeds, cache, RowBatch.of(tables[:1], [0]), last_only=True)
         janus.text_logits(hidden[:, -1]).numpy()
         prefill_s = min(prefill_s, time.perf_counter() - started)
 
@@ -98,7 +101,7 @@ def main() -> None:
             start_col = args.context + step
             started = time.perf_counter()
             embeds = janus.embed_image_tokens(token).unsqueeze(1)
-            hidden = janus.decode_step(embeds, cache, [start_col] * rows)
+            hidden = janus.extend(embeds, cache, RowBatch.of(tables[:rows], [start_col] * rows))
             janus.image_logits(hidden[:, 0]).numpy()
             timings.append(time.perf_counter() - started)
         step_s = float(np.median(timings[1:]))

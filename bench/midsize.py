@@ -24,8 +24,10 @@ def main() -> None:
     from model import reference
     from model.checkpoint.loader import load_janus
     from model.tiny_checkpoint import build_tiny_checkpoint
+    from service.engine.block_manager import BlockManager
     from service.engine.request import RequestHandle, RequestState
     from service.engine.runner import Runner
+    from service.engine.scheduler import Scheduler
     from service.engine.types import GenerateParams
 
     parser = argparse.ArgumentParser()
@@ -59,20 +61,23 @@ def main() -> None:
     baseline_step = float(np.median(timings[1:]))
 
     # engine: 8 requests x parallel_size 2 with guidance = 32 rows in one decode step
-    runner = Runner(janus, max_rows=32, max_seq_len=length + args.steps + 8)
+    scheduler = Scheduler(32, 0, BlockManager(32 * -(-(len(prompt) + 576) // 16), 16))
+    runner = Runner(janus, scheduler.blocks.num_blocks, 16)
     loop = asyncio.new_event_loop()
     requests = []
     for i in range(8):
         params = GenerateParams(prompt.tolist(), 0, 576, 2, 5.0, 1.0, i)
         request = RequestState(params=params, handle=RequestHandle(f"r{i}", loop))
-        request.slots = list(range(4 * i, 4 * i + 4))
+        scheduler.add(request)
+        scheduler.admit()
         runner.prefill(request)
+        scheduler.prefilled(request)
         request.next_tokens = [0, 0]
-        request.length = length  # as if 300 image tokens were done (the cache columns are valid, their values moot)
+        for table in request.tables:  # as if 300 image tokens were done (their keys and values are moot)
+            scheduler.blocks.ensure(table, length)
+            table.length = length
         requests.append(request)
-    for request in requests:
-        for slot in request.slots:
-            runner.cache.valid[slot, :length] = 1.0
+    scheduler.prepare_step(requests)
     timings = []
     for _ in range(args.steps):
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Scaled dot-product attention for prompts (causal or full) and for one-token decode steps.
+"""Scaled dot-product attention: over a prompt's own keys (causal or full), and over the paged KV pool for the
+language model's prefills and decode steps.
 
 On the CPU in float32 these run the fused kernels of `model.cpu_kernels` when they are available; otherwise (GPU,
 half precision, kernels switched off or unbuildable) Paddle's own ops: two matmuls around a masked softmax.
@@ -14,6 +15,7 @@ import paddle
 import paddle.nn.functional as F
 
 from model import cpu_kernels
+from model.kv_cache import RowBatch
 
 
 def prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, starts: np.ndarray | None,
@@ -38,19 +40,36 @@ def prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, start
     return out
 
 
-def decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, valid: paddle.Tensor,
-                     columns: int) -> paddle.Tensor:
-    """One query per row against the cache: q [B, 1, H, D]; keys/values [B, KVH, max_len, D] (the cache view of
-    slots 0..B-1); valid [B, max_len] 1.0 where a column holds a real token, read up to `columns`.
-    -> [B, 1, H*D]."""
-    B, _, H, D = q.shape
-    lib = _native(q, keys, values, valid)
+def paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddle.Tensor,
+                    rows: RowBatch) -> paddle.Tensor:
+    """New positions of paged rows attending causally to everything their rows hold (the new ones written first).
+
+    q [B, T, H, D] (left-padded per `rows.pad`; a padding query gives zeros); key/value pools
+    [blocks, KVH, block_size, D]; rows: block tables and cached lengths (see `model.kv_cache.RowBatch`).
+    -> [B, T, H*D]. A prefill is T prompt positions; a decode step is T = 1.
+    """
+    B, T, H, D = q.shape
+    lib = _native(q, key_pool, value_pool, strided=True)
     if lib is None:
-        return _paddle_decode_attention(q, keys, values, valid)
-    out = paddle.empty([B, 1, H * D], dtype="float32")
-    KVH, max_len = keys.shape[1], keys.shape[2]
-    lib.janus_decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), valid.data_ptr(), out.data_ptr(),
-                               B, H, KVH, D, KVH * max_len * D, max_len * D, valid.shape[1], columns, D**-0.5)
+        return _paddle_paged_attention(q, key_pool, value_pool, rows)
+    if not _rows_of_heads(q):
+        q = q.contiguous()
+    KVH, block_size = key_pool.shape[1], key_pool.shape[2]
+    tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
+    out = paddle.empty([B, T, H * D], dtype="float32")
+    if T == 1 and not rows.pad.any():
+        lengths = np.ascontiguousarray(rows.lengths(1), dtype=np.int64)
+        if q.strides[0] != H * D:
+            q = q.contiguous()
+        lib.janus_paged_decode_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
+                                         B, H, KVH, D, block_size, tables.ctypes.data, tables.shape[1],
+                                         lengths.ctypes.data, D**-0.5)
+        return out
+    cached = np.ascontiguousarray(rows.cached, dtype=np.int64)
+    pad = np.ascontiguousarray(rows.pad, dtype=np.int64)
+    lib.janus_paged_prompt_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
+                                     B, T, H, KVH, D, q.strides[0], q.strides[1], block_size, tables.ctypes.data,
+                                     tables.shape[1], cached.ctypes.data, pad.ctypes.data, D**-0.5)
     return out
 
 
@@ -98,17 +117,29 @@ def _prompt_bias(starts: np.ndarray | None, B: int, T: int, heads: int, causal: 
     return np.ascontiguousarray(np.broadcast_to(bias[:, None], (B, heads, T, T)))
 
 
-def _paddle_decode_attention(q: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor,
-                             valid: paddle.Tensor) -> paddle.Tensor:
-    B, _, H, D = q.shape
-    KVH = keys.shape[1]
-    bias = _additive(valid > 0, q.dtype).reshape([B, 1, 1, valid.shape[1]])
-    grouped = q.reshape([B, KVH, H // KVH, D])  # query heads that share a key/value head
-    scores = paddle.matmul(grouped, keys, transpose_y=True) * (D**-0.5) + bias  # [B, KVH, G, max_len]
-    probs = F.softmax(scores.astype("float32"), axis=-1).astype(values.dtype)
-    return paddle.matmul(probs, values).reshape([B, 1, H * D])
+def _paddle_paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddle.Tensor,
+                            rows: RowBatch) -> paddle.Tensor:
+    B, T, H, D = q.shape
+    _, KVH, block_size, _ = key_pool.shape
+    lengths = rows.lengths(T)
+    blocks = -(-int(lengths.max()) // block_size)
+    L = blocks * block_size
+    index = paddle.to_tensor(np.ascontiguousarray(rows.tables[:, :blocks]).reshape(-1), place=q.place)
 
+    def gathered(pool: paddle.Tensor) -> paddle.Tensor:  # [B, H, L, D]: each row's blocks in order, per query head
+        rows_of = paddle.index_select(pool, index).reshape([B, blocks, KVH, block_size, D])
+        rows_of = rows_of.transpose([0, 2, 1, 3, 4]).reshape([B, KVH, L, D])
+        return paddle.repeat_interleave(rows_of, H // KVH, axis=1) if KVH != H else rows_of
 
-def _additive(allowed: paddle.Tensor, dtype: paddle.dtype) -> paddle.Tensor:
-    """Boolean mask -> 0 where allowed, the dtype's most negative value elsewhere."""
-    return paddle.where(allowed, paddle.zeros([1], dtype), paddle.full([1], paddle.finfo(dtype).min, dtype))
+    keys, values = gathered(key_pool), gathered(value_pool)
+    # query column t of row b sits at position cached + t - pad and sees keys 0..that; a padding query sees key 0
+    position = rows.cached[:, None] + np.arange(T)[None, :] - rows.pad[:, None]  # [B, T]
+    real = np.arange(T)[None, :] >= rows.pad[:, None]
+    allowed = np.arange(L)[None, None, :] <= np.where(real, position, 0)[:, :, None]  # [B, T, L]
+    bias = np.where(allowed, np.float32(0), np.finfo(np.float32).min).astype(np.float32)[:, None]
+    scores = paddle.matmul((q * (D**-0.5)).transpose([0, 2, 1, 3]), keys, transpose_y=True)  # [B, H, T, L]
+    scores = scores.astype("float32") + paddle.to_tensor(bias, place=q.place)
+    probs = F.softmax(scores, axis=-1).astype(values.dtype)
+    out = paddle.matmul(probs, values).transpose([0, 2, 1, 3])  # [B, T, H, D]
+    out = out * paddle.to_tensor(real[:, :, None, None].astype(np.float32), place=q.place).astype(out.dtype)
+    return out.reshape([B, T, H * D])

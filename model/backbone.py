@@ -1,22 +1,21 @@
-"""Drives PaddleNLP's Llama layers over a static, slot-addressed KV cache.
+"""Drives PaddleNLP's Llama layers over a paged KV cache.
 
-PaddleNLP's own attention grows its cache by concatenation and cannot address slots, so the forward pass here uses
+PaddleNLP's own attention grows its cache by concatenation and cannot address blocks, so the forward pass here uses
 the Llama's weights, norms and MLPs as they are and does the attention itself: rotary embedding, a write of the
-new keys/values into their slots, and attention over each row's valid history. `prefill` runs prompts into fresh
-slots; `decode` advances the rows in slots 0..B-1 by one token each, attending through zero-copy views.
+new keys/values into the rows' blocks, and attention over each row's history read through its block table.
+`extend` is the one forward: a prompt (after whatever prefix of it is cached) or a decode step of one position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import paddle
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
-from model.attention import decode_attention, prompt_attention
+from model.attention import paged_attention
 from model.config import LanguageConfig
-from model.kv_cache import KVCache
+from model.kv_cache import PagedKVCache, RowBatch
 from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, embedding, linear, matmul_weight, rms_norm, swiglu
 
 
@@ -49,55 +48,38 @@ class Backbone:
         """ids [B, T] -> token embeddings [B, T, hidden]."""
         return embedding(self.lm.llama.embed_tokens, ids)
 
-    def new_cache(self, slots: int, max_len: int, dtype: str, host_views: bool | None = None) -> KVCache:
+    def new_cache(self, num_blocks: int, block_size: int, dtype: str,
+                  host_views: bool | None = None) -> PagedKVCache:
         c = self.cfg
-        return KVCache(c.num_hidden_layers, slots, max_len, c.num_key_value_heads, c.head_dim, dtype, host_views)
+        return PagedKVCache(c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim, dtype,
+                            host_views)
 
     def text_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         return matmul_weight(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
 
-    def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int], token_mask: paddle.Tensor,
-                positions: paddle.Tensor, last_only: bool = False) -> paddle.Tensor:
-        """Run prompts (left-padded when ragged) into fresh slots.
+    def extend(self, embeds: paddle.Tensor, cache: PagedKVCache, rows: RowBatch,
+               last_only: bool = False) -> paddle.Tensor:
+        """Append positions to paged rows: a prompt (or what of it is not cached yet), or one decode step (T = 1).
 
-        embeds [B, T, hidden]; token_mask [B, T] 1 for real tokens; positions [B, T] rotary positions.
-        Returns final-normed hidden states [B, T, hidden] ([B, 1, hidden], the last position, with last_only); the
-        slots' caches hold columns 0..T-1 afterwards.
+        embeds [B, T, hidden], left-padded per `rows.pad`; the rows' tables must already hold blocks for every
+        new position. Returns final-normed hidden states [B, T, hidden] ([B, 1, hidden], the last position, with
+        last_only). Padding columns are neither written nor attended.
         """
         B, T, _ = embeds.shape
-        if cache.max_len < T:
-            raise ValueError(f"sequence of {T} tokens exceeds the KV cache length {cache.max_len}")
-        mask = token_mask.numpy()
-        starts = left_padding(mask)
-        cache.start_prompt(slots, mask)
-        rope = self.rotary.plan(positions.numpy(), embeds.dtype, self.cfg.num_attention_heads)
+        lengths = rows.lengths(T)
+        if (lengths > rows.tables.shape[1] * cache.block_size).any():
+            raise ValueError(f"rows of up to {int(lengths.max())} positions need more blocks than their tables hold")
+        if int(lengths.max()) > self.cfg.max_position_embeddings:
+            raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the model's context of "
+                             f"{self.cfg.max_position_embeddings}")
+        cache.start(rows, T)
+        rope = self.rotary.plan(rows.positions(T), embeds.dtype, self.cfg.num_attention_heads)
 
         def attend(layer: int, q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
-            cache.write_prompt(layer, k, v)
-            return prompt_attention(q, k, v, starts, causal=True)
+            cache.write(layer, k, v)
+            return paged_attention(q, cache.keys[layer], cache.values[layer], rows)
 
         return self._layers(embeds, rope, attend, last_only)
-
-    def decode(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
-               positions: np.ndarray) -> paddle.Tensor:
-        """One new token for each of the rows in slots 0..B-1 (row i is slot i).
-
-        embeds [B, 1, hidden]; lengths[i] = the cache column row i's token goes to; positions [B] rotary positions.
-        Returns final-normed hidden states [B, 1, hidden].
-        """
-        B = embeds.shape[0]
-        if max(lengths) >= cache.max_len:
-            raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the KV cache length {cache.max_len}")
-        cache.start_step(lengths)
-        valid, attended = cache.valid[:B], max(lengths) + 1
-        rope = self.rotary.plan(np.asarray(positions).reshape(B, 1), embeds.dtype, self.cfg.num_attention_heads)
-
-        def attend(layer: int, q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
-            cache.write_step(layer, k, v)
-            keys, values = cache.view(layer, B)  # [B, KVH, max_len, D], no copy
-            return decode_attention(q, keys, values, valid, attended)
-
-        return self._layers(embeds, rope, attend)
 
     def _layers(self, embeds: paddle.Tensor, rope: RotaryPlan,
                 attend: Callable[[int, paddle.Tensor, paddle.Tensor, paddle.Tensor], paddle.Tensor],
@@ -125,12 +107,3 @@ class Backbone:
             after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.lm.llama.norm
             h, x = add_rms_norm(h, mlp_out, after)
         return x
-
-
-def left_padding(token_mask: np.ndarray) -> np.ndarray:
-    """token_mask [B, T] (zeros, then ones) -> each row's first real token [B]."""
-    real = token_mask.astype(bool)
-    starts = real.shape[1] - real.sum(axis=1)
-    if not (real == (np.arange(real.shape[1])[None] >= starts[:, None])).all():
-        raise ValueError("token_mask must be left padding: zeros, then ones to the end of each row")
-    return starts.astype(np.int64)

@@ -13,7 +13,7 @@ from paddlenlp.transformers import LlamaForCausalLM
 
 from model.backbone import Backbone, llama_config
 from model.config import JanusConfig
-from model.kv_cache import KVCache
+from model.kv_cache import PagedKVCache, RowBatch
 from model.projector import GenHead, MlpProjector
 from model.siglip import VisionTower
 from model.vq_decoder import VQDecoder
@@ -79,30 +79,16 @@ class JanusModel(nn.Layer):
 
     # backbone
 
-    def new_cache(self, slots: int, max_len: int, host_views: bool | None = None) -> KVCache:
-        """host_views=False forces the cache's device code path on the CPU too (tests)."""
-        return self.backbone.new_cache(slots, max_len, str(self.dtype).replace("paddle.", ""), host_views)
+    def new_cache(self, num_blocks: int, block_size: int = 16, host_views: bool | None = None) -> PagedKVCache:
+        """A pool of `num_blocks` blocks of `block_size` positions. host_views=False forces the cache's device code
+        path on the CPU too (tests)."""
+        return self.backbone.new_cache(num_blocks, block_size, str(self.dtype).replace("paddle.", ""), host_views)
 
-    def prefill(self, embeds: paddle.Tensor, cache: KVCache, slots: list[int],
-                token_mask: paddle.Tensor | None = None, positions: paddle.Tensor | None = None,
-                last_only: bool = False) -> paddle.Tensor:
-        """Prompts [B, T, hidden] into fresh cache slots -> hidden [B, T, hidden] (with last_only [B, 1, hidden],
-        the last position, which is all that sampling the first new token needs). Without a mask: no padding."""
-        B, T, _ = embeds.shape
-        if token_mask is None:
-            token_mask = paddle.ones([B, T], "int64")
-        if positions is None:
-            positions = paddle.clip(paddle.cumsum(token_mask, axis=1) - 1, min=0)
-        return self.backbone.prefill(embeds, cache, slots, token_mask, positions, last_only)
-
-    def decode_step(self, embeds: paddle.Tensor, cache: KVCache, lengths: list[int],
-                    positions: list[int] | None = None) -> paddle.Tensor:
-        """One token for each row in slots 0..B-1: embeds [B, 1, hidden] -> hidden [B, 1, hidden].
-
-        lengths[i]: cache columns row i already uses (its token is written there); positions default to lengths
-        (rows without left padding)."""
-        rope = np.asarray(positions if positions is not None else lengths, dtype=np.int64)
-        return self.backbone.decode(embeds, cache, lengths, rope)
+    def extend(self, embeds: paddle.Tensor, cache: PagedKVCache, rows: RowBatch,
+               last_only: bool = False) -> paddle.Tensor:
+        """New positions for paged rows: embeds [B, T, hidden] (left-padded per rows.pad) -> hidden [B, T, hidden]
+        (with last_only [B, 1, hidden], the last position, which is all that sampling the next token needs)."""
+        return self.backbone.extend(embeds, cache, rows, last_only)
 
     # image decoding
 

@@ -1,17 +1,22 @@
-"""Preallocated key/value storage for the Llama backbone: per layer `[slots, kv_heads, max_len, head_dim]`.
+"""Paged key/value storage for the Llama backbone: one pool of fixed-size blocks per layer,
+`[blocks, kv_heads, block_size, head_dim]`, and rows that address it through block tables.
 
-Head-major, so the keys of the rows in slots `0..B-1` are the zero-copy view `keys[:B]`, already in the
-`[B, heads, len, dim]` layout a batched matmul wants: decoding gathers nothing. That requires the running rows to
-occupy the lowest slots (the engine keeps them compact with `copy`). `valid` marks the columns that hold real
-tokens, so left padding and stale columns are never attended.
+A row is any sequence the backbone extends (a prompt, an answer, one image of a generation). Its position j lives in
+block `table[j // block_size]` at offset `j % block_size`; which blocks a row owns, shares or gives back is decided
+outside `model/` (the service's block manager). Here: where a forward's new keys and values go (`RowBatch`), the
+writes, and whole-block copies (copy-on-write of a shared, partly filled block).
 
-On the CPU the buffers are also seen as numpy arrays over the same memory, and every bookkeeping write (new
-keys, validity, slot copies) is one numpy assignment: Paddle's eager ops cost tens of microseconds each however
-small the tensor, and a decode step would otherwise spend a dozen of them per layer on index arithmetic and
-scatters. On other devices the same writes go through index tensors and `scatter_`.
+Head-major inside a block, so one head's keys of one block are `block_size` contiguous rows of `head_dim`: the
+attention kernels read a block's run of keys with unit stride.
+
+On the CPU the pool is also seen as numpy arrays over the same memory, and every write is one numpy assignment
+(Paddle's eager ops cost tens of microseconds each however small the tensor). On other devices the same writes
+go through index tensors and `scatter_`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import paddle
@@ -19,132 +24,113 @@ import paddle
 from model.host_memory import host_view
 
 
-class KVCache:
-    def __init__(self, num_layers: int, slots: int, max_len: int, kv_heads: int, head_dim: int,
+@dataclass(slots=True)
+class RowBatch:
+    """The rows of one forward: each appends T - pad[b] positions after the cached[b] it already has.
+
+    tables [B, blocks per row] int64: row b's blocks in position order (entries past its last block: any valid id);
+    cached [B]: positions already in the pool; pad [B]: left-padding columns of this forward's T (0 for decoding).
+    Row b's column t (t >= pad[b]) is position cached[b] + t - pad[b].
+    """
+
+    tables: np.ndarray
+    cached: np.ndarray
+    pad: np.ndarray
+
+    @classmethod
+    def of(cls, tables: list[list[int]], cached: list[int], pad: list[int] | None = None) -> RowBatch:
+        width = max(1, max(len(t) for t in tables))
+        array = np.zeros((len(tables), width), np.int64)
+        for b, table in enumerate(tables):
+            array[b, :len(table)] = table
+        pad_array = np.zeros(len(tables), np.int64) if pad is None else np.asarray(pad, np.int64)
+        return cls(array, np.asarray(cached, np.int64), pad_array)
+
+    def lengths(self, T: int) -> np.ndarray:
+        """Positions each row has after the forward."""
+        return self.cached + T - self.pad
+
+    def positions(self, T: int) -> np.ndarray:
+        """[B, T] rotary position of every column (padding columns: 0)."""
+        columns = np.arange(T)[None, :] - self.pad[:, None]
+        return np.where(columns >= 0, self.cached[:, None] + columns, 0)
+
+
+class PagedKVCache:
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: str = "float32", host_views: bool | None = None) -> None:
         """host_views: None = on the CPU (where they are possible); False forces the device path."""
-        self.slots = slots
-        self.max_len = max_len
+        self.num_blocks = num_blocks
+        self.block_size = block_size
         self.kv_heads = kv_heads
         self.head_dim = head_dim
-        shape = [slots, kv_heads, max_len, head_dim]
+        shape = [num_blocks, kv_heads, block_size, head_dim]
+        # zeros, not empty: the Paddle path reads whole blocks and masks what is stale, and a masked NaN still
+        # poisons a matmul; stale finite values never do
         self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.valid = paddle.zeros([slots, max_len], dtype="float32")  # 1.0 where a column holds a real token
-        on_cpu = self.valid.place.is_cpu_place()
+        on_cpu = self.keys[0].place.is_cpu_place()
         self.on_host = on_cpu if host_views is None else host_views and on_cpu
         if self.on_host:
             self._keys = [host_view(k) for k in self.keys]
             self._values = [host_view(v) for v in self.values]
-            self._valid = host_view(self.valid)
         else:
-            # reshape shares storage: scatter_ into these lands in the 4-D buffers
+            # reshape shares storage: scatter_ into these lands in the 4-D pools
             self._flat_keys = [k.reshape([-1, head_dim]) for k in self.keys]
             self._flat_values = [v.reshape([-1, head_dim]) for v in self.values]
-            self._flat_valid = self.valid.reshape([-1])
-        self._index: paddle.Tensor | None = None  # device path: flat rows the current forward writes
-        self._columns: tuple[np.ndarray, np.ndarray] | None = None  # host path: (slots, columns) of a decode step
+        self._target: tuple[np.ndarray, ...] | None = None  # host path: (batch rows, columns, blocks, offsets)
+        self._index: tuple[paddle.Tensor, paddle.Tensor] | None = None  # device path: (sources, pool rows)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block over all layers, keys and values."""
+        k = self.keys[0]
+        return 2 * len(self.keys) * k.shape[1] * k.shape[2] * k.shape[3] * k.element_size()
 
     @property
     def nbytes(self) -> int:
-        k = self.keys[0]
-        return 2 * len(self.keys) * k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3] * k.element_size()
+        return self.block_bytes * self.num_blocks
 
-    # a prompt: columns 0..T-1 of fresh slots
-
-    def start_prompt(self, slots: list[int], token_mask: np.ndarray) -> None:
-        """Forget what the slots held and mark their prompt's real tokens. token_mask [B, T]: 1 for real tokens."""
-        B, T = token_mask.shape
-        mask = token_mask.astype(np.float32)
+    def start(self, rows: RowBatch, T: int) -> None:
+        """Address the new positions of a forward of T columns (padding columns are not written)."""
+        b, t = np.nonzero(np.arange(T)[None, :] >= rows.pad[:, None])
+        position = rows.cached[b] + t - rows.pad[b]
+        block = rows.tables[b, position // self.block_size]
+        offset = position % self.block_size
         if self.on_host:
-            self._valid[slots] = 0.0
-            self._valid[slots, :T] = mask
-            self._columns = (np.asarray(slots), np.arange(T))
+            self._target = (b, t, block, offset)
             return
-        slot_ids = np.asarray(slots, np.int64)
-        for slot in slots:
-            self.valid[slot] = 0.0
-        rows = (slot_ids[:, None] * self.max_len + np.arange(T)[None]).flatten()
-        paddle.scatter_(self._flat_valid, paddle.to_tensor(rows), paddle.to_tensor(mask.flatten()), overwrite=True)
-        self._index = paddle.to_tensor(self._entry_rows(slot_ids, np.broadcast_to(np.arange(T), (B, T))))
+        heads = np.arange(self.kv_heads, dtype=np.int64)[None, :]
+        pool_rows = (block[:, None] * self.kv_heads + heads) * self.block_size + offset[:, None]  # [N, kv_heads]
+        self._index = (paddle.to_tensor(b * T + t), paddle.to_tensor(pool_rows.flatten()))
 
-    def write_prompt(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> None:
-        """keys/values [B, T, kv_heads, head_dim] of the prompt started last."""
+    def write(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> None:
+        """keys/values [B, T, kv_heads, head_dim] of the forward started last."""
         if self.on_host:
-            slots, columns = self._columns
-            T = len(columns)
-            self._keys[layer][slots, :, :T] = host_view(keys.contiguous()).transpose(0, 2, 1, 3)
-            self._values[layer][slots, :, :T] = host_view(values.contiguous()).transpose(0, 2, 1, 3)
+            assert self._target is not None, "start() first"
+            b, t, block, offset = self._target
+            self._keys[layer][block, :, offset] = host_view(keys.contiguous())[b, t]
+            self._values[layer][block, :, offset] = host_view(values.contiguous())[b, t]
             return
-        D = self.head_dim
-        self._scatter(layer, keys.transpose([0, 2, 1, 3]).reshape([-1, D]),
-                      values.transpose([0, 2, 1, 3]).reshape([-1, D]))
+        assert self._index is not None, "start() first"
+        sources, pool_rows = self._index
+        B, T, KVH, D = keys.shape
+        for flat, new in ((self._flat_keys[layer], keys), (self._flat_values[layer], values)):
+            chosen = paddle.index_select(new.reshape([B * T, KVH, D]), sources).reshape([-1, D])
+            paddle.scatter_(flat, pool_rows, chosen.astype(flat.dtype), overwrite=True)
 
-    # a decode step: one new column for each of the rows in slots 0..B-1
-
-    def start_step(self, lengths: list[int]) -> None:
-        """Row i (slot i) writes its new token at column lengths[i]."""
-        B = len(lengths)
-        columns = np.asarray(lengths, np.int64)
-        if self.on_host:
-            self._columns = (np.arange(B), columns)
-            self._valid[np.arange(B), columns] = 1.0
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy whole blocks (source, destination) in every layer: a shared block a row is about to write into."""
+        if not pairs:
             return
-        slot_ids = np.arange(B, dtype=np.int64)
-        paddle.scatter_(self._flat_valid, paddle.to_tensor(slot_ids * self.max_len + columns),
-                        paddle.ones([B], "float32"), overwrite=True)
-        self._index = paddle.to_tensor(self._entry_rows(slot_ids, columns[:, None]))
-
-    def write_step(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> None:
-        """keys/values [B, 1, kv_heads, head_dim] of the step started last."""
-        if self.on_host:
-            slots, columns = self._columns
-            self._keys[layer][slots, :, columns] = host_view(keys.contiguous())[:, 0]
-            self._values[layer][slots, :, columns] = host_view(values.contiguous())[:, 0]
-            return
-        D = self.head_dim
-        self._scatter(layer, keys.reshape([-1, D]), values.reshape([-1, D]))
-
-    def view(self, layer: int, rows: int) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """Keys and values of slots 0..rows-1: [rows, kv_heads, max_len, head_dim] views, no copy."""
-        return self.keys[layer][:rows], self.values[layer][:rows]
-
-    # slots
-
-    def clear(self, slots: list[int]) -> None:
-        """Forget the slots' tokens (their stale keys stay but are masked out)."""
-        if self.on_host:
-            self._valid[slots] = 0.0
-            return
-        for slot in slots:
-            self.valid[slot] = 0.0
-
-    def copy(self, src: int, dsts: list[int]) -> None:
-        """Make each slot of `dsts` a copy of slot `src` (prefill once, copy many; compaction)."""
-        dsts = [d for d in dsts if d != src]
-        if not dsts:
-            return
+        src = [s for s, _ in pairs]
+        dst = [d for _, d in pairs]
         if self.on_host:
             for layer in range(len(self.keys)):
-                self._keys[layer][dsts] = self._keys[layer][src]
-                self._values[layer][dsts] = self._values[layer][src]
-            self._valid[dsts] = self._valid[src]
+                self._keys[layer][dst] = self._keys[layer][src]
+                self._values[layer][dst] = self._values[layer][src]
             return
-        for dst in dsts:
+        for s, d in pairs:
             for layer in range(len(self.keys)):
-                self.keys[layer][dst] = self.keys[layer][src]
-                self.values[layer][dst] = self.values[layer][src]
-            self.valid[dst] = self.valid[src]
-
-    # device path
-
-    def _entry_rows(self, slots: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """slots [B], columns [B, T] -> flat rows [B * kv_heads * T] of the [slots * kv_heads * max_len, D] views,
-        ordered (row, head, column) like `keys.transpose([0, 2, 1, 3])`."""
-        heads = np.arange(self.kv_heads, dtype=np.int64)[None, :, None]
-        return ((slots[:, None, None] * self.kv_heads + heads) * self.max_len + columns[:, None, :]).flatten()
-
-    def _scatter(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> None:
-        assert self._index is not None, "start_prompt / start_step first"
-        paddle.scatter_(self._flat_keys[layer], self._index, keys, overwrite=True)
-        paddle.scatter_(self._flat_values[layer], self._index, values, overwrite=True)
+                self.keys[layer][d] = self.keys[layer][s]
+                self.values[layer][d] = self.values[layer][s]

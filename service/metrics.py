@@ -42,10 +42,29 @@ class Metrics:
         self.info = Gauge("janus_model_info", "The model being served (value is always 1).",
                           ["model", "dtype", "device", "random_weights"], registry=r)
         self.ready = Gauge("janus_ready", "1 when the engine is warmed up and accepting requests.", registry=r)
+        self.kv_blocks = Gauge("janus_kv_blocks", "KV cache blocks by state: used (held by running rows), cached "
+                               "(finished requests' blocks kept for prefix reuse, evictable) and free.", ["state"],
+                               registry=r)
+        self.prompt_tokens = Counter("janus_prompt_tokens", "Prompt positions prefilled (computed) or taken from the "
+                                     "prefix cache (reused).", ["source"], registry=r)
+        self.prefix_lookups = Counter("janus_prefix_cache_lookups", "Prompts looked up in the prefix cache; "
+                                      "janus_prefix_cache_hits / this is the hit rate.", registry=r)
+        self.prefix_hits = Counter("janus_prefix_cache_hits", "Prompts that reused at least one cached block.",
+                                   registry=r)
+        self.evictions = Counter("janus_kv_evictions", "Cached KV blocks evicted to make room.", registry=r)
+        self.image_cache = Counter("janus_image_feature_cache_lookups", "Images looked up in the vision-feature "
+                                   "cache, by result (hit: the vision encoder was skipped).", ["result"], registry=r)
+        self._totals: dict[str, int] = {}  # the engine's running totals as last seen, for the counters' increments
         for kind in KINDS:
             self.running_rows.labels(kind)
         for kind in ("text", "image"):
             self.tokens.labels(kind)
+        for state in ("used", "cached", "free"):
+            self.kv_blocks.labels(state)
+        for source in ("computed", "reused"):
+            self.prompt_tokens.labels(source)
+        for result in ("hit", "miss"):
+            self.image_cache.labels(result)
 
     # engine observer
 
@@ -83,6 +102,18 @@ class Metrics:
         self.free_rows.set(stats.get("free_rows", 0))
         self.decoding.set(stats.get("decoding", 0))
         self.ready.set(1 if ready else 0)
+        for state in ("used", "cached", "free"):
+            self.kv_blocks.labels(state).set(stats.get(f"kv_blocks_{state}", 0))
+        counters = {"prompt_tokens_computed": self.prompt_tokens.labels("computed"),
+                    "prompt_tokens_reused": self.prompt_tokens.labels("reused"),
+                    "prefix_lookups": self.prefix_lookups, "prefix_hits": self.prefix_hits,
+                    "kv_evictions": self.evictions, "image_cache_hits": self.image_cache.labels("hit"),
+                    "image_cache_misses": self.image_cache.labels("miss")}
+        for name, counter in counters.items():
+            total = stats.get(name, 0)
+            if total > self._totals.get(name, 0):
+                counter.inc(total - self._totals.get(name, 0))
+                self._totals[name] = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

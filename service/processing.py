@@ -33,6 +33,7 @@ from model.token_bytes import token_bytes
 from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
 from service.conversation import Conversation, Turn
 from service.engine.capacity import CONTEXT_SETTING, ROWS_SETTING, Capacity, Shortfall
+from service.engine.prompt_blocks import image_hash
 from service.engine.types import GenerateParams, UnderstandParams
 from service.stop_texts import StopTexts
 
@@ -102,10 +103,12 @@ class Preprocessor:
 
     @classmethod
     def from_dir(cls, directory: str | Path, cfg: JanusConfig, max_seq_len: int,
-                 template: str | None = None, max_rows: int | None = None) -> Preprocessor:
+                 template: str | None = None, max_rows: int | None = None,
+                 capacity: Capacity | None = None) -> Preprocessor:
+        """capacity: the engine's (rows, context and KV pool); None: only max_seq_len and max_rows."""
         chat = get_template(template) if template else template_for_checkpoint(directory)
         return cls(JanusTokenizer.from_dir(directory), ImageProcessor.from_dir(directory), chat,
-                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens, Capacity(max_seq_len, max_rows))
+                   cfg.vision.num_tokens, cfg.gen_vision.num_tokens, capacity or Capacity(max_seq_len, max_rows))
 
     def max_images(self) -> int:
         """Images one question can carry here, at most MAX_IMAGES: with the default system prompt, a short
@@ -122,7 +125,7 @@ class Preprocessor:
         `limit`. What `GET /info` promises."""
         prompt = len(self.tokenizer.encode_prompt(generation_prompt("a red fox in the snow", self.template)))
         for count in range(limit, 0, -1):
-            if self.capacity.shortfall(prompt, self.gen_tokens, rows=2 * count) is None:
+            if self.capacity.shortfall(prompt, self.gen_tokens, rows=2 * count, prompts=2) is None:
                 return count
         return 0
 
@@ -161,7 +164,8 @@ class Preprocessor:
         return UnderstandParams(prompt_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
                                 image_id=tok.image_id, temperature=options.temperature, top_p=options.top_p,
                                 seed=options.seed, stop_ids=(tok.eos_id,), timeout_s=timeout_s, n=options.n,
-                                stop_watch=stop_watch, logprobs=options.logprobs)
+                                stop_watch=stop_watch, logprobs=options.logprobs,
+                                image_hashes=() if pixels is None else tuple(image_hash(p) for p in pixels))
 
     def _check_answer_fits(self, prompt_tokens: int, num_images: int, max_new_tokens: int,
                            options: AnswerOptions) -> None:
@@ -171,7 +175,11 @@ class Preprocessor:
         if short.setting == ROWS_SETTING:
             raise DoesNotFit(f"n {options.n} needs {options.n} rows (one per answer) but the server runs at most "
                              f"{short.limit}: lower n", short, "n")
-        assert short.setting == CONTEXT_SETTING
+        if short.setting != CONTEXT_SETTING:  # the KV memory
+            raise DoesNotFit(f"the prompt of {prompt_tokens} tokens with {options.n} answer(s) of up to "
+                             f"{max_new_tokens} tokens needs up to {short.needed} MiB of KV cache but the server's "
+                             f"whole cache is {short.limit} MiB: lower {options.length_field} or n, or send fewer "
+                             "images", short, options.length_field)
         images = f" ({num_images} image(s) of {self.vision_tokens + 2} positions each)" if num_images else ""
         shorten = "send fewer images or a shorter conversation" if num_images else "shorten the conversation"
         room = self.capacity.room(prompt_tokens)
@@ -190,10 +198,13 @@ class Preprocessor:
         ids = self.tokenizer.encode_prompt(generation_prompt(prompt, self.template))
         guided = cfg_weight != 1.0
         rows = parallel_size * (2 if guided else 1)
-        short = self.capacity.shortfall(len(ids), self.gen_tokens, rows=rows)
+        short = self.capacity.shortfall(len(ids), self.gen_tokens, rows=rows, prompts=2 if guided else 1)
         if short is not None and short.setting == CONTEXT_SETTING:
             raise DoesNotFit(f"the prompt is {len(ids)} tokens and an image {self.gen_tokens} more, but the server's "
                              f"context is {short.limit} tokens: shorten the prompt", short, "prompt")
+        if short is not None and short.setting != ROWS_SETTING:  # the KV memory
+            raise DoesNotFit(f"{count_field} {parallel_size} needs up to {short.needed} MiB of KV cache but the "
+                             f"server's whole cache is {short.limit} MiB: lower {count_field}", short, count_field)
         if short is not None:
             per_image = "two per image with guidance" if guided else "one per image"
             cure = f"lower {count_field} (or set cfg_weight 1: one row per image)" if guided else f"lower {count_field}"

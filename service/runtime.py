@@ -69,12 +69,14 @@ class Runtime:
         if random_weights and settings.model_dir is not None:
             log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
         config = EngineConfig(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
+                              kv_cache_mb=settings.kv_cache_mb, block_size=settings.kv_block_size,
+                              prefix_cache=settings.prefix_cache == "on", feature_cache_mb=settings.image_cache_mb,
                               max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
                               progress_every=settings.progress_every, decode_threads=settings.decode_threads)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
-        preprocessor = Preprocessor.from_dir(directory, model.cfg, settings.max_seq_len, settings.chat_template,
-                                             max_rows=settings.max_rows)
+        preprocessor = Preprocessor.from_dir(directory, model.cfg, engine.max_seq_len, settings.chat_template,
+                                             capacity=engine.capacity)
         info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
         log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,

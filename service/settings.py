@@ -35,9 +35,18 @@ class Settings(BaseSettings):
         "on", description="The playground page at /playground/ (and / leading to it); off: both answer 404.")
 
     # engine capacity
-    max_rows: int = Field(32, ge=1, description="KV-cache rows = sequences running at once "
-                                                "(generation uses 2 per image, 1 with cfg_weight 1).")
-    max_seq_len: int = Field(1024, ge=16, description="Tokens per row: prompt + new tokens (or image tokens).")
+    max_rows: int = Field(32, ge=1, description="Sequences decoding at once (generation uses 2 per image, 1 with "
+                                                "cfg_weight 1).")
+    max_seq_len: int | None = Field(None, ge=16, description="Longest request: prompt + new tokens (or image "
+                                                             "tokens); unset: the model's context.")
+    kv_cache_mb: int = Field(8192, ge=1, description="KV cache budget in MiB: one pool of blocks shared by all "
+                                                     "requests (never more than max_rows x max_seq_len need).")
+    kv_block_size: int = Field(16, ge=1, le=1024, description="Positions per KV cache block.")
+    prefix_cache: Literal["on", "off"] = Field(
+        "on", description="Reuse the KV blocks of known prompt prefixes (system prompt, earlier turns, the same "
+                          "image) across requests; finished requests' blocks stay cached until memory is needed.")
+    image_cache_mb: int = Field(256, ge=0, description="Vision features of recent images kept in MiB, so a "
+                                                       "repeated image skips the vision encoder (0: off).")
     max_waiting: int = Field(64, ge=0, description="Requests queued beyond the running ones; past that: 429.")
     progress_every: int = Field(16, ge=1, description="Generation progress events every this many steps.")
     decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder, which runs beside the engine "

@@ -46,7 +46,8 @@ _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-
 _P, _I, _L, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "janus_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _L, _L, _P, _I, _F],
-    "janus_decode_attention": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _L, _L, _L, _I, _F],
+    "janus_paged_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _I, _P, _L, _P, _P, _F],
+    "janus_paged_decode_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _L, _P, _F],
     "janus_rms_norm": [_P, _P, _P, _L, _I, _F],
     "janus_add_rms_norm": [_P, _P, _P, _P, _P, _L, _I, _F],
     "janus_rope": [_P, _P, _P, _P, _L, _I, _I],

@@ -1,5 +1,6 @@
 /* Fused float32 attention for the CPU: scores, mask, softmax and the weighted sum in one pass, without ever
- * materialising the [heads, T, T] score tensor. Paddle's CPU build spends most of a prompt's attention time in
+ * materialising the [heads, T, T] score tensor; over a prompt's own keys (the vision encoder) or over the paged
+ * KV pool of the language model (prefill and decode). Paddle's CPU build spends most of a prompt's attention time in
  * that tensor (scaling, masking and a scalar-exp softmax over T x T elements); here the exponentials are
  * vectorised and the masked half of a causal prompt is never computed.
  *
@@ -53,13 +54,26 @@ static float exp_row(float *row, int live, int n) {
     return hsum8(sum);
 }
 
-/* Attention over a prompt.
+/* Which keys each query of a row attends, for the core below. Row b: queries t < qfirst[b] are padding (their
+ * output is the value at key t with pad_copy, zeros otherwise); keys start at kfirst[b]; a causal query t sees keys
+ * up to t + shift[b] (inclusive), a full one keys up to kend[b] (exclusive). keys_max bounds every row's key count. */
+typedef struct {
+    const int64_t *qfirst, *kfirst, *shift, *kend;
+    int causal, pad_copy, keys_max;
+} rows_t;
+
+static inline int key_end(const rows_t *r, int b, int t) { /* exclusive */
+    return r->causal ? t + 1 + (int)r->shift[b] : (int)r->kend[b];
+}
+
+static inline void pad_output(const rows_t *r, float *dst, const float *vrow, int D) {
+    if (r->pad_copy) memcpy(dst, vrow, sizeof(float) * D);
+    else memset(dst, 0, sizeof(float) * D);
+}
+
+/* The core over keys and values laid out [B, keys, KVH, D] with strides kv_b, kv_t:
  *   q    [B, T, H, D]   strides q_b, q_t (elements); head h at +h*D
- *   k, v [B, T, KVH, D] strides kv_b, kv_t (same for both); query head h reads key/value head h / (H / KVH)
- *   out  [B, T, H, D]   contiguous
- *   start[b]: row b's first real token (left padding before it); NULL means 0. Keys before it are never
- *   attended; a padding query attends to itself only (its output is discarded, but stays finite).
- *   causal: query t sees keys up to t; otherwise all T.
+ *   out  [B, T, H, D]   contiguous; query head h reads key/value head h / (H / KVH)
  */
 #ifdef JANUS_WITH_MKL
 /* MKL's CBLAS (libmklml_intel, shipped in the paddle wheel); declared here, as the wheel has no headers */
@@ -71,32 +85,31 @@ int MKL_Set_Num_Threads_Local(int threads);
 /* Blocks of 64 queries: scores = Q K^T and out = P V are two small GEMMs on strided rows (no packing), with the
  * masked softmax in between; the causal part past a block's last query is never computed. Each thread runs MKL
  * single-threaded on its own blocks. */
-void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
-                            int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
-                            const int64_t *start, int causal, float scale) {
+static void attend(const float *q, const float *k, const float *v, float *out, int B, int T, int H, int KVH, int D,
+                   int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t, const rows_t *r, float scale) {
     enum { BLOCK = 64 };
-    const int G = H / KVH, blocks = (T + BLOCK - 1) / BLOCK, padded = (T + 7) / 8 * 8;
+    const int G = H / KVH, blocks = (T + BLOCK - 1) / BLOCK, padded = (r->keys_max + 7) / 8 * 8;
 #pragma omp parallel
     {
         const int previous = MKL_Set_Num_Threads_Local(1);
-        float *scores = malloc(sizeof(float) * BLOCK * padded);
+        float *scores = malloc(sizeof(float) * BLOCK * (padded > 8 ? padded : 8));
         float sums[BLOCK];
 #pragma omp for schedule(monotonic: dynamic) collapse(2)
         for (int bh = 0; bh < B * H; bh++) {
             for (int blk = 0; blk < blocks; blk++) {
-                const int b = bh / H, h = bh % H, kh = h / G, first = start ? (int)start[b] : 0;
+                const int b = bh / H, h = bh % H, kh = h / G, first = (int)r->kfirst[b];
                 const int t1 = (blk + 1) * BLOCK < T ? (blk + 1) * BLOCK : T;
                 const float *vbase = v + b * kv_b + (int64_t)kh * D;
                 int t0 = blk * BLOCK;
-                for (; t0 < t1 && t0 < first; t0++) /* a padding query attends to itself */
-                    memcpy(out + (((int64_t)b * T + t0) * H + h) * D, vbase + t0 * kv_t, sizeof(float) * D);
+                for (; t0 < t1 && t0 < r->qfirst[b]; t0++)
+                    pad_output(r, out + (((int64_t)b * T + t0) * H + h) * D, vbase + t0 * kv_t, D);
                 if (t0 == t1) continue;
-                const int nq = t1 - t0, n = (causal ? t1 : T) - first, np = (n + 7) / 8 * 8;
+                const int nq = t1 - t0, n = key_end(r, b, t1 - 1) - first, np = (n + 7) / 8 * 8;
                 cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, nq, n, D, scale,
                             q + b * q_b + t0 * q_t + (int64_t)h * D, (int)q_t,
                             k + b * kv_b + first * kv_t + (int64_t)kh * D, (int)kv_t, 0.0f, scores, np);
                 for (int i = 0; i < nq; i++)
-                    sums[i] = exp_row(scores + (int64_t)i * np, causal ? t0 + i + 1 - first : n, np);
+                    sums[i] = exp_row(scores + (int64_t)i * np, key_end(r, b, t0 + i) - first, np);
                 float *dst = out + (((int64_t)b * T + t0) * H + h) * D;
                 cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, nq, D, n, 1.0f, scores, np,
                             vbase + first * kv_t, (int)kv_t, 0.0f, dst, H * D);
@@ -149,13 +162,12 @@ static void weighted_sum(const float *p, int p_stride, int nq, const float *v, i
     }
 }
 
-void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
-                            int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
-                            const int64_t *start, int causal, float scale) {
+static void attend(const float *q, const float *k, const float *v, float *out, int B, int T, int H, int KVH, int D,
+                   int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t, const rows_t *r, float scale) {
     const int G = H / KVH, block = 32;
     const int blocks = (T + block - 1) / block;
-    const int padded = (T + 15) / 16 * 16;
-    /* Packed once per (row, key head), token j of row b at index j - start[b]: keys transposed [D][padded] (a
+    const int padded = (r->keys_max + 15) / 16 * 16;
+    /* Packed once per (row, key head), key j of row b at index j - kfirst[b]: keys transposed [D][padded] (a
      * load gives one dimension of 8 keys), values [padded][D] (one head's rows contiguous, not H*D apart). */
     float *keys_t = malloc(sizeof(float) * B * KVH * D * padded);
     float *values_p = malloc(sizeof(float) * B * KVH * D * padded);
@@ -163,15 +175,16 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
     {
 #pragma omp for schedule(static)
         for (int bk = 0; bk < B * KVH; bk++) {
-            const int b = bk / KVH, kh = bk % KVH, first = start ? (int)start[b] : 0;
+            const int b = bk / KVH, kh = bk % KVH, first = (int)r->kfirst[b];
+            const int last = r->causal ? key_end(r, b, T - 1) : (int)r->kend[b];
             float *kdst = keys_t + (int64_t)bk * D * padded, *vdst = values_p + (int64_t)bk * D * padded;
-            for (int j = first; j < T; j++) {
+            for (int j = first; j < last; j++) {
                 const float *krow = k + b * kv_b + j * kv_t + (int64_t)kh * D;
                 for (int d = 0; d < D; d++) kdst[d * padded + j - first] = krow[d];
                 memcpy(vdst + (int64_t)(j - first) * D, v + b * kv_b + j * kv_t + (int64_t)kh * D, sizeof(float) * D);
             }
             for (int d = 0; d < D; d++)
-                for (int j = T - first; j < padded; j++) kdst[d * padded + j] = 0.0f;
+                for (int j = last - first; j < padded; j++) kdst[d * padded + j] = 0.0f;
         }
         float *scores = malloc(sizeof(float) * QB * padded);
         float *acc = malloc(sizeof(float) * QB * D);
@@ -180,9 +193,9 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
         for (int bh = 0; bh < B * H; bh++) {
             for (int blk = 0; blk < blocks; blk++) {
                 const int b = bh / H, h = bh % H, kh = h / G;
-                const int first = start ? (int)start[b] : 0;
+                const int first = (int)r->kfirst[b], qfirst = (int)r->qfirst[b];
                 const int t0 = blk * block, t1 = t0 + block < T ? t0 + block : T;
-                const int hi = causal ? t1 : T; /* keys [first, hi) cover every query of the block */
+                const int hi = key_end(r, b, t1 - 1); /* keys [first, hi) cover every query of the block */
                 const int n = hi > first ? hi - first : 0, np = (n + 15) / 16 * 16;
                 const float *kt = keys_t + ((int64_t)b * KVH + kh) * D * padded;
                 const float *vp = values_p + ((int64_t)b * KVH + kh) * D * padded;
@@ -199,7 +212,7 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
                     float sums[QB];
                     for (int i = 0; i < QB; i++) {
                         const int t = tq + i;
-                        int live = (i >= nq || t < first) ? 0 : (causal ? t + 1 - first : n);
+                        int live = (i >= nq || t < qfirst) ? 0 : key_end(r, b, t) - first;
                         if (live > 0) sums[i] = exp_row(scores + i * padded, live, np);
                         else memset(scores + i * padded, 0, sizeof(float) * np);
                         live_max = live > live_max ? live : live_max;
@@ -208,8 +221,8 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
                     for (int i = 0; i < nq; i++) {
                         const int t = tq + i;
                         float *dst = out + (((int64_t)b * T + t) * H + h) * D;
-                        if (t < first) {
-                            memcpy(dst, vbase + t * kv_t, sizeof(float) * D);
+                        if (t < qfirst) {
+                            pad_output(r, dst, vbase + t * kv_t, D);
                         } else {
                             const float inv = 1.0f / sums[i];
                             for (int d = 0; d < D; d++) dst[d] = acc[i * D + d] * inv;
@@ -228,39 +241,104 @@ void janus_prompt_attention(const float *q, const float *k, const float *v, floa
 
 #endif
 
-/* One new query per row against the static KV cache.
- *   q     [B, H, D] contiguous
- *   k, v  cache views: row b's head kh, column j at b*c_b + kh*c_h + j*D
- *   valid [B, *] row stride valid_b: 1.0 where a column holds a real token; only columns < cols are read
- *   out   [B, H, D] contiguous
+/* Attention over a prompt whose keys and values are the call's own.
+ *   q    [B, T, H, D]   strides q_b, q_t (elements); head h at +h*D
+ *   k, v [B, T, KVH, D] strides kv_b, kv_t (same for both)
+ *   out  [B, T, H, D]   contiguous
+ *   start[b]: row b's first real token (left padding before it); NULL means 0. Keys before it are never
+ *   attended; a padding query attends to itself only (its output is discarded, but stays finite).
+ *   causal: query t sees keys up to t; otherwise all T.
  */
-void janus_decode_attention(const float *q, const float *k, const float *v, const float *valid, float *out,
-                            int B, int H, int KVH, int D, int64_t c_b, int64_t c_h, int64_t valid_b, int cols,
-                            float scale) {
+void janus_prompt_attention(const float *q, const float *k, const float *v, float *out, int B, int T, int H,
+                            int KVH, int D, int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t,
+                            const int64_t *start, int causal, float scale) {
+    int64_t *first = calloc((size_t)B * 3, sizeof(int64_t)), *shift = first + B, *end = first + 2 * B;
+    for (int b = 0; b < B; b++) {
+        first[b] = start ? start[b] : 0;
+        end[b] = T;
+    }
+    const rows_t rows = {first, first, shift, end, causal, 1, T};
+    attend(q, k, v, out, B, T, H, KVH, D, q_b, q_t, kv_b, kv_t, &rows, scale);
+    free(first);
+}
+
+/* Paged keys and values: a pool of blocks [blocks, KVH, block_size, D]; row b's position j lives in block
+ * tables[b * table_stride + j / block_size] at offset j % block_size. */
+static inline int64_t pool_row(const int64_t *table, int j, int KVH, int kh, int block_size, int D) {
+    return ((table[j / block_size] * KVH + kh) * block_size + j % block_size) * D;
+}
+
+/* T new positions per row whose keys and values are already written into the pool, attending causally to
+ * everything before them too.
+ *   q    [B, T, H, D] strides q_b, q_t; left-padded: row b's real queries are t >= pad[b] (padding queries give 0)
+ *   cached[b]: positions of row b before this call; query t sits at position cached[b] + t - pad[b]
+ *   out  [B, T, H, D] contiguous
+ * The row's keys are gathered into a contiguous scratch first, then attended like a prompt. */
+void janus_paged_prompt_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int T,
+                                  int H, int KVH, int D, int64_t q_b, int64_t q_t, int block_size,
+                                  const int64_t *tables, int64_t table_stride, const int64_t *cached,
+                                  const int64_t *pad, float scale) {
+    int64_t *zero = calloc((size_t)B * 2, sizeof(int64_t)), *shift = zero + B;
+    int L = 1;
+    for (int b = 0; b < B; b++) {
+        shift[b] = cached[b] - pad[b];
+        const int length = (int)(cached[b] + T - pad[b]);
+        L = length > L ? length : L;
+    }
+    const int64_t kv_t = (int64_t)KVH * D, kv_b = (int64_t)L * kv_t;
+    float *keys = malloc(sizeof(float) * B * kv_b), *values = malloc(sizeof(float) * B * kv_b);
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int kh = 0; kh < KVH; kh++) {
+            const int length = (int)(cached[b] + T - pad[b]);
+            const int64_t *table = tables + b * table_stride;
+            for (int j = 0; j < length; j++) {
+                const int64_t src = pool_row(table, j, KVH, kh, block_size, D), dst = b * kv_b + j * kv_t + kh * D;
+                memcpy(keys + dst, k_pool + src, sizeof(float) * D);
+                memcpy(values + dst, v_pool + src, sizeof(float) * D);
+            }
+        }
+    }
+    const rows_t rows = {pad, zero, shift, NULL, 1, 0, L};
+    attend(q, keys, values, out, B, T, H, KVH, D, q_b, q_t, kv_b, kv_t, &rows, scale);
+    free(keys);
+    free(values);
+    free(zero);
+}
+
+/* One new query per row against the paged pool (see above), read in place.
+ *   q       [B, H, D] contiguous
+ *   lengths[b]: positions row b attends (its new one, already written, included)
+ *   out     [B, H, D] contiguous
+ */
+void janus_paged_decode_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int H,
+                                  int KVH, int D, int block_size, const int64_t *tables, int64_t table_stride,
+                                  const int64_t *lengths, float scale) {
     const int G = H / KVH;
-    const int padded = (cols + 7) / 8 * 8;
+    int longest = 1;
+    for (int b = 0; b < B; b++) longest = lengths[b] > longest ? (int)lengths[b] : longest;
+    const int padded = (longest + 7) / 8 * 8;
 #pragma omp parallel
     {
         float *scores = malloc(sizeof(float) * padded);
-        int *live = malloc(sizeof(int) * padded);
+        const float **vrows = malloc(sizeof(float *) * padded);
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
-            const int b = bh / H, h = bh % H, kh = h / G;
-            const float *qrow = q + (int64_t)bh * D, *mask = valid + b * valid_b;
-            const float *kbase = k + b * c_b + kh * c_h, *vbase = v + b * c_b + kh * c_h;
-            int n = 0;
-            for (int j = 0; j < cols; j++)
-                if (mask[j] > 0.0f) live[n++] = j;
-            for (int i = 0; i < n; i++) {
-                const float *krow = kbase + (int64_t)live[i] * D;
-                v8 s = splat(0.0f);
-                for (int d = 0; d < D; d += 8) s += load8(qrow + d) * load8(krow + d);
-                scores[i] = hsum8(s) * scale;
-            }
+            const int b = bh / H, h = bh % H, kh = h / G, n = (int)lengths[b];
+            const int64_t *table = tables + b * table_stride;
+            const float *qrow = q + (int64_t)bh * D;
             float *dst = out + (int64_t)bh * D;
-            if (n == 0) { /* cannot happen for a running row (its own token is valid); stay finite */
+            if (n <= 0) { /* cannot happen for a running row (its own token is there); stay finite */
                 memset(dst, 0, sizeof(float) * D);
                 continue;
+            }
+            for (int j = 0; j < n; j++) {
+                const int64_t at = pool_row(table, j, KVH, kh, block_size, D);
+                const float *krow = k_pool + at;
+                vrows[j] = v_pool + at;
+                v8 s = splat(0.0f);
+                for (int d = 0; d < D; d += 8) s += load8(qrow + d) * load8(krow + d);
+                scores[j] = hsum8(s) * scale;
             }
             const int np = (n + 7) / 8 * 8;
             const float inv = 1.0f / exp_row(scores, n, np);
@@ -268,14 +346,14 @@ void janus_decode_attention(const float *q, const float *k, const float *v, cons
                 v8 a = splat(0.0f), b2 = splat(0.0f);
                 int i = 0;
                 for (; i + 1 < n; i += 2) {
-                    a += splat(scores[i]) * load8(vbase + (int64_t)live[i] * D + d);
-                    b2 += splat(scores[i + 1]) * load8(vbase + (int64_t)live[i + 1] * D + d);
+                    a += splat(scores[i]) * load8(vrows[i] + d);
+                    b2 += splat(scores[i + 1]) * load8(vrows[i + 1] + d);
                 }
-                if (i < n) a += splat(scores[i]) * load8(vbase + (int64_t)live[i] * D + d);
+                if (i < n) a += splat(scores[i]) * load8(vrows[i] + d);
                 store8(dst + d, (a + b2) * splat(inv));
             }
         }
         free(scores);
-        free(live);
+        free(vrows);
     }
 }

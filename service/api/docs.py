@@ -137,7 +137,7 @@ def understand_body() -> dict[str, Any]:
     writes code that does not import), so the multipart form is documented on its own path."""
     return {"requestBody": json_body(UnderstandRequest, {
         "one image": {"question": "What is shown in this picture?", "images": ["<base64>"]},
-        "two images": ("Two images: needs a larger context, e.g. JANUS_MAX_SEQ_LEN=1536 (1024 holds one image)",
+        "two images": ("Two images (a JANUS_MAX_SEQ_LEN below about 1,300 holds only one)",
                        {"question": "<image_placeholder> <image_placeholder> Which of the two is brighter?",
                         "images": ["<base64>", "<base64>"], "max_new_tokens": 64, "stream": True}),
     })}

@@ -85,10 +85,9 @@ class UnderstandRequest(UnderstandOptions):
                               description="Base64 images (JPEG, PNG, WebP, GIF, BMP, TIFF) or "
                                           "`data:image/...;base64,` URLs, in the order their tags stand. The "
                                           "server never fetches URLs. None: a text-only conversation. "
-                                          f"At most {MAX_IMAGES}, and only as many as fit the server's context: "
-                                          "each image takes 578 positions (Janus-Pro), so the default "
-                                          "JANUS_MAX_SEQ_LEN of 1024 holds one; GET /info says how many "
-                                          "(`limits.max_images`).")
+                                          f"At most {MAX_IMAGES}, and only as many as fit the server's context "
+                                          "and KV cache: each image takes 578 positions (Janus-Pro; the "
+                                          "defaults hold eight); GET /info says how many (`limits.max_images`).")
     history: list[HistoryTurn] = Field([], max_length=MAX_HISTORY,
                                        description="Earlier turns of the conversation, oldest first (JSON only).")
 
@@ -223,14 +222,15 @@ class ImageSpec(BaseModel):
 
 class Limits(BaseModel):
     max_rows: int
-    max_seq_len: int = Field(description="Tokens per row: prompt (images included) + answer or image tokens.")
+    max_seq_len: int = Field(description="Longest request: prompt (images included) + answer or image tokens.")
     max_waiting: int
     request_timeout_s: float
     max_body_bytes: int
     max_image_bytes: int
     max_image_pixels: int
     max_images: int = Field(description="Images one understanding request can carry here: as many as fit "
-                                        "max_seq_len with the default system prompt, a short question and answer.")
+                                        "max_seq_len and the KV cache with the default system prompt, a short "
+                                        "question and answer.")
     max_parallel_size: int = Field(description="Images one generation request can ask for here with guidance "
                                                "(two rows each; twice as many with cfg_weight 1, up to 16).")
 

@@ -24,7 +24,8 @@ import paddle
 
 from model.janus import JanusModel
 from model.sampling import choose, distribution, draw, guided_logits, log_probs
-from service.engine.capacity import ROWS_SETTING, Capacity
+from service.engine.block_manager import BlockManager
+from service.engine.capacity import CONTEXT_SETTING, ROWS_SETTING, Capacity, KVPool
 from service.engine.cpu_threads import set_thread_budget, thread_budget
 from service.engine.errors import (
     EngineError,
@@ -34,6 +35,7 @@ from service.engine.errors import (
     RequestCancelled,
     RequestTimeout,
 )
+from service.engine.feature_cache import FeatureCache
 from service.engine.image_decoder import DecodeJob, DecodeKind, ImageDecoder
 from service.engine.observer import EngineObserver, NullObserver
 from service.engine.previews import grey_undrawn, partial_tokens
@@ -42,6 +44,7 @@ from service.engine.runner import Runner
 from service.engine.scheduler import Scheduler
 from service.engine.types import (
     FinishedEvent,
+    GenerateParams,
     GenerateResult,
     Kind,
     Params,
@@ -56,10 +59,18 @@ from service.engine.types import (
 log = logging.getLogger(__name__)
 
 
+MiB = 1024 * 1024
+
+
 @dataclass(slots=True)
 class EngineConfig:
-    max_rows: int = 32  # KV-cache slots = rows running at once
-    max_seq_len: int = 1024  # per-row context: prompt + new tokens
+    max_rows: int = 32  # rows decoding at once (a generation image takes 2, 1 with cfg_weight 1)
+    max_seq_len: int | None = None  # per-request limit: prompt + new tokens (None: the model's context)
+    kv_cache_mb: int = 8192  # KV pool budget in MiB (never more blocks than max_rows rows of max_seq_len need)
+    kv_blocks: int | None = None  # the pool in blocks, overriding kv_cache_mb (tests)
+    block_size: int = 16  # positions per KV block
+    prefix_cache: bool = True  # reuse the KV blocks of known prompt prefixes across requests
+    feature_cache_mb: int = 256  # aligned vision features of recent images, by pixel hash (0: off)
     max_waiting: int = 64  # queued requests beyond the running ones
     default_timeout_s: float = 600.0
     progress_every: int = 16  # generation progress event cadence, in steps
@@ -70,23 +81,32 @@ class EngineConfig:
     images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_seq_len", "progress_every", "images_per_decode"):
+        for name in ("max_rows", "progress_every", "images_per_decode", "kv_cache_mb", "block_size"):
             if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("max_seq_len", "kv_blocks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_waiting < 0 or self.default_timeout_s <= 0 or self.decode_threads < 0:
             raise ValueError("max_waiting and decode_threads must be >= 0 and default_timeout_s > 0")
+        if self.feature_cache_mb < 0:
+            raise ValueError("feature_cache_mb must be >= 0")
 
 
 class Engine:
     def __init__(self, model: JanusModel, config: EngineConfig, observer: EngineObserver | None = None) -> None:
         limit = model.cfg.language.max_position_embeddings
-        if config.max_seq_len > limit:
+        self.max_seq_len = config.max_seq_len or limit
+        if self.max_seq_len > limit:
             raise ValueError(f"max_seq_len {config.max_seq_len} exceeds the model's context of {limit} tokens")
         self.model = model
         self.config = config
         self.observer = observer or NullObserver()
-        self.scheduler = Scheduler(config.max_rows, config.max_waiting)
-        self.capacity = Capacity(config.max_seq_len, config.max_rows)
+        self.block_bytes = kv_block_bytes(model, config.block_size)
+        self.blocks = BlockManager(self._pool_blocks(), config.block_size, config.prefix_cache)
+        self.scheduler = Scheduler(config.max_rows, config.max_waiting, blocks=self.blocks)
+        self.capacity = Capacity(self.max_seq_len, config.max_rows,
+                                 KVPool(self.blocks.num_blocks, config.block_size, self.block_bytes))
         self.runner: Runner | None = None
         self.images: ImageDecoder | None = None  # made in the worker thread, with the runner
         self.decode_threads = 0  # the image decoder's thread budget, once it is made
@@ -160,25 +180,48 @@ class Engine:
         return handle
 
     def stats(self) -> dict[str, int]:
-        return {**self.scheduler.counts(), "decoding": self.images.pending() if self.images is not None else 0}
+        """Queue, rows, KV blocks, and the caches' running totals (read from the asyncio side: a snapshot that may
+        be a step old)."""
+        blocks, totals = self.blocks, self.blocks.stats
+        features = self.runner.features if self.runner is not None else None
+        return {**self.scheduler.counts(), "decoding": self.images.pending() if self.images is not None else 0,
+                "kv_blocks_used": blocks.used, "kv_blocks_cached": blocks.cached,
+                "kv_blocks_free": blocks.num_blocks - blocks.used - blocks.cached,
+                "prompt_tokens_computed": totals.computed_tokens, "prompt_tokens_reused": totals.reused_tokens,
+                "prefix_lookups": totals.lookups, "prefix_hits": totals.hits, "kv_evictions": totals.evictions,
+                "image_cache_hits": features.hits if features else 0,
+                "image_cache_misses": features.misses if features else 0}
+
+    def _pool_blocks(self) -> int:
+        """Blocks in the KV pool: the budget's worth, but never more than max_rows rows of max_seq_len need."""
+        if self.config.kv_blocks is not None:
+            return self.config.kv_blocks
+        budget = self.config.kv_cache_mb * MiB // self.block_bytes
+        ceiling = self.config.max_rows * -(-self.max_seq_len // self.config.block_size)
+        return max(1, min(budget, ceiling))
 
     def _validate(self, params: Params) -> None:
         """The preprocessor refuses what does not fit in the client's terms; this guards the engine itself."""
         prompt = len(params.prompt_ids)
-        short = self.capacity.shortfall(prompt, params.max_len - prompt, params.rows)
+        prompts = 2 if isinstance(params, GenerateParams) and params.guided else 1
+        short = self.capacity.shortfall(prompt, params.max_len - prompt, params.rows, prompts)
         if short is not None and short.setting == ROWS_SETTING:
             raise InvalidRequest(f"the request needs {short.needed} rows but the server runs at most {short.limit}: "
                                  f"{short.advice}")
-        if short is not None:
+        if short is not None and short.setting == CONTEXT_SETTING:
             raise InvalidRequest(f"the request needs {short.needed} tokens per row (the prompt alone is {prompt}) but "
                                  f"the server's context is {short.limit}: {short.advice}")
+        if short is not None:
+            raise InvalidRequest(f"the request needs up to {short.needed} MiB of KV cache but the whole cache is "
+                                 f"{short.limit} MiB: {short.advice}")
 
     # worker thread
 
     def _main(self) -> None:
         try:
             paddle.set_grad_enabled(False)  # per thread: this is the thread that runs the model
-            self.runner = Runner(self.model, self.config.max_rows, self.config.max_seq_len)
+            self.runner = Runner(self.model, self.blocks.num_blocks, self.config.block_size,
+                                 FeatureCache(self.config.feature_cache_mb * MiB))
             self.runner.warmup()
             self.images = self._image_decoder(self.runner)
             self.images.start()
@@ -187,8 +230,9 @@ class Engine:
             log.exception("engine start-up failed")
             return
         self._ready.set()
-        log.info("engine ready: %d rows x %d tokens of KV cache (%.1f MiB)", self.config.max_rows,
-                 self.config.max_seq_len, self.runner.cache.nbytes / 2**20)
+        log.info("engine ready: KV cache of %d blocks x %d positions (%.1f MiB), up to %d rows at once",
+                 self.blocks.num_blocks, self.config.block_size, self.runner.cache.nbytes / MiB,
+                 self.config.max_rows)
         while not self._stop.is_set():
             try:
                 if not self._step():
@@ -224,8 +268,6 @@ class Engine:
             else:
                 self._fail(request, RequestTimeout(f"the request did not finish within {request.params.timeout_s} s"))
         runner = self._runner()
-        # Requests dropped inside the scheduler left compaction moves: apply them before the slots are reused.
-        runner.move(self.scheduler.take_moves())
         admitted = self.scheduler.admit()
         if not self.scheduler.running:
             self._report_queue()
@@ -241,7 +283,9 @@ class Engine:
         decoding = list(self.scheduler.running)
         if decoding:
             rows = sum(r.rows for r in decoding)
+            self.scheduler.prepare_step(decoding)
             logits = runner.decode(decoding)
+            self.scheduler.stepped(decoding)
             for request in decoding:
                 if request.kind is Kind.UNDERSTAND:
                     text_tokens += request.rows
@@ -291,6 +335,8 @@ class Engine:
             self._fail(group[0], ModelFailure(f"prefill failed: {err}"))
             return
         now = time.perf_counter()
+        for request in group:
+            self._runner().copy_blocks(self.scheduler.prefilled(request))
         for request, logits in zip(group, first_logits, strict=True):
             request.timings.prefill_s = now - started
             request.first_token_at = now
@@ -328,9 +374,8 @@ class Engine:
             self._finish_text(request)
             return
         for row in reversed(ended):
-            request.live.pop(row)
             self.scheduler.release_row(request, row)
-        self._runner().move(self.scheduler.take_moves())
+            request.live.pop(row)
         request.next_tokens = [answer.token_ids[-1] for answer in request.live]
 
     def _add_token(self, answer: AnswerState, token: int, logprobs: np.ndarray | None,
@@ -372,7 +417,7 @@ class Engine:
     def _finish_text(self, request: RequestState) -> None:
         self._release(request)
         result = UnderstandResult([answer.result() for answer in request.answers], len(request.params.prompt_ids),
-                                  self._timings(request))
+                                  self._timings(request), request.cached_tokens)
         request.handle.deliver(FinishedEvent(result))
 
     def _finish_images(self) -> None:
@@ -423,11 +468,8 @@ class Engine:
         return request.timings
 
     def _release(self, request: RequestState) -> None:
-        """Free a request's rows. The compaction moves are applied at once: until they are, the slot numbers the
-        scheduler now hands out would not match where the caches are."""
+        """Free a request's rows and their KV blocks (full ones stay cached for later prompts)."""
         self.scheduler.finish(request)
-        if self.runner is not None:
-            self.runner.move(self.scheduler.take_moves())
 
     def _fail(self, request: RequestState, error: EngineError) -> None:
         self._release(request)
@@ -445,6 +487,13 @@ class Engine:
     def _runner(self) -> Runner:
         assert self.runner is not None
         return self.runner
+
+
+def kv_block_bytes(model: JanusModel, block_size: int) -> int:
+    """Bytes of one KV block over all layers, keys and values, in the model's dtype."""
+    lang = model.cfg.language
+    element = 4 if model.dtype == paddle.float32 else 2
+    return 2 * lang.num_hidden_layers * lang.num_key_value_heads * lang.head_dim * block_size * element
 
 
 def _token_logprob(logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:

@@ -12,7 +12,9 @@ from enum import Enum
 
 import numpy as np
 
+from service.engine.block_manager import BlockTable
 from service.engine.errors import EngineError
+from service.engine.prompt_blocks import PromptBlocks
 from service.engine.types import (
     Answer,
     ErrorEvent,
@@ -101,12 +103,14 @@ class RequestState:
     submitted_at: float = field(default_factory=time.perf_counter)
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     status: Status = Status.WAITING
-    slots: list[int] = field(default_factory=list)  # generation: conditional rows first, then unconditional
-    length: int = 0  # cache columns each of its rows uses (= the next write column)
-    pad: int = 0  # left-padding columns from a batched prefill (rotary position = length - pad)
+    prompts: list[PromptBlocks] = field(default_factory=list)  # understanding: one; generation: cond, uncond
+    # KV rows (the block manager's): one per prompt from admission to the end of its prefill, then one per row
+    # (understanding: row k = live[k]; generation: parallel_size conditional rows, then the unconditional ones)
+    tables: list[BlockTable] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt positions reused from the prefix cache
     next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or per running answer
     answers: list[AnswerState] = field(default_factory=list)  # understanding: all answers, finished or not
-    live: list[AnswerState] = field(default_factory=list)  # understanding: the running answers, row k = slots[k]
+    live: list[AnswerState] = field(default_factory=list)  # understanding: the running answers, row k = tables[k]
     image_tokens: np.ndarray | None = None  # [parallel_size, image_tokens]
     steps_done: int = 0
     timings: Timings = field(default_factory=Timings)
@@ -136,7 +140,9 @@ class RequestState:
     @property
     def rows(self) -> int:
         """Rows it needs (waiting) or holds (running: answers that ended have given theirs back)."""
-        return len(self.slots) if self.status is Status.RUNNING else self.params.rows
+        if self.status is Status.RUNNING and self.kind is Kind.UNDERSTAND:
+            return len(self.live)
+        return self.params.rows
 
     @property
     def understand(self) -> UnderstandParams:

@@ -1,9 +1,11 @@
-"""The only serving code that makes tensors: prefill, the shared decode step, cache moves, image decoding.
+"""The only serving code that makes tensors: prefill, the shared decode step, block copies, image decoding.
 
 Every decode step is ONE backbone forward over all running rows, whatever their kind: understanding rows feed
 their last text token through the text embedding, generation rows their last image token through gen_embed +
-gen_aligner. Afterwards text rows go through `lm_head`, image rows through `gen_head`. Running rows occupy cache
-slots 0..B-1 (the scheduler keeps them compact), and row i of the batch is slot i.
+gen_aligner. Afterwards text rows go through `lm_head`, image rows through `gen_head`. Keys and values live in a
+paged pool; each row is read and written through its block table, which the scheduler's block manager keeps. The
+runner reads request state and never writes it: what a forward means for the rows (lengths, blocks) is the
+scheduler's to record.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import paddle
 
 from model.host_memory import to_tensor
 from model.janus import JanusModel
+from model.kv_cache import RowBatch
+from service.engine.feature_cache import FeatureCache
 from service.engine.request import RequestState
 from service.engine.types import Kind
 
@@ -23,16 +27,17 @@ from service.engine.types import Kind
 class StepLogits:
     """Host-side logits of one decode step, per request."""
 
-    text: dict[str, np.ndarray]  # request id -> [rows of the request (its slot order), vocab]
-    image: dict[str, np.ndarray]  # request id -> [rows of the request (its slot order), image vocab]
+    text: dict[str, np.ndarray]  # request id -> [rows of the request (its table order), vocab]
+    image: dict[str, np.ndarray]  # request id -> [rows of the request (its table order), image vocab]
 
 
 class Runner:
-    def __init__(self, model: JanusModel, max_rows: int, max_seq_len: int) -> None:
+    def __init__(self, model: JanusModel, num_blocks: int, block_size: int,
+                 features: FeatureCache | None = None) -> None:
         self.model = model
         self.place = model.gen_embed.weight.place
-        self.cache = model.new_cache(max_rows, max_seq_len)
-        self.max_seq_len = max_seq_len
+        self.cache = model.new_cache(num_blocks, block_size)
+        self.features = features or FeatureCache(0)
 
     # prefill
 
@@ -43,106 +48,99 @@ class Runner:
         return self._prefill_generate(request)
 
     def prefill_understand(self, requests: list[RequestState]) -> list[np.ndarray]:
-        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass); a request's
-        other rows (several answers to one prompt) get a copy of its first row's keys and values.
+        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass), each from
+        where its cached prefix ends, into its first row's blocks.
 
-        Returns each request's first-token logits [rows, V]."""
-        width = max(len(r.understand.prompt_ids) for r in requests)
-        ids = np.zeros((len(requests), width), np.int64)
-        mask = np.zeros((len(requests), width), np.int64)
-        pixels = []
-        for i, request in enumerate(requests):
-            params = request.understand
-            ids[i, width - len(params.prompt_ids):] = params.prompt_ids
-            mask[i, width - len(params.prompt_ids):] = 1
-            if params.pixel_values is not None and len(params.pixel_values):
-                pixels.append(params.pixel_values)
-        features = self.model.encode_images(self._tensor(np.concatenate(pixels))) if pixels else None
-        embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
-        hidden = self.model.prefill(embeds, self.cache, [r.slots[0] for r in requests], self._tensor(mask),
-                                    last_only=True)
+        Returns each request's first-token logits [rows, V] (every answer starts from the same distribution)."""
+        suffixes, pixels = [], []
         for request in requests:
-            self.cache.copy(request.slots[0], request.slots[1:])
-            request.length = width
-            request.pad = width - len(request.understand.prompt_ids)
+            params, prompt, table = request.understand, request.prompts[0], request.tables[0]
+            suffixes.append(params.prompt_ids[table.length:])
+            for index in prompt.images_from(table.length):
+                pixels.append((prompt.images[index].content, params.pixel_values[index]))
+        features = self._image_features(pixels)
+        ids, pad = _left_padded(suffixes)
+        embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
+        rows = RowBatch.of([r.tables[0].blocks for r in requests], [r.tables[0].length for r in requests], pad)
+        hidden = self.model.extend(embeds, self.cache, rows, last_only=True)
         logits = self.model.text_logits(hidden[:, -1]).astype("float32").numpy()  # [requests, V]
-        return [np.repeat(row[None], len(request.slots), axis=0) for row, request in zip(logits, requests,
-                                                                                         strict=True)]
+        return [np.repeat(row[None], request.understand.n, axis=0)
+                for row, request in zip(logits, requests, strict=True)]
+
+    def _image_features(self, images: list[tuple[bytes, np.ndarray]]) -> paddle.Tensor | None:
+        """Aligned features [N, tokens, hidden] of (content hash, pixels) images, through the feature cache."""
+        if not images:
+            return None
+        found = [self.features.get(content) for content, _ in images]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            encoded = self.model.encode_images(self._tensor(np.stack([images[i][1] for i in missing])))
+            for slot, i in enumerate(missing):
+                found[i] = encoded[slot]
+                self.features.put(images[i][0], encoded[slot])
+        return paddle.stack(found) if len(found) > 1 else found[0].unsqueeze(0)
 
     def _prefill_generate(self, request: RequestState) -> np.ndarray:
-        params = request.generate
-        cond = np.asarray(params.prompt_ids, np.int64)
-        rows = [cond]
-        if params.guided:
-            uncond = cond.copy()
-            uncond[1:-1] = params.pad_id
-            rows.append(uncond)
-        P = params.parallel_size
-        # One prefill per distinct prompt; the other rows get a copy of its keys and values.
-        sources = [request.slots[0]] + ([request.slots[P]] if params.guided else [])
-        hidden = self.model.prefill(self.model.embed_text(self._tensor(np.stack(rows))), self.cache, sources,
-                                    last_only=True)
-        self.cache.copy(request.slots[0], request.slots[1:P])
-        if params.guided:
-            self.cache.copy(request.slots[P], request.slots[P + 1:])
-        request.length = len(cond)
+        """The conditional prompt and (guided) the unconditional one, each once, into their first rows' blocks;
+        the other rows of each share them after `Scheduler.prefilled`."""
+        ids, pad = _left_padded([p.ids[t.length:] for p, t in zip(request.prompts, request.tables, strict=True)])
+        rows = RowBatch.of([t.blocks for t in request.tables], [t.length for t in request.tables], pad)
+        hidden = self.model.extend(self.model.embed_text(self._tensor(ids)), self.cache, rows, last_only=True)
         logits = self.model.image_logits(hidden[:, -1]).astype("float32").numpy()  # [1 or 2, V]
-        return np.repeat(logits, P, axis=0)  # rows in request order: P conditional, then P unconditional
+        return np.repeat(logits, request.generate.parallel_size, axis=0)  # P conditional, then P unconditional
 
-    def move(self, moves: list[tuple[int, int]]) -> None:
-        """Apply the scheduler's compaction moves (from slot, to slot), in order."""
-        for src, dst in moves:
-            self.cache.copy(src, [dst])
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Apply the block manager's copies (source, destination): rows that split off a shared prompt."""
+        self.cache.copy_blocks(copies)
 
     # decode
 
     def decode(self, requests: list[RequestState]) -> StepLogits:
-        """One backbone forward over every row of every request; each request's rows advance by one token.
-
-        `requests` must own exactly the slots 0..B-1."""
-        B = sum(r.rows for r in requests)
-        kind_of = np.zeros(B, bool)  # True: image row
-        token_of = np.zeros(B, np.int64)
-        length_of = [0] * B
-        position_of = [0] * B
+        """One backbone forward over every row of every request; each row writes one position (its table has a
+        block for it) and gives the logits of the next token."""
+        kind_of, token_of, tables, lengths = [], [], [], []
         for request in requests:
             image = request.kind is Kind.GENERATE
             # every row of a generation pair takes the token sampled for its image
             tokens = request.next_tokens * (2 if image and request.generate.guided else 1)
-            for slot, token in zip(request.slots, tokens, strict=True):
-                kind_of[slot], token_of[slot], length_of[slot] = image, token, request.length
-                position_of[slot] = request.length - request.pad
-        text_slots = np.flatnonzero(~kind_of)
-        image_slots = np.flatnonzero(kind_of)
+            for table, token in zip(request.tables, tokens, strict=True):
+                kind_of.append(image)
+                token_of.append(token)
+                tables.append(table.blocks)
+                lengths.append(table.length)
+        is_image, token_array = np.asarray(kind_of, bool), np.asarray(token_of, np.int64)
+        B = len(token_of)
+        text_rows, image_rows = np.flatnonzero(~is_image), np.flatnonzero(is_image)
         parts = []
-        if len(text_slots):
-            parts.append(self.model.embed_text(self._tensor(token_of[text_slots][:, None])))
-        if len(image_slots):
-            parts.append(self.model.embed_image_tokens(self._tensor(token_of[image_slots])).unsqueeze(1))
+        if len(text_rows):
+            parts.append(self.model.embed_text(self._tensor(token_array[text_rows][:, None])))
+        if len(image_rows):
+            parts.append(self.model.embed_image_tokens(self._tensor(token_array[image_rows])).unsqueeze(1))
         embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
-        if len(parts) > 1:  # back to slot order
-            order = np.argsort(np.concatenate([text_slots, image_slots]), kind="stable")
+        if len(parts) > 1:  # back to row order
+            order = np.argsort(np.concatenate([text_rows, image_rows]), kind="stable")
             embeds = paddle.index_select(embeds, self._tensor(order))
-        hidden = self.model.decode_step(embeds, self.cache, length_of, position_of)[:, 0]  # [B, hidden]
+        hidden = self.model.extend(embeds, self.cache, RowBatch.of(tables, lengths))[:, 0]  # [B, hidden]
 
-        out = StepLogits({}, {})
         row_in_kind = np.zeros(B, np.int64)
-        row_in_kind[text_slots] = np.arange(len(text_slots))
-        row_in_kind[image_slots] = np.arange(len(image_slots))
+        row_in_kind[text_rows] = np.arange(len(text_rows))
+        row_in_kind[image_rows] = np.arange(len(image_rows))
         text_logits = image_logits = None
-        if len(text_slots):
-            text_logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_slots)))
+        if len(text_rows):
+            text_logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_rows)))
             text_logits = text_logits.astype("float32").numpy()
-        if len(image_slots):
-            image_logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_slots)))
+        if len(image_rows):
+            image_logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_rows)))
             image_logits = image_logits.astype("float32").numpy()
+        out = StepLogits({}, {})
+        first = 0
         for request in requests:
-            rows = row_in_kind[request.slots]
+            rows = row_in_kind[first:first + len(request.tables)]
+            first += len(request.tables)
             if request.kind is Kind.UNDERSTAND:
                 out.text[request.id] = text_logits[rows]
             else:
                 out.image[request.id] = image_logits[rows]
-            request.length += 1
         return out
 
     # images
@@ -155,15 +153,24 @@ class Runner:
         return to_tensor(array, self.place)
 
     def warmup(self) -> None:
-        """Run every kind of kernel once so the first real request does not pay for it."""
+        """Run every kind of kernel once so the first real request does not pay for it (in block 0, which no row
+        holds yet: what it writes there is never read)."""
         cfg = self.model.cfg
         ids = paddle.to_tensor([[1, 2, 3]], dtype="int64")
-        self.model.prefill(self.model.embed_text(ids), self.cache, [0])
+        self.model.extend(self.model.embed_text(ids), self.cache, RowBatch.of([[0] * 4], [0]))
         pixels = paddle.zeros([1, 3, cfg.vision.image_size, cfg.vision.image_size], self.model.dtype)
         self.model.encode_images(pixels)
         embeds = self.model.embed_image_tokens(paddle.to_tensor([0])).unsqueeze(1)
-        hidden = self.model.decode_step(embeds, self.cache, [3])
+        hidden = self.model.extend(embeds, self.cache, RowBatch.of([[0] * 4], [3]))
         self.model.text_logits(hidden)
         self.model.image_logits(hidden)
         self.decode_images(np.zeros((1, cfg.gen_vision.num_tokens), np.int64))
-        self.cache.clear([0])
+
+
+def _left_padded(rows: list[list[int]]) -> tuple[np.ndarray, list[int]]:
+    """Token rows -> ids [B, T] with each row at the right end, and each row's padding."""
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), np.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+    return ids, [width - len(r) for r in rows]

@@ -41,6 +41,9 @@ class UnderstandParams:
     n: int = 1  # answers to the one prompt: a row each, all sharing one prefill
     stop_watch: Callable[[], StopWatch] | None = None  # one watcher per answer, for stop texts
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's log-probability and the k likeliest
+    # content hash of each image's pixels (prompt_blocks.image_hash), for the prefix and image-feature caches;
+    # empty: the engine hashes them at submission
+    image_hashes: tuple[bytes, ...] = ()
 
     kind = Kind.UNDERSTAND
 
@@ -118,6 +121,7 @@ class UnderstandResult:
     answers: list[Answer]  # n of them, in order
     prompt_tokens: int
     timings: Timings = field(default_factory=Timings)
+    cached_tokens: int = 0  # prompt positions taken from the prefix cache instead of computed
 
     @property
     def token_ids(self) -> list[int]:

@@ -243,21 +243,21 @@ class _Draws:
 
 def test_n_answers_are_rows_of_one_prompt_that_end_on_their_own(make_engine, understand_params, tiny_model):
     """Each answer row continues the same prompt with its own draws: the request's generator hands each step's
-    numbers to the rows still running, in row order. Rows that end (a stop id) give their slot back at once."""
+    numbers to the rows still running, in row order. Rows that end (a stop id) give their blocks back at once."""
     engine = make_engine(max_rows=4)
     vocab = tiny_model.cfg.language.vocab_size
     stops = tuple(range(0, vocab, 3))  # a third of the vocabulary ends an answer: rows end at different steps
     params = understand_params(seed=7, temperature=1.5, max_new_tokens=10, n=3, stop_ids=stops)
-    prefills: list[list[int]] = []
-    model_prefill = tiny_model.prefill
-    tiny_model.prefill = lambda embeds, cache, slots, *rest, **kw: (prefills.append(list(slots)),
-                                                                    model_prefill(embeds, cache, slots, *rest,
-                                                                                  **kw))[1]
+    prefills: list[int] = []  # rows of each forward over more than one position
+    model_extend = tiny_model.extend
+    tiny_model.extend = lambda embeds, cache, rows, *rest, **kw: (
+        prefills.append(embeds.shape[0]) if embeds.shape[1] > 1 else None,
+        model_extend(embeds, cache, rows, *rest, **kw))[1]
     try:
         (result,) = run(_results(engine, [params]))
     finally:
-        del tiny_model.prefill
-    assert prefills == [[0]]  # one prefill of one row; the other rows are copies
+        del tiny_model.extend
+    assert prefills == [1]  # one prefill of one row; the other rows share its blocks
     assert len(result.answers) == 3
     steps = [len(a.token_ids) + (a.finish_reason == "stop") for a in result.answers]
     assert len(set(steps)) > 1, "pick a seed whose answers end at different steps"

@@ -1,4 +1,4 @@
-"""The scheduler alone (pure Python): admission, the bounded queue, and compaction of running rows."""
+"""The scheduler alone (pure Python): admission by rows and KV blocks, the bounded queue."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from service.engine.block_manager import BlockManager
 from service.engine.errors import Overloaded
 from service.engine.request import RequestHandle, RequestState
 from service.engine.scheduler import Scheduler
@@ -26,10 +27,6 @@ def _request(rows: int) -> RequestState:
     else:
         params = GenerateParams(prompt_ids=[1, 2], pad_id=0, image_tokens=4, parallel_size=rows // 2)
     return RequestState(params=params, handle=RequestHandle("r", _LOOP))
-
-
-def _owned(scheduler: Scheduler) -> list[int]:
-    return sorted(slot for r in scheduler.running for slot in r.slots)
 
 
 def test_admission_is_first_come_first_served_and_bounded_by_rows():
@@ -61,25 +58,34 @@ def test_requests_that_fit_the_free_rows_do_not_count_as_waiting():
         scheduler.add(_request(1))
 
 
-@pytest.mark.parametrize("leaving", [0, 1, 2])
-def test_running_rows_stay_in_the_lowest_slots_and_moves_are_recorded(leaving):
-    scheduler = Scheduler(max_rows=16, max_waiting=10)
-    requests = [_request(4), _request(1), _request(4)]
+def test_admission_is_also_bounded_by_free_kv_blocks():
+    # positions: a prompt of 2 and 4 new tokens fit one block of 8, so a row needs one block at most; a generation
+    # request of 4 rows (2 prompts, 2 rows each) needs 4
+    scheduler = Scheduler(max_rows=16, max_waiting=10, blocks=BlockManager(num_blocks=4, block_size=8))
+    big, small = _request(4), _request(1)
+    scheduler.add(big)
+    scheduler.add(small)
+    assert scheduler.admit() == [big]  # rows are free, blocks are not
+    assert scheduler.blocks.available == 0
+    assert scheduler.admit() == []
+    scheduler.prefilled(big)
+    scheduler.finish(big)
+    assert scheduler.admit() == [small]
+
+
+def test_rows_and_blocks_come_back_when_requests_leave():
+    scheduler = Scheduler(max_rows=8, max_waiting=10, blocks=BlockManager(num_blocks=16, block_size=4))
+    requests = [_request(4), _request(1), _request(2)]
     for r in requests:
         scheduler.add(r)
-    scheduler.admit()
-    before = {id(r): list(r.slots) for r in requests}
-    scheduler.finish(requests[leaving])
-    remaining = [r for r in requests if r is not requests[leaving]]
-    assert _owned(scheduler) == list(range(scheduler.used))
-    # replaying the moves on the old placement gives the new one
-    where = {slot: (id(r), i) for r in remaining for i, slot in enumerate(before[id(r)])}
-    for src, dst in scheduler.take_moves():
-        where[dst] = where.pop(src)
-    for r in remaining:
-        assert [slot for slot, (owner, _) in sorted(where.items(), key=lambda kv: kv[1][1]) if owner == id(r)] \
-            == r.slots
-    assert scheduler.take_moves() == []
+    assert scheduler.admit() == requests
+    for r in requests:
+        scheduler.prefilled(r)
+    assert scheduler.used == 7 and scheduler.blocks.used > 0
+    for r in requests:
+        scheduler.finish(r)
+    assert scheduler.used == 0 and scheduler.blocks.used == 0
+    assert scheduler.blocks.available == 16
 
 
 def test_counts_report_rows_by_kind():

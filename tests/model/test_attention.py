@@ -1,4 +1,5 @@
-"""The fused CPU attention kernels against Paddle's own ops (the reference path), and how they are built."""
+"""The fused CPU attention kernels against Paddle's own ops (the reference path) and, for paged attention, against
+a plain numpy computation over contiguous rows; and how the kernels are built."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import paddle
 import pytest
 
 from model import cpu_kernels
-from model.attention import decode_attention, prompt_attention
+from model.attention import paged_attention, prompt_attention
+from model.kv_cache import RowBatch
 
 
 @pytest.fixture
@@ -97,31 +99,78 @@ def test_large_scores_stay_finite(variant):
     assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("B", "H", "KVH", "D"), [(1, 4, 4, 16), (5, 8, 2, 32), (3, 4, 1, 64)])
-def test_decode_matches_paddle_with_holes_in_the_cache(paddle_ops, B, H, KVH, D):
-    rng = np.random.default_rng(B * H)
-    max_len, columns = 40, 31
-    q = _tensor(rng, B, 1, H, D)
-    keys, values = _tensor(rng, B, KVH, max_len, D), _tensor(rng, B, KVH, max_len, D)
-    valid_np = (rng.random((B, max_len)) < 0.6).astype(np.float32)
-    valid_np[:, columns - 1] = 1.0  # the row's own new token
-    valid_np[:, columns:] = 0.0  # nothing is valid past the newest column
-    valid = paddle.to_tensor(valid_np)
-    fused = decode_attention(q, keys, values, valid, columns).numpy()
-    reference = paddle_ops(decode_attention, q, keys, values, valid, columns)
-    assert fused.shape == (B, 1, H * D)
-    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+# paged attention: against a plain numpy computation over each row's contiguous history
+
+def _paged_case(rng: np.random.Generator, lengths: list[int], T: int, H: int, KVH: int, D: int, block_size: int,
+                ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor, RowBatch, list[np.ndarray], list[np.ndarray]]:
+    """Rows whose last min(T, length) positions are new (left-padded to T), their blocks scattered over a pool
+    with spare blocks in between. Returns q, the pools, the rows, and each row's contiguous keys/values."""
+    need = [-(-n // block_size) for n in lengths]
+    ids = rng.permutation(sum(need) + 7)  # shuffled, with blocks no row uses
+    pool_k = rng.standard_normal((len(ids), KVH, block_size, D)).astype(np.float32)
+    pool_v = rng.standard_normal((len(ids), KVH, block_size, D)).astype(np.float32)
+    tables, cached, pad, keys, values = [], [], [], [], []
+    for n, count in zip(lengths, need, strict=True):
+        table, ids = ids[:count].tolist(), ids[count:]
+        tables.append(table)
+        new = min(T, n)
+        cached.append(n - new)
+        pad.append(T - new)
+        j = np.arange(n)
+        block, offset = np.asarray(table)[j // block_size], j % block_size
+        keys.append(pool_k[block, :, offset])  # [n, KVH, D]
+        values.append(pool_v[block, :, offset])
+    q = rng.standard_normal((len(lengths), T, H, D)).astype(np.float32)
+    return (paddle.to_tensor(q), paddle.to_tensor(pool_k), paddle.to_tensor(pool_v), RowBatch.of(tables, cached, pad),
+            keys, values)
 
 
-def test_decode_over_a_prefix_of_cache_rows_reads_only_those_rows(paddle_ops):
-    # the backbone passes cache views of slots 0..B-1 of a bigger cache
-    rng = np.random.default_rng(5)
-    cache_k, cache_v = _tensor(rng, 6, 2, 24, 16), _tensor(rng, 6, 2, 24, 16)
-    valid = paddle.to_tensor(np.ones((6, 24), np.float32))
-    q = _tensor(rng, 3, 1, 2, 16)
-    fused = decode_attention(q, cache_k[:3], cache_v[:3], valid[:3], 24).numpy()
-    reference = paddle_ops(decode_attention, q, cache_k[:3], cache_v[:3], valid[:3], 24)
-    np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
+def _numpy_paged(q: np.ndarray, rows: RowBatch, keys: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
+    B, T, H, D = q.shape
+    out = np.zeros((B, T, H, D), np.float64)
+    for b in range(B):
+        group = H // keys[b].shape[1]
+        for t in range(rows.pad[b], T):
+            seen = rows.cached[b] + t - rows.pad[b] + 1
+            for h in range(H):
+                k, v = keys[b][:seen, h // group], values[b][:seen, h // group]
+                scores = k.astype(np.float64) @ q[b, t, h] * D**-0.5
+                weights = np.exp(scores - scores.max())
+                out[b, t, h] = weights @ v / weights.sum()
+    return out.reshape(B, T, H * D)
+
+
+@pytest.mark.parametrize(("lengths", "T", "H", "KVH", "D", "block_size"), [
+    ([1, 37, 130], 1, 4, 4, 16, 16),  # decode: rows of very different lengths
+    ([5, 64, 200, 17, 90], 1, 8, 2, 32, 8),  # decode, grouped-query attention
+    ([9, 33, 70], 9, 4, 2, 16, 16),  # prefill after a cached prefix (the first row has none), left-padded
+    ([40, 3, 129], 40, 2, 1, 64, 16),  # whole prompts of different lengths
+    ([130, 131], 3, 4, 4, 8, 32),  # a few positions at once (several draft tokens) ending mid-block
+])
+def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, variant, lengths, T, H, KVH, D,
+                                                               block_size):
+    rng = np.random.default_rng(sum(lengths) + T)
+    q, pool_k, pool_v, rows, keys, values = _paged_case(rng, lengths, T, H, KVH, D, block_size)
+    expected = _numpy_paged(q.numpy(), rows, keys, values)
+    fused = paged_attention(q, pool_k, pool_v, rows).numpy()
+    fallback = paddle_ops(paged_attention, q, pool_k, pool_v, rows)
+    assert fused.shape == (len(lengths), T, H * D)
+    np.testing.assert_allclose(fused, expected, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(fallback, expected, atol=2e-5, rtol=0)
+
+
+def test_paged_attention_reads_only_the_rows_own_positions(variant):
+    # a row never sees positions past its length, nor blocks that are not in its table
+    rng = np.random.default_rng(11)
+    q, pool_k, pool_v, rows, _, _ = _paged_case(rng, [20, 45], 1, 4, 4, 16, 16)
+    before = paged_attention(q, pool_k, pool_v, rows).numpy()
+    k, v = pool_k.numpy(), pool_v.numpy()
+    used = set(rows.tables[0, :2].tolist()) | set(rows.tables[1, :3].tolist())
+    spare = [i for i in range(len(k)) if i not in used]
+    k[spare], v[spare] = 1e4, -1e4
+    k[rows.tables[0, 1], :, 4:], v[rows.tables[0, 1], :, 4:] = 1e4, -1e4  # row 0 holds positions 16..19 of it
+    after = paged_attention(q, paddle.to_tensor(k), paddle.to_tensor(v), rows).numpy()
+    np.testing.assert_allclose(after, before, atol=1e-6)
 
 
 def test_head_dim_not_a_multiple_of_8_uses_paddle(paddle_ops):

@@ -1,10 +1,15 @@
-"""The static-cache backbone against PaddleNLP's own Llama forward, and cached decoding against recomputation."""
+"""The paged backbone against PaddleNLP's own Llama forward, and cached decoding (through block tables, with
+blocks scattered and shared) against recomputation."""
 
 from __future__ import annotations
 
 import numpy as np
 import paddle
 import pytest
+
+from model.kv_cache import RowBatch
+
+BLOCK = 4  # small blocks: every row spans several
 
 
 def _left_padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -21,14 +26,29 @@ def _positions(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0)
 
 
-def _prefill(model, cache, ids: np.ndarray, mask: np.ndarray, slots: list[int]) -> np.ndarray:
+class Blocks:
+    """Hands out the pool's blocks in a shuffled order, so rows never sit in consecutive blocks."""
+
+    def __init__(self, cache, seed: int = 0) -> None:
+        self.cache = cache
+        self.free = np.random.default_rng(seed).permutation(cache.num_blocks).tolist()
+
+    def table(self, positions: int) -> list[int]:
+        return [self.free.pop() for _ in range(-(-positions // self.cache.block_size))]
+
+
+def _prefill(model, cache, ids: np.ndarray, mask: np.ndarray, tables: list[list[int]],
+             cached: list[int] | None = None, last_only: bool = False) -> np.ndarray:
+    """ids [B, T] left-padded (mask 0 on padding) after `cached` positions each row already holds."""
     embeds = model.embed_text(paddle.to_tensor(ids))
-    return model.prefill(embeds, cache, slots, paddle.to_tensor(mask), paddle.to_tensor(_positions(mask))).numpy()
+    pad = (mask.shape[1] - mask.sum(axis=1)).tolist()
+    rows = RowBatch.of(tables, cached or [0] * len(tables), pad)
+    return model.extend(embeds, cache, rows, last_only).numpy()
 
 
-def _decode(model, cache, tokens: np.ndarray, lengths: list[int], positions: list[int]) -> np.ndarray:
+def _decode(model, cache, tokens: np.ndarray, tables: list[list[int]], lengths: list[int]) -> np.ndarray:
     embeds = model.embed_text(paddle.to_tensor(tokens.reshape(-1, 1)))
-    return model.decode_step(embeds, cache, lengths, positions).numpy()[:, 0]
+    return model.extend(embeds, cache, RowBatch.of(tables, lengths)).numpy()[:, 0]
 
 
 ROWS = [[3, 17, 99, 250, 7, 8, 41], [5, 6, 300, 12], [400, 401]]
@@ -37,12 +57,21 @@ ROWS = [[3, 17, 99, 250, 7, 8, 41], [5, 6, 300, 12], [400, 401]]
 @pytest.fixture(params=[True, False], ids=["host-views", "device-path"])
 def new_cache(request, tiny_model):
     """Both ways the cache keeps its books: numpy views of CPU memory, and the index/scatter path GPUs take."""
-    return lambda slots, max_len: tiny_model.new_cache(slots, max_len, host_views=request.param)
+    return lambda blocks: tiny_model.new_cache(blocks, BLOCK, host_views=request.param)
 
 
-def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model):
+def _fresh_prefill(model, rows: list[list[int]]) -> np.ndarray:
+    ids, mask = _left_padded(rows)
+    cache = model.new_cache(32, BLOCK)
+    blocks = Blocks(cache, seed=9)
+    return _prefill(model, cache, ids, mask, [blocks.table(ids.shape[1]) for _ in rows])
+
+
+def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model, new_cache):
     ids, mask = _left_padded(ROWS)
-    ours = _prefill(tiny_model, tiny_model.new_cache(slots=4, max_len=32), ids, mask, [0, 1, 2])
+    cache = new_cache(32)
+    blocks = Blocks(cache)
+    ours = _prefill(tiny_model, cache, ids, mask, [blocks.table(len(r)) for r in ROWS])
     theirs = tiny_model.language_model.llama(
         inputs_embeds=tiny_model.embed_text(paddle.to_tensor(ids)), attention_mask=paddle.to_tensor(mask),
         position_ids=paddle.to_tensor(_positions(mask)), return_dict=True).last_hidden_state.numpy()
@@ -51,68 +80,67 @@ def test_prefill_matches_paddlenlp_forward_on_real_positions(tiny_model):
 
 
 def test_left_padded_batch_equals_rows_run_alone(tiny_model):
-    ids, mask = _left_padded(ROWS)
-    batch = _prefill(tiny_model, tiny_model.new_cache(4, 32), ids, mask, [0, 1, 2])
+    batch = _fresh_prefill(tiny_model, ROWS)
     for i, row in enumerate(ROWS):
-        alone = _prefill(tiny_model, tiny_model.new_cache(1, 32), np.array([row]),
-                         np.ones((1, len(row)), np.int64), [0])[0]
+        alone = _fresh_prefill(tiny_model, [row])[0]
         np.testing.assert_allclose(batch[i, -len(row):], alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("placement", [[0, 1, 2], [2, 0, 1]])
-def test_cached_decode_equals_full_recomputation(tiny_model, new_cache, placement):
+def test_cached_decode_equals_full_recomputation(tiny_model, new_cache):
     ids, mask = _left_padded(ROWS)
-    cache = new_cache(4, 32)
-    _prefill(tiny_model, cache, ids, mask, placement)
-    order = np.argsort(placement)  # decode runs rows in slot order: slot s holds ROWS[order[s]]
-    width = ids.shape[1]
+    cache = new_cache(32)
+    blocks = Blocks(cache, seed=1)
+    tables = [blocks.table(len(r)) for r in ROWS]
+    _prefill(tiny_model, cache, ids, mask, tables)
+    lengths = [len(r) for r in ROWS]
     rng = np.random.default_rng(1)
-    for step in range(5):
+    for _ in range(6):
         new = rng.integers(0, 500, (len(ROWS), 1))
-        positions = mask.sum(axis=1)
-        hidden = _decode(tiny_model, cache, new[order], [width + step] * len(ROWS), positions[order].tolist())
+        for b, table in enumerate(tables):
+            if lengths[b] == len(table) * BLOCK:  # the row fills its last block: it takes another
+                table += blocks.table(1)
+        hidden = _decode(tiny_model, cache, new[:, 0], tables, lengths)
+        lengths = [n + 1 for n in lengths]
         ids = np.concatenate([ids, new], axis=1)
         mask = np.concatenate([mask, np.ones_like(new)], axis=1)
-        full = _prefill(tiny_model, tiny_model.new_cache(3, 32), ids, mask, [0, 1, 2])[:, -1]
-        np.testing.assert_allclose(hidden, full[order], atol=1e-5, rtol=0)
+        full = _fresh_prefill(tiny_model, [row[m.astype(bool)].tolist() for row, m in zip(ids, mask, strict=True)])
+        np.testing.assert_allclose(hidden, full[:, -1], atol=1e-5, rtol=0)
 
 
-def test_copied_slot_continues_like_the_original(tiny_model, new_cache):
-    cache = new_cache(4, 32)
-    row = np.array([ROWS[0]])
-    _prefill(tiny_model, cache, row, np.ones_like(row), [0])
-    cache.copy(0, [1, 2])
-    width = row.shape[1]
-    hidden = _decode(tiny_model, cache, np.array([42, 42, 42]), [width] * 3, [width] * 3)
-    np.testing.assert_allclose(hidden[1], hidden[0], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(hidden[2], hidden[0], atol=1e-6, rtol=0)
+@pytest.mark.parametrize("cached", [4, 6])  # a prefix of whole blocks, or one ending inside a block
+def test_a_prompt_after_a_cached_prefix_equals_the_whole_prompt(tiny_model, new_cache, cached):
+    prompt = ROWS[0] + [11, 12, 13]
+    cache = new_cache(32)
+    table = Blocks(cache, seed=2).table(len(prompt))
+    head = np.array([prompt[:cached]])
+    _prefill(tiny_model, cache, head, np.ones_like(head), [table])
+    tail = np.array([prompt[cached:]])
+    ours = _prefill(tiny_model, cache, tail, np.ones_like(tail), [table], cached=[cached])
+    whole = _fresh_prefill(tiny_model, [prompt])
+    np.testing.assert_allclose(ours[0], whole[0, cached:], atol=1e-5, rtol=0)
 
 
-def test_moving_a_row_down_a_slot_keeps_its_history(tiny_model, new_cache):
-    """Compaction: when the row in slot 1 finishes, the row in slot 2 moves down and decodes on unchanged."""
-    cache = new_cache(4, 32)
-    for slot, row in enumerate(ROWS):
-        _prefill(tiny_model, cache, np.array([row]), np.ones((1, len(row)), np.int64), [slot])
-    cache.copy(2, [1])
-    moved = _decode(tiny_model, cache, np.array([9, 10]), [len(ROWS[0]), len(ROWS[2])],
-                    [len(ROWS[0]), len(ROWS[2])])
-    fresh = tiny_model.new_cache(1, 32)
-    _prefill(tiny_model, fresh, np.array([ROWS[2]]), np.ones((1, 2), np.int64), [0])
-    alone = _decode(tiny_model, fresh, np.array([10]), [2], [2])
-    np.testing.assert_allclose(moved[1], alone[0], atol=1e-5, rtol=0)
+def test_rows_sharing_prefix_blocks_continue_like_rows_of_their_own(tiny_model, new_cache):
+    """Several answers to one prompt: the full blocks are shared, the partly filled last one is copied."""
+    prompt = ROWS[0]  # 7 positions: one full block of 4, three in the second
+    cache = new_cache(32)
+    blocks = Blocks(cache, seed=3)
+    first = blocks.table(len(prompt))
+    row = np.array([prompt])
+    _prefill(tiny_model, cache, row, np.ones_like(row), [first])
+    second = [first[0], *blocks.table(1)]
+    cache.copy_blocks([(first[1], second[1])])
+    tokens = np.array([42, 43])
+    hidden = _decode(tiny_model, cache, tokens, [first, second], [7, 7])
+    alone = [_fresh_prefill(tiny_model, [prompt + [int(t)]])[0, -1] for t in tokens]
+    np.testing.assert_allclose(hidden, np.stack(alone), atol=1e-5, rtol=0)
 
 
-def test_prompt_longer_than_cache_is_refused(tiny_model):
-    row = np.arange(40)[None]
-    with pytest.raises(ValueError, match="exceeds the KV cache length"):
-        _prefill(tiny_model, tiny_model.new_cache(1, 32), row, np.ones_like(row), [0])
-
-
-def test_decoding_past_the_cache_is_refused(tiny_model):
-    cache = tiny_model.new_cache(1, 8)
-    _prefill(tiny_model, cache, np.arange(8)[None], np.ones((1, 8), np.int64), [0])
-    with pytest.raises(ValueError, match="exceeds the KV cache length"):
-        _decode(tiny_model, cache, np.array([1]), [8], [8])
+def test_rows_longer_than_their_tables_are_refused(tiny_model):
+    cache = tiny_model.new_cache(8, BLOCK)
+    row = np.arange(9)[None]
+    with pytest.raises(ValueError, match="need more blocks than their tables hold"):
+        _prefill(tiny_model, cache, row, np.ones_like(row), [[0, 1]])
 
 
 @pytest.fixture(scope="module")
@@ -133,27 +161,28 @@ def gqa_model():
 
 def test_grouped_query_attention_matches_paddlenlp_and_recomputation(gqa_model):
     ids, mask = _left_padded(ROWS)
-    cache = gqa_model.new_cache(4, 32)
-    ours = _prefill(gqa_model, cache, ids, mask, [0, 1, 2])
+    cache = gqa_model.new_cache(32, BLOCK)
+    blocks = Blocks(cache, seed=4)
+    tables = [blocks.table(len(r) + 1) for r in ROWS]
+    ours = _prefill(gqa_model, cache, ids, mask, tables)
     theirs = gqa_model.language_model.llama(
         inputs_embeds=gqa_model.embed_text(paddle.to_tensor(ids)), attention_mask=paddle.to_tensor(mask),
         position_ids=paddle.to_tensor(_positions(mask)), return_dict=True).last_hidden_state.numpy()
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], theirs[real], atol=1e-5, rtol=0)
     new = np.array([[11], [12], [13]])
-    hidden = _decode(gqa_model, cache, new[:, 0], [ids.shape[1]] * 3, mask.sum(axis=1).tolist())
-    ids, mask = np.concatenate([ids, new], axis=1), np.concatenate([mask, np.ones_like(new)], axis=1)
-    full = _prefill(gqa_model, gqa_model.new_cache(3, 32), ids, mask, [0, 1, 2])[:, -1]
+    hidden = _decode(gqa_model, cache, new[:, 0], tables, mask.sum(axis=1).tolist())
+    full = _fresh_prefill(gqa_model, [row + [int(t)] for row, t in zip(ROWS, new[:, 0], strict=True)])[:, -1]
     np.testing.assert_allclose(hidden, full, atol=1e-5, rtol=0)
 
 
 def test_prefill_of_the_last_position_alone_matches_the_full_prefill_and_fills_the_same_cache(tiny_model):
     ids, mask = _left_padded(ROWS)
-    full_cache, last_cache = tiny_model.new_cache(4, 32), tiny_model.new_cache(4, 32)
-    embeds = tiny_model.embed_text(paddle.to_tensor(ids))
-    positions = paddle.to_tensor(_positions(mask))
-    full = tiny_model.prefill(embeds, full_cache, [0, 1, 2], paddle.to_tensor(mask), positions).numpy()
-    last = tiny_model.prefill(embeds, last_cache, [0, 1, 2], paddle.to_tensor(mask), positions, last_only=True).numpy()
+    full_cache, last_cache = tiny_model.new_cache(32, BLOCK), tiny_model.new_cache(32, BLOCK)
+    blocks = Blocks(full_cache, seed=5)
+    tables = [blocks.table(len(r)) for r in ROWS]
+    full = _prefill(tiny_model, full_cache, ids, mask, tables)
+    last = _prefill(tiny_model, last_cache, ids, mask, tables, last_only=True)
     assert last.shape == (3, 1, full.shape[-1])
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=0)
     for layer in range(len(full_cache.keys)):

@@ -12,9 +12,10 @@ from paddle import nn
 from model import cpu_kernels
 from model.checkpoint import keys
 from model.checkpoint.loader import load_janus
+from model.kv_cache import RowBatch
 from model.layer_ops import BF16_ROWS_MAX, embedding, linear, matmul_weight
 from model.tiny_checkpoint import build_tiny_checkpoint
-from tests.model.cached_loops import greedy_image, greedy_text
+from tests.model.cached_loops import greedy_image, greedy_text, rows_of
 
 
 @pytest.fixture(params=["default", "without-mkl"])
@@ -176,8 +177,8 @@ def test_understanding_logits_and_greedy_text_match_float32_weights(both_models)
     logits = []
     for model in (kept, widened):
         embeds = model.embed_prompt(paddle.to_tensor(ids[None]), model.encode_images(pixels), image_id)
-        cache = model.new_cache(1, len(ids) + 4)
-        logits.append(model.text_logits(model.prefill(embeds, cache, [0])).numpy())
+        cache, tables = rows_of(model, 1, len(ids) + 4)
+        logits.append(model.text_logits(model.extend(embeds, cache, RowBatch.of(tables, [0]))).numpy())
     np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
     prompt = _prompt(2, 12, cfg.language.vocab_size)
     texts = [greedy_text(model, prompt, None, image_id, eos_id=-1, max_new_tokens=16) for model in (kept, widened)]
@@ -189,8 +190,9 @@ def test_generation_logits_and_greedy_image_tokens_match_float32_weights(both_mo
     prompt = _prompt(3, 10, kept.cfg.language.vocab_size)
     logits = []
     for model in (kept, widened):
-        cache = model.new_cache(2, 32)
-        hidden = model.prefill(model.embed_text(paddle.to_tensor(np.stack([prompt, prompt]))), cache, [0, 1])
+        cache, tables = rows_of(model, 2, 32)
+        hidden = model.extend(model.embed_text(paddle.to_tensor(np.stack([prompt, prompt]))), cache,
+                              RowBatch.of(tables, [0, 0]))
         logits.append(model.image_logits(hidden[:, -1]).numpy())
     np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
     tokens = [greedy_image(model, prompt, pad_id=0, cfg_weight=5.0) for model in (kept, widened)]

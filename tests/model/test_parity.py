@@ -21,6 +21,7 @@ from model.chat_template import expand_image_ids, generation_prompt, place_image
 from model.checkpoint.loader import load_janus
 from model.image_processing import ImageProcessor
 from model.janus import JanusModel
+from model.kv_cache import RowBatch
 from model.tiny_checkpoint import build_tiny_checkpoint
 from tests.model.cached_loops import greedy_image, greedy_text
 from tests.oracle.client import oracle_python, run_oracle
@@ -100,9 +101,11 @@ def test_understanding_logits_match_on_a_left_padded_batch(case, subject, tiny_t
     ids, mask = requests["und_input_ids"], requests["und_attention_mask"]
     features = model.encode_images(paddle.to_tensor(requests["und_pixel_values"]))
     embeds = model.embed_prompt(paddle.to_tensor(ids), features, tiny_tokenizer.image_id)
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    cache = model.new_cache(2, ids.shape[1])
-    hidden = model.prefill(embeds, cache, [0, 1], paddle.to_tensor(mask), paddle.to_tensor(positions))
+    blocks = -(-ids.shape[1] // 16)
+    cache = model.new_cache(2 * blocks, 16)
+    rows = RowBatch.of([list(range(blocks)), list(range(blocks, 2 * blocks))], [0, 0],
+                       (ids.shape[1] - mask.sum(axis=1)).tolist())
+    hidden = model.extend(embeds, cache, rows)
     ours = model.text_logits(hidden).numpy()
     real = mask.astype(bool)
     assert np.abs(oracle["und_logits"][real]).max() > 1.0  # not near-uniform: the comparison means something
@@ -126,8 +129,10 @@ def test_first_generation_step_logits_match(case, subject, tiny_tokenizer):
     requests, _, oracle = case
     cond, uncond = reference.generation_rows(requests["gen_input_ids"][0], tiny_tokenizer.pad_id)
     T = len(cond)
-    cache = model.new_cache(2, T)
-    hidden = model.prefill(model.embed_text(paddle.to_tensor(np.stack([cond, uncond]))), cache, [0, 1])
+    blocks = -(-T // 16)
+    cache = model.new_cache(2 * blocks, 16)
+    rows = RowBatch.of([list(range(blocks)), list(range(blocks, 2 * blocks))], [0, 0])
+    hidden = model.extend(model.embed_text(paddle.to_tensor(np.stack([cond, uncond]))), cache, rows)
     logits = model.image_logits(hidden[:, -1]).numpy()
     guided = logits[1] + CFG * (logits[0] - logits[1])
     np.testing.assert_allclose(logits[0], oracle["gen_cond_logits"], atol=ATOL, rtol=0)

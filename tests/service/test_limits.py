@@ -14,8 +14,15 @@ from PIL import Image
 from model.chat_template import get_template
 from model.image_processing import ImageProcessor
 from service.api.docs import understand_body
-from service.engine.capacity import Capacity
-from service.processing import MAX_IMAGES, MIN_ANSWER_TOKENS, InputError, Preprocessor
+from service.engine.capacity import Capacity, KVPool, MiB
+from service.processing import (
+    MAX_IMAGES,
+    MIN_ANSWER_TOKENS,
+    AnswerOptions,
+    InputError,
+    Preprocessor,
+    question_conversation,
+)
 from service.settings import Settings
 from tests.service.helpers import b64, image_bytes, wait_until
 
@@ -56,39 +63,52 @@ def test_info_promises_only_the_parallel_size_the_rows_allow(make_server):
     assert "lower parallel_size" in message and "cfg_weight 1" in message
 
 
+PUBLISHED_CONTEXT = 16384  # Janus-Pro's max_position_embeddings: the default JANUS_MAX_SEQ_LEN
+# Janus-Pro-1B's KV block in float32 (the CPU): 2 (keys, values) x 24 layers x 16 heads x 128 x 16 positions x 4 B
+PUBLISHED_BLOCK_BYTES = 2 * 24 * 16 * 128 * 16 * 4
+
+
 @pytest.fixture(scope="module")
 def published(tiny_dir, tiny_tokenizer) -> Preprocessor:
-    """The published image sizes (576 positions per image) with the default settings' context and rows."""
+    """The published sizes (576 positions per image, Janus-Pro-1B's context and KV block) with the default
+    settings' rows and KV budget, as the engine sizes its pool."""
     defaults = Settings.model_construct()
+    blocks = min(defaults.kv_cache_mb * MiB // PUBLISHED_BLOCK_BYTES,
+                 defaults.max_rows * PUBLISHED_CONTEXT // defaults.kv_block_size)
+    pool = KVPool(blocks, defaults.kv_block_size, PUBLISHED_BLOCK_BYTES)
     return Preprocessor(tiny_tokenizer, ImageProcessor.from_dir(tiny_dir), get_template("deepseek"),
                         PUBLISHED_IMAGE_TOKENS, PUBLISHED_IMAGE_TOKENS,
-                        Capacity(defaults.max_seq_len, defaults.max_rows))
+                        Capacity(PUBLISHED_CONTEXT, defaults.max_rows, pool))
 
 
-def test_with_the_defaults_one_published_image_fits_and_two_are_refused_naming_the_setting(published):
-    assert published.max_images() == 1
-    picture = Image.new("RGB", (40, 30), (200, 10, 10))
-    params = published.understand("What is it?", [picture], system_prompt=None, max_new_tokens=None,
-                                  temperature=0.0, top_p=1.0, seed=0, timeout_s=None)
-    assert params.max_len <= 1024
-    with pytest.raises(InputError, match=r"raise JANUS_MAX_SEQ_LEN to at least 1\d\d\d"):
-        published.understand("<image_placeholder><image_placeholder> Which?", [picture, picture],
-                             system_prompt=None, max_new_tokens=None, temperature=0.0, top_p=1.0, seed=0,
-                             timeout_s=None)
+def test_with_the_defaults_eight_published_images_fit_in_one_question(published):
+    assert published.max_images() == MAX_IMAGES
+    pictures = [Image.new("RGB", (40, 30), (200, 10, 10 * i)) for i in range(MAX_IMAGES)]
+    params = published.understand("<image_placeholder>" * MAX_IMAGES + " Which?", pictures, system_prompt=None,
+                                  max_new_tokens=None, temperature=0.0, top_p=1.0, seed=0, timeout_s=None)
+    assert params.max_len > MAX_IMAGES * PUBLISHED_IMAGE_TOKENS
 
 
 def test_with_the_defaults_the_largest_generation_fits(published):
     assert published.max_parallel_size(16) == 16
     params = published.generate("a lighthouse at dusk", parallel_size=16, cfg_weight=5.0, temperature=1.0, seed=0,
                                 timeout_s=None)
-    assert params.rows <= 32 and params.max_len <= 1024
+    assert params.rows <= 32
 
 
-def test_an_explicit_answer_length_that_does_not_fit_names_the_setting(published):
+def test_an_answer_longer_than_the_kv_pool_names_the_setting(published):
+    picture = Image.new("RGB", (40, 30), (200, 10, 10))
+    with pytest.raises(InputError, match="needs up to .* MiB of KV cache.*raise JANUS_KV_CACHE_MB to at least"):
+        # two answers of up to 15,000 tokens: within the context, but not the pool (two rows of ~15,600 positions)
+        published.chat(question_conversation("What is it?", 1), [picture], AnswerOptions(max_new_tokens=15000, n=2),
+                       None)
+
+
+def test_an_explicit_answer_length_that_does_not_fit_the_context_names_the_setting(published):
     picture = Image.new("RGB", (40, 30), (200, 10, 10))
     with pytest.raises(InputError, match="lower max_new_tokens to at most .*raise JANUS_MAX_SEQ_LEN"):
-        published.understand("What is it?", [picture], system_prompt=None, max_new_tokens=4096, temperature=0.0,
-                             top_p=1.0, seed=0, timeout_s=None)
+        published.understand("What is it?", [picture], system_prompt=None, max_new_tokens=PUBLISHED_CONTEXT,
+                              temperature=0.0, top_p=1.0, seed=0, timeout_s=None)
 
 
 def test_a_documented_example_that_needs_more_than_the_defaults_says_so(published):

@@ -47,6 +47,34 @@ def test_metrics_cover_queue_rows_steps_tokens_latency_and_errors(client):
     assert value("janus_ready") == 1
 
 
+def test_metrics_count_the_work_the_caches_saved(make_server):
+    live = make_server()  # a server of its own: the counts start at zero
+    picture = b64(image_bytes(seed=77))
+    prompts = 0
+    with live.client() as http:
+        # a question, the same again, then with another system prompt
+        for system_prompt in ("Be brief and precise.", "Be brief and precise.", "Say it in verse."):
+            reply = http.post("/understand", json={"question": "What?", "images": [picture], "max_new_tokens": 2,
+                                                   "system_prompt": system_prompt})
+            assert reply.status_code == 200, reply.text
+            prompts += reply.json()["usage"]["prompt_tokens"]
+        value = _reader(http.get("/metrics").text)
+    engine = live.runtime.engine
+    assert value("janus_prefix_cache_lookups_total") == 3
+    assert value("janus_prefix_cache_hits_total") >= 1  # the repeat
+    reused = value("janus_prompt_tokens_total", source="reused")
+    computed = value("janus_prompt_tokens_total", source="computed")
+    assert reused > 0 and computed > 0 and reused + computed == prompts
+    # the image is encoded once; the third question's other system prompt puts it elsewhere (no block matches past
+    # it) and its features come from the image cache (so may the repeat's, when its match stops at the image)
+    assert value("janus_image_feature_cache_lookups_total", result="miss") == 1
+    assert value("janus_image_feature_cache_lookups_total", result="hit") >= 1
+    assert value("janus_kv_blocks", state="used") == 0  # nothing runs
+    assert value("janus_kv_blocks", state="cached") > 0
+    assert value("janus_kv_blocks", state="free") + value("janus_kv_blocks", state="cached") == \
+        engine.blocks.num_blocks
+
+
 def _reader(text: str):
     samples = {(s.name, frozenset(s.labels.items())): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}

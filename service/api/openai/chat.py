@@ -31,6 +31,7 @@ from service.api.openai.chat_protocol import (
     Choice,
     ChoiceLogprobs,
     CompletionUsage,
+    PromptTokensDetails,
     TopLogprob,
 )
 from service.api.openai.docs import INFERENCE_ERRORS, openai_error_responses
@@ -140,7 +141,8 @@ def _completion(runtime: Runtime, reply: _Reply, result: UnderstandResult) -> Ch
 
 def _usage(result: UnderstandResult) -> CompletionUsage:
     return CompletionUsage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                 total_tokens=result.prompt_tokens + result.completion_tokens)
+                           total_tokens=result.prompt_tokens + result.completion_tokens,
+                           prompt_tokens_details=PromptTokensDetails(cached_tokens=result.cached_tokens))
 
 
 def _logprob(runtime: Runtime, token_id: int, entry: TokenLogprob) -> ChatCompletionTokenLogprob:

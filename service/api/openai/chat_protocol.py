@@ -169,10 +169,16 @@ class ChatCompletionRequest(OpenAIModel):
 # response (answers are built by the server: plain models)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens whose keys and values came from the server's prefix cache "
+                                           "(an earlier request with the same beginning) instead of being computed.")
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class TopLogprob(BaseModel):

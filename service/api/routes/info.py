@@ -15,9 +15,9 @@ EXAMPLE = {
     "model": "Janus-Pro-1B", "dtype": "float32", "weights": "bfloat16", "device": "cpu", "random_weights": False,
     "context_length": 16384,
     "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
-    "limits": {"max_rows": 32, "max_seq_len": 1024, "max_waiting": 64, "request_timeout_s": 600.0,
+    "limits": {"max_rows": 32, "max_seq_len": 16384, "max_waiting": 64, "request_timeout_s": 600.0,
                "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
-               "max_images": 1, "max_parallel_size": 16},
+               "max_images": 8, "max_parallel_size": 16},
 }
 
 
@@ -37,7 +37,7 @@ async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
         context_length=info.context_length,
         understanding=ImageSpec(image_size=info.input_image_size, image_tokens=info.input_image_tokens),
         generation=ImageSpec(image_size=info.output_image_size, image_tokens=info.output_image_tokens),
-        limits=Limits(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
+        limits=Limits(max_rows=settings.max_rows, max_seq_len=runtime.engine.max_seq_len,
                       max_waiting=settings.max_waiting, request_timeout_s=settings.request_timeout_s,
                       max_body_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes,
                       max_image_pixels=settings.max_image_pixels,

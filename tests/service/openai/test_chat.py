@@ -147,8 +147,28 @@ def test_streaming_sends_the_same_answer_in_chunks_then_the_usage(server):
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens)
+    assert usage.prompt_tokens_details.cached_tokens > 0  # the same prompt a second time: reused
     assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_usage_counts_the_prompt_tokens_a_follow_up_reused_from_the_cache(server, ref):
+    picture = image_bytes(seed=43)
+    first = [{"role": "user", "content": [image_part(picture), text_part("What is it?")]}]
+    one = sdk(server).chat.completions.create(model="janus", max_tokens=6, messages=first)
+    follow_up = [*first, {"role": "assistant", "content": one.choices[0].message.content},
+                 {"role": "user", "content": "And the colours?"}]
+    two = sdk(server).chat.completions.create(model="janus", max_tokens=6, messages=follow_up)
+    # the first reuses at most the system prompt (its image is new); the follow-up the whole first prompt but its
+    # last block, at least: the system prompt, the image and the question
+    cached_one = one.usage.prompt_tokens_details.cached_tokens
+    cached_two = two.usage.prompt_tokens_details.cached_tokens
+    assert cached_one < len(ref.ids(SYSTEM)) <= one.usage.prompt_tokens - 16 <= cached_two < two.usage.prompt_tokens
+    prompt = (f"{SYSTEM}{USER}: {IMG}\nWhat is it?\n\n{ASSISTANT}: {one.choices[0].message.content}{EOS_TOKEN}"
+              f"{USER}: And the colours?\n\n{ASSISTANT}:")
+    assert two.choices[0].message.content == ref.answer(prompt, [picture], 6)[0]
 
 
 def test_streaming_without_include_usage_sends_no_usage(server, client):

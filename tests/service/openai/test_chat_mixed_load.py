@@ -33,8 +33,9 @@ def _essence(path: str, body: dict) -> object:
         return body["text"]
     if path == "/generate":
         return [image["data"] for image in body["images"]]
-    return [(c["message"]["content"], c["finish_reason"], _tokens(c["logprobs"])) for c in body["choices"]], \
-        body["usage"]
+    # the second time around the prompt comes from the prefix cache: the same usage but for cached_tokens
+    usage = {k: v for k, v in body["usage"].items() if k != "prompt_tokens_details"}
+    return [(c["message"]["content"], c["finish_reason"], _tokens(c["logprobs"])) for c in body["choices"]], usage
 
 
 def _tokens(logprobs: dict | None) -> list | None:
