@@ -49,12 +49,13 @@ class JanusModel(nn.Layer):
     def embed_prompt(self, ids: paddle.Tensor, image_features: paddle.Tensor | None, image_id: int) -> paddle.Tensor:
         """Token embeddings with the image-placeholder positions (in order) replaced by image features.
 
-        ids [B, T]; image_features [N, tokens, hidden] for the N images in reading order.
+        ids [B, T]; image_features [N, tokens, hidden] for the N images in reading order, or [positions, hidden]
+        (a prompt that starts inside an image: the features of the placeholders it has, in order).
         """
         embeds = self.embed_text(ids)
         is_image = (ids == image_id).flatten()
         count = int(is_image.astype("int64").sum().item())
-        wanted = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        wanted = 0 if image_features is None else int(np.prod(image_features.shape[:-1]))
         if count != wanted:
             raise ValueError(f"prompt has {count} image placeholder tokens but {wanted} image features were given")
         if count == 0:

@@ -19,6 +19,7 @@ turns block tables into tensors and applies the block copies recorded here).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from service.engine.prompt_blocks import BlockHash, ImageSpan, PromptBlocks, chain_hashes
@@ -57,12 +58,16 @@ class BlockStats:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True,
+                 features_at_hand: Container[bytes] = ()) -> None:
+        """features_at_hand: content hashes of the images whose vision features are cached (a match may end inside
+        those images)."""
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be >= 1")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.prefix_caching = prefix_caching
+        self.features_at_hand = features_at_hand
         self._refs = [0] * num_blocks
         self._hash_of: list[BlockHash | None] = [None] * num_blocks
         self._prefix: dict[BlockHash, int] = {}
@@ -104,7 +109,7 @@ class BlockManager:
             if block is None:
                 break
             found.append(block)
-        return found[:prompt.usable_prefix(len(found))]
+        return found[:prompt.usable_prefix(len(found), self.features_at_hand)]
 
     def worst_case(self, prompt_len: int, rows: int, max_len: int, matched: int = 0) -> int:
         """Blocks `rows` rows sharing a prompt may take at most, beyond `matched` reused ones."""

@@ -103,7 +103,9 @@ class Engine:
         self.config = config
         self.observer = observer or NullObserver()
         self.block_bytes = kv_block_bytes(model, config.block_size)
-        self.blocks = BlockManager(self._pool_blocks(), config.block_size, config.prefix_cache)
+        # vision features by image hash: the runner fills it; the block manager only asks what it holds
+        self.features = FeatureCache(config.feature_cache_mb * MiB)
+        self.blocks = BlockManager(self._pool_blocks(), config.block_size, config.prefix_cache, self.features)
         self.scheduler = Scheduler(config.max_rows, config.max_waiting, blocks=self.blocks)
         self.capacity = Capacity(self.max_seq_len, config.max_rows,
                                  KVPool(self.blocks.num_blocks, config.block_size, self.block_bytes))
@@ -221,7 +223,7 @@ class Engine:
         try:
             paddle.set_grad_enabled(False)  # per thread: this is the thread that runs the model
             self.runner = Runner(self.model, self.blocks.num_blocks, self.config.block_size,
-                                 FeatureCache(self.config.feature_cache_mb * MiB))
+                                 self.features)
             self.runner.warmup()
             self.images = self._image_decoder(self.runner)
             self.images.start()

@@ -19,6 +19,10 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
+    def __contains__(self, content: object) -> bool:
+        """Whether the image's features are here (a plain lookup: the scheduler asks it, no tensor is touched)."""
+        return content in self._entries
+
     def get(self, content: bytes) -> paddle.Tensor | None:
         """[tokens, hidden] features of the image, or None."""
         features = self._entries.get(content)

@@ -10,6 +10,7 @@ side at submission, never on the engine thread.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,20 +47,23 @@ class PromptBlocks:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def usable_prefix(self, blocks: int) -> int:
+    def usable_prefix(self, blocks: int, features_at_hand: Container[bytes] = ()) -> int:
         """How many of `blocks` leading cached blocks a request may reuse: at most all but its last position
-        (which must run to give the first token's logits), and never ending inside an image (the image's rest
-        would need only part of its features)."""
+        (which must run to give the first token's logits), and never ending inside an image whose features are
+        not at hand (`features_at_hand`: content hashes of images whose vision features are cached), since the
+        prefill needs the features of the image's remaining positions. (An image is followed by the question in
+        the same block, so a second question about it would otherwise recompute the whole image.)"""
         blocks = min(blocks, (len(self.ids) - 1) // self.block_size)
         end = blocks * self.block_size
         for image in self.images:
-            if image.start < end < image.end:
+            if image.start < end < image.end and image.content not in features_at_hand:
                 return image.start // self.block_size
         return blocks
 
-    def images_from(self, position: int) -> list[int]:
-        """Indices of the images that lie at or after `position` (the ones a prefill from there must encode)."""
-        return [i for i, image in enumerate(self.images) if image.start >= position]
+    def images_from(self, position: int) -> list[tuple[int, int]]:
+        """(index, first feature) of the images with positions at or after `position`: the features a prefill
+        from there takes (an image the position cuts takes its features from that offset on)."""
+        return [(i, max(0, position - image.start)) for i, image in enumerate(self.images) if image.end > position]
 
 
 def chain_hashes(previous: BlockHash, ids: list[int], offset: int, block_size: int,

@@ -52,13 +52,13 @@ class Runner:
         where its cached prefix ends, into its first row's blocks.
 
         Returns each request's first-token logits [rows, V] (every answer starts from the same distribution)."""
-        suffixes, pixels = [], []
+        suffixes, images = [], []
         for request in requests:
             params, prompt, table = request.understand, request.prompts[0], request.tables[0]
             suffixes.append(params.prompt_ids[table.length:])
-            for index in prompt.images_from(table.length):
-                pixels.append((prompt.images[index].content, params.pixel_values[index]))
-        features = self._image_features(pixels)
+            for index, first in prompt.images_from(table.length):
+                images.append((prompt.images[index].content, params.pixel_values[index], first))
+        features = self._image_features(images)
         ids, pad = _left_padded(suffixes)
         embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
         rows = RowBatch.of([r.tables[0].blocks for r in requests], [r.tables[0].length for r in requests], pad)
@@ -67,18 +67,20 @@ class Runner:
         return [np.repeat(row[None], request.understand.n, axis=0)
                 for row, request in zip(logits, requests, strict=True)]
 
-    def _image_features(self, images: list[tuple[bytes, np.ndarray]]) -> paddle.Tensor | None:
-        """Aligned features [N, tokens, hidden] of (content hash, pixels) images, through the feature cache."""
+    def _image_features(self, images: list[tuple[bytes, np.ndarray, int]]) -> paddle.Tensor | None:
+        """Aligned features [positions, hidden] of (content hash, pixels, first position) images in order, each
+        from its first position on, through the feature cache."""
         if not images:
             return None
-        found = [self.features.get(content) for content, _ in images]
+        found = [self.features.get(content) for content, _, _ in images]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             encoded = self.model.encode_images(self._tensor(np.stack([images[i][1] for i in missing])))
             for slot, i in enumerate(missing):
                 found[i] = encoded[slot]
                 self.features.put(images[i][0], encoded[slot])
-        return paddle.stack(found) if len(found) > 1 else found[0].unsqueeze(0)
+        parts = [f if first == 0 else f[first:] for f, (_, _, first) in zip(found, images, strict=True)]
+        return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
     def _prefill_generate(self, request: RequestState) -> np.ndarray:
         """The conditional prompt and (guided) the unconditional one, each once, into their first rows' blocks;

@@ -57,6 +57,7 @@ def test_a_match_never_ends_inside_an_image():
     prompt = _prompt(list(range(16)), (image,))
     assert prompt.usable_prefix(2) == 0  # block 2 ends at 8, inside [3, 11): back to the image's start
     assert prompt.usable_prefix(3) == 3  # 12: past the image
+    assert prompt.usable_prefix(2, features_at_hand={b"pixels"}) == 2  # its features are cached: may end inside
     other = _prompt(list(range(16)), (ImageSpan(3, 11, b"other pixels"),))
     assert other.hashes[0] != prompt.hashes[0] and other.hashes[3] != prompt.hashes[3]
 

@@ -108,6 +108,25 @@ def test_the_same_text_with_another_image_reuses_only_what_comes_before_the_imag
 
 
 @TEMPERATURES
+@pytest.mark.parametrize("image_cache_mb", [256, 0], ids=["features-cached", "no-feature-cache"])
+def test_a_second_question_about_an_image_reuses_its_blocks_when_its_features_are_at_hand(make_engine, ask, tiny_model,
+                                                                                          temperature,
+                                                                                          image_cache_mb):
+    # the image is followed by the question in the same block: the match ends inside the image, which the prefill
+    # can continue only from its features; without them the match goes back to the image's start
+    engine = make_engine(block_size=BLOCK, feature_cache_mb=image_cache_mb)
+    system, image = _text(14, 7), _image(tiny_model, 14)
+    _, params = ask(engine, [system, IMAGE, _text(15, 5)], [image], temperature)
+    second, _ = ask(engine, [system, IMAGE, _text(16, 5)], [image], temperature)
+    common = params.prompt_ids.index(params.image_id) + tiny_model.cfg.vision.num_tokens + 1  # up to <end_of_image>
+    image_start = params.prompt_ids.index(params.image_id)
+    image_end = image_start + tiny_model.cfg.vision.num_tokens
+    assert image_start < common // BLOCK * BLOCK < image_end  # the last common full block ends inside the image
+    expected = common // BLOCK * BLOCK if image_cache_mb else image_start // BLOCK * BLOCK
+    assert second.cached_tokens == expected
+
+
+@TEMPERATURES
 def test_two_images_in_swapped_order_do_not_match_past_the_first(engine, ask, tiny_model, temperature):
     parts, a, b = [_text(7, 6), IMAGE, _text(8, 2), IMAGE, _text(9, 3)], _image(tiny_model, 5), _image(tiny_model, 6)
     _, params = ask(engine, parts, [a, b], temperature)
