@@ -113,6 +113,7 @@ def main() -> None:
         rows = args.rows or ([1, 2, 8, 32] if args.size == "1B" else [2])
         for weights in storages:
             first = first_start(directory, cache, weights)
+            print(json.dumps({weights: {"first_start": first}}), file=sys.stderr, flush=True)
             later = later_start(directory, cache, weights, args.size, rows, vq=args.size == "1B",
                                 prefills=2 if args.size == "1B" else 1)
             result[weights] = {"first_start": first, "later_start": later}
@@ -124,6 +125,8 @@ def main() -> None:
                 "prefill_one_image": bf["prefill_one_image_s"] / fp["prefill_one_image_s"],
                 "vq_decode_one_image": bf["vq_decode_one_image_s"] / fp["vq_decode_one_image_s"],
                 "peak_rss": bf["peak_rss_gib"] / fp["peak_rss_gib"],
+                "rss_after_load": bf["rss_after_load_gib"] / fp["rss_after_load_gib"],
+                "weights_in_memory": bf["weights_gib"] / fp["weights_gib"],
                 "first_start_peak_rss": (result["bfloat16"]["first_start"]["peak_rss_gib"]
                                          / result["float32"]["first_start"]["peak_rss_gib"]),
             }

@@ -37,6 +37,13 @@ def memory_bandwidth_gbs(size_gib: float = 1.0, repeats: int = 3) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def resident_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def step_weight_bytes(janus) -> int:  # noqa: ANN001
     """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner."""
     total = 0
@@ -72,6 +79,8 @@ def main() -> None:
     started = time.perf_counter()
     janus, report = load_janus(directory, cache_dir=args.cache, keep_bf16=keep_bf16)
     load_s = time.perf_counter() - started
+    rss_after_load = resident_gib()
+    weights_gib = sum(int(np.prod(p.shape)) * p.element_size() for p in janus.parameters()) / 2**30
     cfg = janus.cfg
     max_rows = max(args.rows)
     row_blocks = -(-max(args.context + args.steps + 1, cfg.vision.num_tokens + 64) // 16)
@@ -115,7 +124,8 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({
         "model": f"Janus-Pro-{args.size} shape, random weights", "weights": report.weights,
-        "parameters": report.parameters, "load_s": load_s, "load_source": report.source,
+        "parameters": report.parameters, "weights_gib": weights_gib, "rss_after_load_gib": rss_after_load,
+        "load_s": load_s, "load_source": report.source,
         "prefill_one_image_s": prefill_s, "vq_decode_one_image_s": vq_s, "prompt_tokens": T,
         "context_tokens": args.context,
         "memory_bandwidth_gbs": bandwidth, "step_weight_gib": step_weight_bytes(janus) / 2**30,
