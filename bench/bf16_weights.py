@@ -9,7 +9,8 @@ start timing decode steps, a one-image prefill and one image's VQ decoding (`ben
 process; ratios bf16 / float32. 7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later
 start, prefill, a 2-row decode step against the bandwidth floor, and a `janus-serve` process answering one
 understanding and one generation request, with its peak resident memory. `--keep` leaves the checkpoint on disk
-(the 7B one takes about 15 GB and several minutes to write).
+(the 7B one takes about 15 GB and several minutes to write); `--work DIR` keeps the converted cache there, which a
+later `--serve-only` run reuses.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the random checkpoint for another run")
     parser.add_argument("--no-serve", action="store_true", help="7B: skip the server run")
+    parser.add_argument("--no-first-start", action="store_true", help="skip the first starts (conversion)")
+    parser.add_argument("--serve-only", action="store_true", help="7B: only the server run")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the converted cache, kept (a later --serve-only run reuses it)")
     args = parser.parse_args()
     root = Path(tempfile.gettempdir())
     directory = args.dir or root / f"janus-{args.size.lower()}-random-bin"
@@ -103,7 +108,8 @@ def main() -> None:
     else:
         build_sharded(directory, "7B", args.torch_python, shards=2)
     written_s = time.perf_counter() - started
-    bench_root = Path(tempfile.mkdtemp(prefix="janus-bf16-bench-"))
+    bench_root = args.work or Path(tempfile.mkdtemp(prefix="janus-bf16-bench-"))
+    bench_root.mkdir(parents=True, exist_ok=True)
     cache = bench_root / "converted"
     result: dict = {"size": args.size, "checkpoint_gib": checkpoint_gib(directory),
                     "files": sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".json")),
@@ -111,14 +117,14 @@ def main() -> None:
     try:
         storages = ["bfloat16", "float32"] if args.size == "1B" else ["bfloat16"]
         rows = args.rows or ([1, 2, 8, 32] if args.size == "1B" else [2])
-        for weights in storages:
-            first = first_start(directory, cache, weights)
+        for weights in [] if args.serve_only else storages:
+            first = {} if args.no_first_start else first_start(directory, cache, weights)
             print(json.dumps({weights: {"first_start": first}}), file=sys.stderr, flush=True)
             later = later_start(directory, cache, weights, args.size, rows, vq=args.size == "1B",
                                 prefills=2 if args.size == "1B" else 1)
             result[weights] = {"first_start": first, "later_start": later}
             print(json.dumps({weights: result[weights]}), file=sys.stderr, flush=True)
-        if args.size == "1B":
+        if args.size == "1B" and not args.serve_only:
             bf, fp = result["bfloat16"]["later_start"], result["float32"]["later_start"]
             result["bf16_over_float32"] = {
                 **{f"decode_{r}_rows": bf["decode"][str(r)]["step_s"] / fp["decode"][str(r)]["step_s"] for r in rows},
@@ -132,10 +138,12 @@ def main() -> None:
             }
         elif not args.no_serve:
             result["serve"] = serve_once(directory, bench_root, bench_root / "server.log")
-        result["first_start_peak_over_checkpoint"] = (result["bfloat16"]["first_start"]["peak_rss_gib"]
-                                                      / result["checkpoint_gib"])
+        if "bfloat16" in result and not args.no_first_start:
+            result["first_start_peak_over_checkpoint"] = (result["bfloat16"]["first_start"]["peak_rss_gib"]
+                                                          / result["checkpoint_gib"])
     finally:
-        shutil.rmtree(bench_root, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(bench_root, ignore_errors=True)
         if not args.keep and args.dir is None:
             shutil.rmtree(directory, ignore_errors=True)
     print(json.dumps(result))
