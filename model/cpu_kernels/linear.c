@@ -30,12 +30,27 @@ static inline __attribute__((always_inline)) float weight1(const void *w, int64_
     return bf16 ? bf16_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
 }
 
+/* bf16 weights w[i..i+15] widened with one 32-byte load: each 32-bit lane holds two bf16 values, the even column in
+ * its low half and the odd one in its high half, so a shift and a mask give two vectors of floats (fewer
+ * instructions per byte than widening eight values at a time, which counts once the cores are busy). */
+static inline void pair16(const void *w, int64_t i, v8 *even, v8 *odd) {
+    v8u lanes;
+    memcpy(&lanes, (const uint16_t *)w + i, sizeof lanes);
+    *even = (v8)(lanes << 16);
+    *odd = (v8)(lanes & 0xFFFF0000u);
+}
+
+/* Where column c's sum is kept in the per-thread partials: bf16 blocks of 16 columns hold the even columns first. */
+static inline __attribute__((always_inline)) int slot(int c, int vector_end, int bf16) {
+    return bf16 && c < vector_end ? (c & ~15) + ((c & 1) << 3) + ((c & 15) >> 1) : c;
+}
+
 /* x [M, K] contiguous (M <= MAX_ROWS), w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]. */
 static inline __attribute__((always_inline)) void linear_rows(const float *x, const void *w, const float *bias,
                                                               float *y, int M, int K, int N, int bf16) {
     const int threads = (int64_t)K * N >= 65536 ? omp_get_max_threads() : 1;
     float *partial = malloc(sizeof(float) * (size_t)threads * M * N);
-    const int vector_end = N / 8 * 8;
+    const int vector_end = bf16 ? N / 16 * 16 : N / 8 * 8;
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), used = omp_get_num_threads();
@@ -49,14 +64,29 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, co
             for (int m = 0; m < M; m++)
                 for (int j = 0; j < 4; j++) xs[m * 4 + j] = x[(int64_t)m * K + k + j];
             const int64_t r0 = (int64_t)k * N, r1 = r0 + N, r2 = r1 + N, r3 = r2 + N;
-            for (int c = 0; c < vector_end; c += 8) {
-                const v8 a0 = weight8(w, r0 + c, bf16), a1 = weight8(w, r1 + c, bf16);
-                const v8 a2 = weight8(w, r2 + c, bf16), a3 = weight8(w, r3 + c, bf16);
-                for (int m = 0; m < M; m++) {
-                    float *am = acc + (int64_t)m * N + c;
-                    const float *xm = xs + m * 4;
-                    store8(am, load8(am) + splat(xm[0]) * a0 + splat(xm[1]) * a1 + splat(xm[2]) * a2 +
-                                   splat(xm[3]) * a3);
+            if (bf16) { /* 16 columns per load: even ones to acc[c..c+7], odd ones to acc[c+8..c+15] */
+                for (int c = 0; c < vector_end; c += 16) {
+                    v8 e0, o0, e1, o1, e2, o2, e3, o3;
+                    pair16(w, r0 + c, &e0, &o0), pair16(w, r1 + c, &e1, &o1);
+                    pair16(w, r2 + c, &e2, &o2), pair16(w, r3 + c, &e3, &o3);
+                    for (int m = 0; m < M; m++) {
+                        float *am = acc + (int64_t)m * N + c;
+                        const float *xm = xs + m * 4;
+                        const v8 x0 = splat(xm[0]), x1 = splat(xm[1]), x2 = splat(xm[2]), x3 = splat(xm[3]);
+                        store8(am, load8(am) + x0 * e0 + x1 * e1 + x2 * e2 + x3 * e3);
+                        store8(am + 8, load8(am + 8) + x0 * o0 + x1 * o1 + x2 * o2 + x3 * o3);
+                    }
+                }
+            } else {
+                for (int c = 0; c < vector_end; c += 8) {
+                    const v8 a0 = weight8(w, r0 + c, bf16), a1 = weight8(w, r1 + c, bf16);
+                    const v8 a2 = weight8(w, r2 + c, bf16), a3 = weight8(w, r3 + c, bf16);
+                    for (int m = 0; m < M; m++) {
+                        float *am = acc + (int64_t)m * N + c;
+                        const float *xm = xs + m * 4;
+                        store8(am, load8(am) + splat(xm[0]) * a0 + splat(xm[1]) * a1 + splat(xm[2]) * a2 +
+                                       splat(xm[3]) * a3);
+                    }
                 }
             }
             for (int c = vector_end; c < N; c++)
@@ -71,7 +101,7 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, co
             for (int m = 0; m < M; m++) {
                 const float xm = x[(int64_t)m * K + k];
                 float *am = acc + (int64_t)m * N;
-                for (int c = 0; c < N; c++) am[c] += xm * weight1(w, r0 + c, bf16);
+                for (int c = 0; c < N; c++) am[slot(c, vector_end, bf16)] += xm * weight1(w, r0 + c, bf16);
             }
         }
 #pragma omp barrier
@@ -79,7 +109,7 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, co
         for (int c = 0; c < N; c++) {
             for (int m = 0; m < M; m++) {
                 float sum = bias ? bias[c] : 0.0f;
-                for (int p = 0; p < used; p++) sum += partial[((int64_t)p * M + m) * N + c];
+                for (int p = 0; p < used; p++) sum += partial[((int64_t)p * M + m) * N + slot(c, vector_end, bf16)];
                 y[(int64_t)m * N + c] = sum;
             }
         }
