@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import tempfile
 import threading
@@ -47,7 +48,8 @@ class Bench:
         from service.processing import Preprocessor
 
         self.engine = Engine(janus, EngineConfig(max_rows=32, max_waiting=64, prefix_cache=prefix_cache,
-                                                 kv_cache_mb=kv_cache_mb, feature_cache_mb=256 if prefix_cache else 0))
+                                                 kv_cache_mb=kv_cache_mb, feature_cache_mb=256 if prefix_cache else 0,
+                                                 default_timeout_s=7200))
         self.engine.start()
         self.engine.warmup()
         self.prep = Preprocessor.from_dir(directory, janus.cfg, self.engine.max_seq_len,
@@ -66,7 +68,7 @@ class Bench:
 
     async def ask(self, params) -> tuple[float, float, object]:
         """(time to first token, total time, result) of one request."""
-        from service.engine.types import FinishedEvent, TokenEvent
+        from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent
 
         started = time.perf_counter()
         first = None
@@ -76,6 +78,8 @@ class Bench:
                 first = time.perf_counter() - started
             if isinstance(event, FinishedEvent):
                 return first or 0.0, time.perf_counter() - started, event.result
+            if isinstance(event, ErrorEvent):
+                raise event.error
         raise RuntimeError("no result")
 
 
@@ -91,12 +95,13 @@ def conversation(bench: Bench, seed: int, turns: int = 6) -> dict:
     picture, history, computed, prompt_total = _picture(seed), [], 0, 0
     started = time.perf_counter()
     for turn in range(turns):
-        question = f"Question {turn + 1}: what else can you tell me about it?"
+        # the picture goes with the first question and stays there (the history keeps its tag); each turn sends
+        # the whole conversation, answers as the client read them (decoded text)
+        question = ("<image_placeholder>\n" if turn == 0 else "") + f"Question {turn + 1}: what else is in it?"
         _, _, result = asyncio.run(bench.ask(bench.params(question, picture, history=history, max_new_tokens=24)))
         computed += result.prompt_tokens - result.cached_tokens
         prompt_total += result.prompt_tokens
         history.append((question, bench.prep.decode(result.token_ids)))
-    # the picture goes with the first question (history keeps the image tag where it was placed)
     return {"turns": turns, "prompt_tokens": prompt_total, "computed_tokens": computed,
             "computed_share": computed / prompt_total, "total_s": time.perf_counter() - started}
 
@@ -217,6 +222,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], help="parts to leave out (1B: conversation concurrent ...)")
     parser.add_argument("--kv-cache-mb", type=int, default=8192, help="the engines' KV pool (JANUS_KV_CACHE_MB)")
     parser.add_argument("--before", type=Path, default=None, help="an older checkout for the HTTP comparison")
+    parser.add_argument("--concurrent", type=int, nargs=2, default=[4, 4], metavar=("IMAGES", "QUESTIONS"),
+                        help="images x questions sent at once")
     args = parser.parse_args()
     paddle.set_grad_enabled(False)
     if args.shape == "bench":
@@ -227,9 +234,11 @@ def main() -> None:
     else:
         from bench.big_checkpoint import build
 
-        directory = build(args.dir, "1B")
+        directory = build(args.dir or Path(tempfile.gettempdir()) / "janus-1b-random-bin", "1B")
         janus, _ = load_janus(directory, cache_dir=Path(tempfile.gettempdir()) / "janus-bench-cache")
-    parts = {"second_question": second_question, "conversation": conversation, "concurrent_4x4": concurrent,
+    images, questions = args.concurrent
+    parts = {"second_question": second_question, "conversation": conversation,
+             "concurrent": functools.partial(concurrent, images=images, questions=questions),
              "unrelated": unrelated, "mixed_memory": mixed_memory}
     report: dict = {"shape": args.shape}
     for name, part in parts.items():
