@@ -133,9 +133,10 @@ def main() -> None:
                 "peak_rss": bf["peak_rss_gib"] / fp["peak_rss_gib"],
                 "rss_after_load": bf["rss_after_load_gib"] / fp["rss_after_load_gib"],
                 "weights_in_memory": bf["weights_gib"] / fp["weights_gib"],
-                "first_start_peak_rss": (result["bfloat16"]["first_start"]["peak_rss_gib"]
-                                         / result["float32"]["first_start"]["peak_rss_gib"]),
             }
+            if not args.no_first_start:
+                peaks = [result[w]["first_start"]["peak_rss_gib"] for w in ("bfloat16", "float32")]
+                result["bf16_over_float32"]["first_start_peak_rss"] = peaks[0] / peaks[1]
         elif not args.no_serve:
             result["serve"] = serve_once(directory, bench_root, bench_root / "server.log")
         if "bfloat16" in result and not args.no_first_start:
