@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,29 @@ def decode_b64_image(data: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(data)))
     image.load()
     return image
+
+
+@contextmanager
+def rows_held_by_a_generation(live: LiveServer, start: Callable[[], None], timeout_s: float) -> Iterator[None]:
+    """Run `start` (a generation request taking the rows) on a thread, hold the engine once it has drawn one image
+    token, and wait until its remaining steps would outlast a newcomer's `timeout_s`; on leaving, let it finish."""
+    engine = live.runtime.engine
+    steps = live.runtime.info.output_image_tokens
+    held, release = threading.Event(), threading.Event()
+
+    def hold_after_the_first_image_token(request: Any) -> None:
+        if request.steps_done >= 1 and not release.is_set():
+            held.set()
+            release.wait()
+
+    engine.fault_hook = hold_after_the_first_image_token
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    try:
+        wait_until(held.is_set, "the first request to hold its rows after one image token")
+        # One step of `steps` took at least this long by now, so the rest takes longer than the newcomer's timeout.
+        time.sleep(1.5 * timeout_s / (steps - 1))
+        yield
+    finally:
+        release.set()
+        thread.join(60)

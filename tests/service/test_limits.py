@@ -5,7 +5,6 @@ A request that could only time out in the queue is refused at once with a usable
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -24,7 +23,7 @@ from service.processing import (
     question_conversation,
 )
 from service.settings import Settings
-from tests.service.helpers import b64, image_bytes, wait_until
+from tests.service.helpers import b64, image_bytes, rows_held_by_a_generation
 
 PUBLISHED_IMAGE_TOKENS = 576  # Janus-Pro: positions per input image, image tokens per generated image
 
@@ -121,41 +120,22 @@ def test_a_documented_example_that_needs_more_than_the_defaults_says_so(publishe
 def test_a_request_that_could_only_time_out_in_the_queue_is_refused_at_once(make_server):
     timeout_s = 20.0
     live = make_server(max_rows=2, max_waiting=8, request_timeout_s=timeout_s)
-    engine = live.runtime.engine
-    steps = live.runtime.info.output_image_tokens
-    held, release = threading.Event(), threading.Event()
-
-    def hold_after_the_first_image_token(request) -> None:
-        if request.steps_done >= 1 and not release.is_set():
-            held.set()
-            release.wait()
-
-    engine.fault_hook = hold_after_the_first_image_token
     out: dict = {}
 
     def first() -> None:
         with live.client() as http:
             out["reply"] = http.post("/generate", json={"prompt": "a fox", "format": "png"})  # both rows
 
-    runner = threading.Thread(target=first, daemon=True)
-    runner.start()
-    try:
-        wait_until(held.is_set, "the first request to hold its rows after one image token")
-        # One step of `steps` took at least this long by now, so the rest takes longer than the newcomer's timeout.
-        time.sleep(1.5 * timeout_s / (steps - 1))
-        with live.client() as http:
-            started = time.monotonic()
-            refused = http.post("/generate", json={"prompt": "a cat", "parallel_size": 1})
-            quick = http.post("/understand", json={"question": "What?", "images": [b64(image_bytes())],
-                                                   "max_new_tokens": 2})
+    with rows_held_by_a_generation(live, first, timeout_s), live.client() as http:
+        started = time.monotonic()
+        refused = http.post("/generate", json={"prompt": "a cat", "parallel_size": 1})
+        quick = http.post("/understand", json={"question": "What?", "images": [b64(image_bytes())],
+                                               "max_new_tokens": 2})
         waited = time.monotonic() - started
-    finally:
-        release.set()
-    runner.join(60)
     for reply in (refused, quick):
         assert reply.status_code == 429, reply.text
         assert "time limit" in reply.json()["error"]["message"]
         assert 1 <= int(reply.headers["retry-after"]) <= 60
     assert waited < timeout_s  # refused at once rather than left to time out (a bound, not a timing claim)
     assert out["reply"].status_code == 200
-    assert engine.stats()["waiting"] == 0
+    assert live.runtime.engine.stats()["waiting"] == 0

@@ -5,14 +5,13 @@ in the queue is a RateLimitError at once with a usable Retry-After."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import openai
 import pytest
 
 from service.processing import MIN_ANSWER_TOKENS
-from tests.service.helpers import b64, image_bytes, wait_until
+from tests.service.helpers import b64, image_bytes, rows_held_by_a_generation
 
 PROMPT = "a red fox in the snow"
 
@@ -107,24 +106,10 @@ def test_a_context_too_short_for_an_image_refuses_generation_on_both_routes(make
 def test_requests_that_could_only_time_out_in_the_queue_raise_rate_limit_at_once(make_server):
     timeout_s = 20.0
     live = make_server(max_rows=2, max_waiting=8, request_timeout_s=timeout_s)
-    engine = live.runtime.engine
-    steps = live.runtime.info.output_image_tokens
-    held, release = threading.Event(), threading.Event()
-
-    def hold_after_the_first_image_token(request) -> None:
-        if request.steps_done >= 1 and not release.is_set():
-            held.set()
-            release.wait()
-
-    engine.fault_hook = hold_after_the_first_image_token
     out: dict = {}
-    first = threading.Thread(target=lambda: out.update(reply=sdk(live).images.generate(prompt=PROMPT)), daemon=True)
-    first.start()  # both rows, for `steps` steps
-    try:
-        wait_until(held.is_set, "the first request to hold its rows after one image token")
-        # One step took at least this long by now, so the remaining steps outlast the newcomers' timeout.
-        time.sleep(1.5 * timeout_s / (steps - 1))
-        refusals = []
+    refusals = []
+    with rows_held_by_a_generation(live, lambda: out.update(reply=sdk(live).images.generate(prompt=PROMPT)),
+                                   timeout_s):  # both rows
         started = time.monotonic()
         for call in (lambda: sdk(live).images.generate(prompt="a cat"),
                      lambda: _chat(live, messages=[_images_message(1)])):
@@ -132,12 +117,9 @@ def test_requests_that_could_only_time_out_in_the_queue_raise_rate_limit_at_once
                 call()
             refusals.append(caught.value)
         waited = time.monotonic() - started
-    finally:
-        release.set()
-    first.join(60)
     for refused in refusals:
         assert refused.body["code"] == "overloaded" and "time limit" in refused.body["message"]
         assert 1 <= int(refused.response.headers["retry-after"]) <= 60
     assert waited < timeout_s  # refused at once rather than left to time out (a bound, not a timing claim)
     assert len(out["reply"].data) == 1
-    assert engine.stats()["waiting"] == 0
+    assert live.runtime.engine.stats()["waiting"] == 0
