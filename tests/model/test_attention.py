@@ -26,15 +26,6 @@ def paddle_ops(monkeypatch):
     return run
 
 
-@pytest.fixture(params=["default", "without-mkl"])
-def variant(request, monkeypatch, tmp_path_factory):
-    """The prompt kernel comes in two builds: with MKL's sgemm (where the paddle wheel has it) and without."""
-    if request.param == "without-mkl":
-        path = cpu_kernels.build(tmp_path_factory.getbasetemp() / "kernels-without-mkl", use_mkl=False)
-        monkeypatch.setattr(cpu_kernels, "_loaded", {"lib": cpu_kernels._load(path)})
-    return request.param
-
-
 def _tensor(rng: np.random.Generator, *shape: int) -> paddle.Tensor:
     return paddle.to_tensor(rng.standard_normal(shape).astype(np.float32))
 
@@ -52,7 +43,7 @@ def test_kernels_are_in_use_for_the_suite():
     (2, 33, 8, 1, 64),  # one key/value head for all
     (1, 130, 2, 2, 8),
 ])
-def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, variant, B, T, H, KVH, D):
+def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, kernel_build, B, T, H, KVH, D):
     rng = np.random.default_rng(T)
     q, k, v = _tensor(rng, B, T, H, D), _tensor(rng, B, T, KVH, D), _tensor(rng, B, T, KVH, D)
     starts = np.array([0] + [int(rng.integers(1, T)) for _ in range(B - 1)])
@@ -62,14 +53,14 @@ def test_causal_prompt_with_left_padding_matches_paddle(paddle_ops, variant, B, 
     np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
 
 
-def test_padding_query_attends_to_itself_only(variant):
+def test_padding_query_attends_to_itself_only(kernel_build):
     rng = np.random.default_rng(1)
     q, k, v = _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8), _tensor(rng, 1, 6, 2, 8)
     out = prompt_attention(q, k, v, np.array([3]), causal=True).numpy().reshape(6, 2, 8)
     np.testing.assert_allclose(out[:3], v.numpy()[0, :3], atol=0)
 
 
-def test_real_queries_never_see_padding_keys(variant):
+def test_real_queries_never_see_padding_keys(kernel_build):
     rng = np.random.default_rng(2)
     q, k, v = _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16), _tensor(rng, 1, 9, 2, 16)
     before = prompt_attention(q, k, v, np.array([4]), causal=True).numpy()
@@ -81,7 +72,7 @@ def test_real_queries_never_see_padding_keys(variant):
     np.testing.assert_allclose(after[:, 4:], before[:, 4:], atol=1e-6)
 
 
-def test_full_attention_over_strided_views_matches_paddle(paddle_ops, variant):
+def test_full_attention_over_strided_views_matches_paddle(paddle_ops, kernel_build):
     # the vision encoder's layout: q, k and v are views into one [B, N, 3, H, D] projection
     rng = np.random.default_rng(3)
     qkv = _tensor(rng, 2, 50, 3, 4, 16)
@@ -91,7 +82,7 @@ def test_full_attention_over_strided_views_matches_paddle(paddle_ops, variant):
     np.testing.assert_allclose(fused, reference, atol=2e-6, rtol=0)
 
 
-def test_large_scores_stay_finite(variant):
+def test_large_scores_stay_finite(kernel_build):
     rng = np.random.default_rng(4)
     q = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
     k = paddle.to_tensor(rng.standard_normal((1, 20, 2, 16)).astype(np.float32) * 100)
@@ -147,7 +138,7 @@ def _numpy_paged(q: np.ndarray, rows: RowBatch, keys: list[np.ndarray], values: 
     ([40, 3, 129], 40, 2, 1, 64, 16),  # whole prompts of different lengths
     ([130, 131], 3, 4, 4, 8, 32),  # a few positions at once (several draft tokens) ending mid-block
 ])
-def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, variant, lengths, T, H, KVH, D,
+def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, kernel_build, lengths, T, H, KVH, D,
                                                                block_size):
     rng = np.random.default_rng(sum(lengths) + T)
     q, pool_k, pool_v, rows, keys, values = _paged_case(rng, lengths, T, H, KVH, D, block_size)
@@ -159,7 +150,7 @@ def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, varia
     np.testing.assert_allclose(fallback, expected, atol=2e-5, rtol=0)
 
 
-def test_paged_attention_reads_only_the_rows_own_positions(variant):
+def test_paged_attention_reads_only_the_rows_own_positions(kernel_build):
     # a row never sees positions past its length, nor blocks that are not in its table
     rng = np.random.default_rng(11)
     q, pool_k, pool_v, rows, _, _ = _paged_case(rng, [20, 45], 1, 4, 4, 16, 16)

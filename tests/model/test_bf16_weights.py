@@ -18,12 +18,8 @@ from model.tiny_checkpoint import build_tiny_checkpoint
 from tests.model.cached_loops import greedy_image, greedy_text, rows_of
 
 
-@pytest.fixture(params=["default", "without-mkl"])
-def lib(request, monkeypatch, tmp_path_factory):
-    """The many-row product comes in two builds: through MKL's sgemm (where the paddle wheel has it) and without."""
-    if request.param == "without-mkl":
-        path = cpu_kernels.build(tmp_path_factory.getbasetemp() / "kernels-without-mkl", use_mkl=False)
-        monkeypatch.setattr(cpu_kernels, "_loaded", {"lib": cpu_kernels._load(path)})
+@pytest.fixture
+def lib(kernel_build):
     return cpu_kernels.library()
 
 
