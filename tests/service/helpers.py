@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,3 +252,33 @@ def rows_held_by_a_generation(live: LiveServer, start: Callable[[], None], timeo
     finally:
         release.set()
         thread.join(60)
+
+
+def post_in_background(live: LiveServer, path: str, payload: dict) -> tuple[threading.Thread, dict]:
+    """POST on a thread of its own; `out["reply"]` holds the response once the thread has ended."""
+    out: dict = {}
+
+    def send() -> None:
+        with live.client() as http:
+            out["reply"] = http.post(path, json=payload)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def run_in_one_batch(
+    live: LiveServer, requests: Sequence[tuple[str, dict]]
+) -> tuple[list[httpx.Response], list[dict[str, int]]]:
+    """Send `(path, payload)` requests so that they run in one engine batch: the first is held inside its first step
+    until all the others have queued up behind it, then they are let go together. Returns the replies, in order, and
+    the engine's stats at each running request of each step after the release (which rows shared a step)."""
+    gate = live.gate()
+    sent = [post_in_background(live, *requests[0])]
+    wait_until(lambda: gate.seen, "the first request to run")
+    sent += [post_in_background(live, path, payload) for path, payload in requests[1:]]
+    wait_until(lambda: live.runtime.engine.stats()["waiting"] == len(requests) - 1, "the rest to queue up")
+    gate.release()
+    for thread, _ in sent:
+        thread.join(120)
+    return [out["reply"] for _, out in sent], gate.running

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 from service.engine import Engine
-from tests.service.helpers import LiveServer, b64, image_bytes, sse_events, wait_until
+from tests.service.helpers import LiveServer, b64, image_bytes, post_in_background, sse_events, wait_until
 
 UNDERSTAND = {"question": "What is it?", "images": [b64(image_bytes(seed=0))], "max_new_tokens": 4}
-
-
-def post_in_background(live: LiveServer, path: str, payload: dict) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-
-    def send() -> None:
-        with live.client() as http:
-            out["reply"] = http.post(path, json=payload)
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread, out
 
 
 def rows_all_free(live: LiveServer) -> bool:

@@ -7,8 +7,7 @@ import numpy as np
 
 from model import reference
 from model.chat_template import generation_prompt
-from tests.service.helpers import b64, decode_b64_image, image_bytes, plain_decode, wait_until
-from tests.service.test_capacity import post_in_background
+from tests.service.helpers import b64, decode_b64_image, image_bytes, plain_decode, post_in_background, wait_until
 
 GENERATE = {"prompt": "a red fox in the snow", "parallel_size": 2, "seed": 21, "format": "png"}
 UNDERSTAND = {"question": "What is it?", "images": [b64(image_bytes(seed=5))], "max_new_tokens": 6}

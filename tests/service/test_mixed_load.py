@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.service.helpers import b64, image_bytes, wait_until
-from tests.service.test_capacity import post_in_background
+from tests.service.helpers import b64, image_bytes, run_in_one_batch
 
 REQUESTS = [
     ("/understand", {"question": "What colour is the car?", "images": [b64(image_bytes(seed=1))],
@@ -28,18 +27,11 @@ def test_requests_running_in_one_batch_give_their_solo_results(make_server):
     live = make_server(max_rows=16)
     with live.client() as http:
         solo = [_essence(path, http.post(path, json=payload).json()) for path, payload in REQUESTS]
-    gate = live.gate()
-    sent = [post_in_background(live, *REQUESTS[0])]
-    wait_until(lambda: gate.seen, "the first request to run")
-    sent += [post_in_background(live, path, payload) for path, payload in REQUESTS[1:]]
-    wait_until(lambda: live.runtime.engine.stats()["waiting"] == len(REQUESTS) - 1, "the rest to queue up")
-    gate.release()
-    for thread, _ in sent:
-        thread.join(120)
+    replies, steps = run_in_one_batch(live, REQUESTS)
     together = []
-    for (path, _), (_, out) in zip(REQUESTS, sent, strict=True):
-        assert out["reply"].status_code == 200, out["reply"].text
-        together.append(_essence(path, out["reply"].json()))
+    for (path, _), reply in zip(REQUESTS, replies, strict=True):
+        assert reply.status_code == 200, reply.text
+        together.append(_essence(path, reply.json()))
     assert together == solo
     # They really shared steps: some step ran understanding and generation rows at once.
-    assert any(s["running_understand_rows"] and s["running_generate_rows"] for s in gate.running)
+    assert any(s["running_understand_rows"] and s["running_generate_rows"] for s in steps)

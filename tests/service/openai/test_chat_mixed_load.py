@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.helpers import b64, image_bytes, wait_until
-from tests.service.test_capacity import post_in_background
+from tests.service.helpers import b64, image_bytes, run_in_one_batch
 
 IMAGE_URL = "data:image/png;base64," + b64(image_bytes(seed=5))
 REQUESTS = [
@@ -60,20 +59,13 @@ def test_chat_understanding_and_generation_share_steps_and_give_their_solo_resul
             assert reply.status_code == 200, reply.text
             solo.append(_essence(path, reply.json()))
             solo_logprobs += _logprobs(reply.json())
-    gate = live.gate()
-    sent = [post_in_background(live, *REQUESTS[0])]
-    wait_until(lambda: gate.seen, "the first request to run")
-    sent += [post_in_background(live, path, payload) for path, payload in REQUESTS[1:]]
-    wait_until(lambda: live.runtime.engine.stats()["waiting"] == len(REQUESTS) - 1, "the rest to queue up")
-    gate.release()
-    for thread, _ in sent:
-        thread.join(120)
+    replies, steps = run_in_one_batch(live, REQUESTS)
     together, together_logprobs = [], []
-    for (path, _), (_, out) in zip(REQUESTS, sent, strict=True):
-        assert out["reply"].status_code == 200, out["reply"].text
-        together.append(_essence(path, out["reply"].json()))
-        together_logprobs += _logprobs(out["reply"].json())
+    for (path, _), reply in zip(REQUESTS, replies, strict=True):
+        assert reply.status_code == 200, reply.text
+        together.append(_essence(path, reply.json()))
+        together_logprobs += _logprobs(reply.json())
     assert together == solo
     assert together_logprobs == pytest.approx(solo_logprobs, abs=1e-4)
     # They really shared steps: a step ran the chat's rows beside understanding and generation rows.
-    assert any(s["running_understand_rows"] >= 4 and s["running_generate_rows"] for s in gate.running)
+    assert any(s["running_understand_rows"] >= 4 and s["running_generate_rows"] for s in steps)
