@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
+from service.engine import Engine, RequestHandle
 from service.engine.errors import EngineStopped, ModelFailure, Overloaded, RequestCancelled
-from service.engine.types import GenerateResult, UnderstandResult
+from service.engine.types import GenerateParams, GenerateResult, UnderstandResult
 from tests.engine.test_engine import _reference_generate, _reference_understand
 from tests.service.helpers import DecodeGate, plain_decode
 
@@ -186,18 +188,43 @@ def test_requests_cancelled_while_their_images_decode_end_as_cancelled(make_engi
     np.testing.assert_array_equal(kept.images, plain_decode(engine, kept.tokens))
 
 
-def test_shutdown_waits_for_images_being_decoded(make_engine, generate_params, tiny_model):
+@dataclass
+class DecodingEngine:
+    """An engine whose image decoder is held inside its next call (`gate`), and a shutdown to start beside it."""
+
+    engine: Engine
+    gate: DecodeGate
+    stopped: threading.Event = field(default_factory=threading.Event)  # set once `engine.shutdown` has returned
+
+    async def start_decoding(self, params: GenerateParams) -> RequestHandle:
+        """Submit a generation and wait until its images are inside the held decoder call."""
+        handle = self.engine.submit(params)
+        await _wait(self.gate.entered, "the images to start decoding")
+        return handle
+
+    def shut_down_in_background(self, drain_timeout_s: float) -> None:
+        def shut_down() -> None:
+            self.engine.shutdown(drain_timeout_s=drain_timeout_s)
+            self.stopped.set()
+
+        threading.Thread(target=shut_down).start()
+
+
+@pytest.fixture
+def decoding_engine(make_engine) -> DecodingEngine:
     engine = make_engine()
-    gate = DecodeGate(engine)
-    stopped = threading.Event()
+    return DecodingEngine(engine, DecodeGate(engine))
+
+
+def test_shutdown_waits_for_images_being_decoded(decoding_engine, generate_params, tiny_model):
+    engine, gate = decoding_engine.engine, decoding_engine.gate
 
     async def scenario():
         try:
-            handle = engine.submit(generate_params(seed=41, parallel_size=2))
-            await _wait(gate.entered, "the images to start decoding")
-            threading.Thread(target=lambda: (engine.shutdown(drain_timeout_s=WAIT_S), stopped.set())).start()
+            handle = await decoding_engine.start_decoding(generate_params(seed=41, parallel_size=2))
+            decoding_engine.shut_down_in_background(drain_timeout_s=WAIT_S)
             await _until(lambda: not engine.accepting, "the shutdown to begin")
-            draining = not stopped.is_set()  # the decoder is held: the drain cannot have ended
+            draining = not decoding_engine.stopped.is_set()  # the decoder is held: the drain cannot have ended
         finally:
             gate.release()
         return draining, await handle.result()
@@ -206,21 +233,18 @@ def test_shutdown_waits_for_images_being_decoded(make_engine, generate_params, t
     assert draining
     assert isinstance(result, GenerateResult)
     np.testing.assert_array_equal(result.images, plain_decode(engine, result.tokens))
-    assert stopped.wait(WAIT_S)
+    assert decoding_engine.stopped.wait(WAIT_S)
 
 
-def test_shutdown_past_the_drain_time_fails_the_images_in_flight_and_queued(make_engine, generate_params):
-    engine = make_engine()
-    gate = DecodeGate(engine)
-    stopped = threading.Event()
+def test_shutdown_past_the_drain_time_fails_the_images_in_flight_and_queued(decoding_engine, generate_params):
+    engine, gate = decoding_engine.engine, decoding_engine.gate
 
     async def scenario():
         try:
-            in_flight = engine.submit(generate_params(seed=51, parallel_size=2))
-            await _wait(gate.entered, "the images to start decoding")
+            in_flight = await decoding_engine.start_decoding(generate_params(seed=51, parallel_size=2))
             queued = engine.submit(generate_params(seed=52))
             await _until(lambda: engine.stats()["decoding"] == 2, "the second request to queue for the decoder")
-            threading.Thread(target=lambda: (engine.shutdown(drain_timeout_s=0), stopped.set())).start()
+            decoding_engine.shut_down_in_background(drain_timeout_s=0)
             # both answered while the decoder is still held inside its call
             return await asyncio.gather(in_flight.result(), queued.result(), return_exceptions=True)
         finally:
@@ -228,7 +252,7 @@ def test_shutdown_past_the_drain_time_fails_the_images_in_flight_and_queued(make
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, EngineStopped) for r in results), results
-    assert stopped.wait(WAIT_S)
+    assert decoding_engine.stopped.wait(WAIT_S)
     assert len(gate.calls) == 1  # the decoder stopped after the call it was in
 
 
