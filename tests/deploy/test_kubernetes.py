@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from model import runtime_env
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -168,12 +171,32 @@ def test_cache_dir_is_a_writable_volume(deployment, container, settings_env):
     assert "emptyDir" in volumes[mounts[0]["name"]] or "persistentVolumeClaim" in volumes[mounts[0]["name"]]
 
 
-def test_read_only_root_filesystem_leaves_home_and_tmp_writable(container, settings_env):
-    # Paddle creates ~/.cache/paddle at import; uploads may spill to /tmp.
+def test_read_only_root_filesystem_leaves_every_path_the_server_writes_to_writable(
+        container, settings_env, tmp_path, monkeypatch):
+    """The server writes below its cache dir (it points HOME, and TMPDIR unless set, there itself before Paddle is
+    imported) and, for code that names it, to /tmp: each must lie on a writable mount."""
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly", False)}
-    assert "/tmp" in writable
-    assert any(settings_env["HOME"] == path or settings_env["HOME"].startswith(path + "/") for path in writable)
+    writable = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"] if not m.get("readOnly", False)]
+    # Where the server points HOME and TMPDIR, worked out by its own start-up code on a stand-in for the cache dir.
+    stand_in = tmp_path / "cache"
+    monkeypatch.setenv("JANUS_CACHE_DIR", str(stand_in))
+    for name in ("HOME", "TMPDIR"):
+        if name in settings_env:
+            monkeypatch.setenv(name, settings_env[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    runtime_env.keep_writes_in_cache()
+    cache = PurePosixPath(settings_env["JANUS_CACHE_DIR"])
+
+    def in_pod(path: str) -> PurePosixPath:
+        return cache / Path(path).relative_to(stand_in) if Path(path).is_relative_to(stand_in) else PurePosixPath(path)
+
+    image_home = re.search(r"--home-dir (\S+)", (ROOT / "docker" / "Dockerfile.gpu").read_text())[1]
+    written = {"JANUS_CACHE_DIR": cache, "HOME": in_pod(os.environ.get("HOME", image_home)),
+               "TMPDIR": in_pod(os.environ.get("TMPDIR", "/tmp")), "/tmp": PurePosixPath("/tmp")}
+    for what, path in written.items():
+        assert any(path == mount or mount in path.parents for mount in writable), f"{what} ({path}) is read-only"
 
 
 def test_grace_period_covers_prestop_sleep_and_drain_timeout(deployment, container, settings_env):
