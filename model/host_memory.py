@@ -1,4 +1,5 @@
-"""numpy arrays over the memory of CPU Paddle tensors (no copy), for bookkeeping that Paddle's eager ops make slow."""
+"""numpy arrays over the memory of CPU Paddle tensors (no copy), for bookkeeping that Paddle's eager ops make slow,
+and zero-filled CPU tensors whose memory becomes resident only as it is written."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def to_tensor(array: np.ndarray, place: paddle.CPUPlace | paddle.CUDAPlace) -> p
     if array.size:
         host_view(tensor)[...] = array
     return tensor
+
+
+def zeros_on_demand(shape: list[int], dtype: str) -> paddle.Tensor:
+    """A zero-filled tensor on the current device. On the CPU its memory comes from numpy's calloc, which for large
+    sizes maps pages that the kernel zero-fills the first time each is written: a large pool (the KV cache) becomes
+    resident as it fills, not all at start. (`paddle.zeros` writes every byte at once; `paddle.empty` may hand back
+    used memory.)"""
+    numpy_dtype = np.dtype(dtype) if dtype in ("float32", "float64", "float16") else None
+    if paddle.get_device() != "cpu" or numpy_dtype is None or math.prod(shape) == 0:
+        return paddle.zeros(shape, dtype=dtype)
+    # from_dlpack shares the array's memory; the tensor keeps the array alive through the capsule's deleter
+    return paddle.utils.dlpack.from_dlpack(np.zeros(shape, numpy_dtype))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import paddle
 
-from model.host_memory import host_view
+from model.host_memory import host_view, zeros_on_demand
 
 
 @dataclass(slots=True)
@@ -66,9 +66,10 @@ class PagedKVCache:
         self.head_dim = head_dim
         shape = [num_blocks, kv_heads, block_size, head_dim]
         # zeros, not empty: the Paddle path reads whole blocks and masks what is stale, and a masked NaN still
-        # poisons a matmul; stale finite values never do
-        self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+        # poisons a matmul; stale finite values never do. On demand: a block takes memory when first written, so an
+        # 8 GiB pool is not 8 GiB resident from the start.
+        self.keys = [zeros_on_demand(shape, dtype) for _ in range(num_layers)]
+        self.values = [zeros_on_demand(shape, dtype) for _ in range(num_layers)]
         on_cpu = self.keys[0].place.is_cpu_place()
         self.on_host = on_cpu if host_views is None else host_views and on_cpu
         if self.on_host:

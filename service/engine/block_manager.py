@@ -18,7 +18,7 @@ turns block tables into tensors and applies the block copies recorded here).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass, field
 
@@ -71,7 +71,9 @@ class BlockManager:
         self._refs = [0] * num_blocks
         self._hash_of: list[BlockHash | None] = [None] * num_blocks
         self._prefix: dict[BlockHash, int] = {}
-        self._free: deque[int] = deque(range(num_blocks))
+        # a stack, lowest ids on top: the blocks freed last are handed out first, so a pool bigger than the load
+        # keeps reusing the same (resident, cache-warm) memory instead of touching all of it in turn
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._cached: OrderedDict[int, None] = OrderedDict()  # no row holds them, prefix table does; LRU first
         self._reserved = 0  # sum of every table's reserve
         self._copies: list[tuple[int, int]] = []  # (source, destination) block copies owed before the next forward
@@ -242,7 +244,7 @@ class BlockManager:
         elif self.available <= 0:
             raise OutOfBlocks("no free KV block for a row past its reservation")
         if self._free:
-            block = self._free.popleft()
+            block = self._free.pop()
         else:
             block, _ = self._cached.popitem(last=False)
             del self._prefix[self._hash_of[block]]

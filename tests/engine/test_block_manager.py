@@ -99,3 +99,19 @@ def test_a_row_past_its_reservation_with_nothing_free_is_a_bug_not_a_wait():
     manager.ensure(table, 8)
     with pytest.raises(OutOfBlocks):
         manager.ensure(table, 12)
+
+
+def test_freed_blocks_are_handed_out_again_before_untouched_ones():
+    """A pool far bigger than the load keeps using the same few blocks (the KV pool's memory becomes resident as
+    blocks are first written: cycling through all of them would make the whole pool resident)."""
+    manager = BlockManager(64, 4, prefix_caching=False)
+    seen: set[int] = set()
+    for n in range(10):
+        tables = _run(manager, _prompt(list(range(100 * n, 100 * n + 9))), rows=2)  # 2 shared, 2 partial
+        for table in tables:
+            manager.ensure(table, 13)
+            seen.update(table.blocks)
+        manager.take_copies()
+        for table in tables:
+            manager.free(table)
+    assert seen == set(range(6))  # and 1 more each for positions 12-13

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import paddle
 import pytest
 
-from model.host_memory import host_view, to_tensor
+from model.host_memory import host_view, to_tensor, zeros_on_demand
 
 
 def test_a_view_shares_memory_both_ways():
@@ -35,3 +37,34 @@ def test_to_tensor_on_the_cpu_holds_the_array(array):
     tensor = to_tensor(array, paddle.CPUPlace())
     assert list(tensor.shape) == list(array.shape)
     np.testing.assert_array_equal(tensor.numpy(), array)
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc")
+def test_zeros_on_demand_become_resident_as_they_are_written():
+    before = _resident_mib()
+    pool = zeros_on_demand([256, 1024, 1024], "float32")  # 1 GiB
+    assert _resident_mib() - before < 64, "the whole pool became resident at creation"
+    view = host_view(pool)
+    assert view[::64, ::256, ::256].max() == 0 and view[::64, ::256, ::256].min() == 0
+    view[:32] = 1.5  # 128 MiB written
+    grown = _resident_mib() - before
+    assert 120 < grown < 200
+    assert float(pool[:32].mean()) == 1.5 and float(pool[32:34].abs().max()) == 0.0
+
+
+def test_zeros_on_demand_keep_their_memory_alive():
+    pool = zeros_on_demand([1000], "float32")
+    pool[3] = 2.0
+    paddle.zeros([1000], "float32")
+    np.testing.assert_array_equal(host_view(pool)[:5], [0, 0, 0, 2, 0])
+    assert pool.place.is_cpu_place() and pool.dtype == paddle.float32
+
+
+def test_zeros_on_demand_of_other_dtypes_are_zeros():
+    pool = zeros_on_demand([3, 4], "bfloat16")
+    assert pool.dtype == paddle.bfloat16 and float(pool.astype("float32").abs().sum()) == 0.0
