@@ -14,6 +14,7 @@
  * and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole weight.
  */
 #include <omp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,42 @@ void janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias
         linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 1);
 }
 
+/* Each thread's buffer for widened weights, kept from call to call (freed when the thread ends). A fresh malloc per
+ * call is an mmap at these sizes (glibc maps requests of 32 MiB and more afresh every time, the prefill panels
+ * among them), and the kernel then zero-fills every page on first touch: that alone made prefill-sized products
+ * 5-20% slower than Paddle's float32 matmul. */
+struct scratch {
+    size_t floats;
+    float *data;
+};
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void drop_scratch(void *held) {
+    struct scratch *scratch = held;
+    free(scratch->data);
+    free(scratch);
+}
+static void make_scratch_key(void) { pthread_key_create(&scratch_key, drop_scratch); }
+
+/* This thread's buffer, at least `floats` long; NULL when there is no memory for it. */
+static float *scratch_buffer(size_t floats) {
+    pthread_once(&scratch_once, make_scratch_key);
+    struct scratch *scratch = pthread_getspecific(scratch_key);
+    if (!scratch) {
+        scratch = calloc(1, sizeof *scratch);
+        if (!scratch || pthread_setspecific(scratch_key, scratch) != 0) {
+            free(scratch);
+            return NULL;
+        }
+    }
+    if (scratch->floats < floats) {
+        free(scratch->data);
+        scratch->data = malloc(sizeof(float) * floats);
+        scratch->floats = scratch->data ? floats : 0;
+    }
+    return scratch->data;
+}
+
 /* Tiles of the many-row product: TILE_M x TILE_N outputs per task, the weights widened TILE_K rows at a time into
  * a TILE_K x TILE_N float32 buffer (128 KiB: it stays in L2 while sgemm reads it). */
 #define TILE_M 256
@@ -180,10 +217,11 @@ static void tile_product(const float *a, int64_t lda, const float *b, float *c, 
 /* Prefill-sized products: widen a panel of whole weight columns (all K rows, as many columns as fit in 32 MiB) and
  * hand it to MKL's own threaded sgemm, which runs closer to its peak on one large product than on many tiles; the
  * widening is a few percent of the arithmetic at these row counts. */
-static void linear_bf16_panels(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+static int linear_bf16_panels(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
     int cols = PANEL_FLOATS / K;
     cols = cols >= N ? N : (cols < 8 ? 8 : cols / 8 * 8);
-    float *panel = malloc(sizeof(float) * (size_t)K * cols);
+    float *panel = scratch_buffer((size_t)K * cols);
+    if (!panel) return 0; /* the caller takes the tiled path */
     for (int n0 = 0; n0 < N; n0 += cols) {
         const int width = N - n0 < cols ? N - n0 : cols;
 #pragma omp parallel for schedule(static)
@@ -199,17 +237,14 @@ static void linear_bf16_panels(const float *x, const uint16_t *w, const float *b
         }
         cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, M, width, K, 1.0f, x, K, panel, width, 1.0f, c, N);
     }
-    free(panel);
+    return 1;
 }
 #endif
 
 /* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N]: for many rows. */
 void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
 #ifdef JANUS_WITH_MKL
-    if (M >= PANEL_ROWS) {
-        linear_bf16_panels(x, w, bias, y, M, K, N);
-        return;
-    }
+    if (M >= PANEL_ROWS && linear_bf16_panels(x, w, bias, y, M, K, N)) return;
 #endif
     const int row_tiles = (M + TILE_M - 1) / TILE_M, col_tiles = (N + TILE_N - 1) / TILE_N;
 #pragma omp parallel
@@ -217,7 +252,7 @@ void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, flo
 #ifdef JANUS_WITH_MKL
         const int previous = MKL_Set_Num_Threads_Local(1); /* the threads here share the cores already */
 #endif
-        float *buf = malloc(sizeof(float) * TILE_K * TILE_N);
+        float *buf = scratch_buffer(TILE_K * TILE_N);
 #pragma omp for schedule(monotonic: dynamic) collapse(2) /* libiomp5 has no nonmonotonic entry points */
         for (int tm = 0; tm < row_tiles; tm++) {
             for (int tn = 0; tn < col_tiles; tn++) {
@@ -238,7 +273,6 @@ void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, flo
                 }
             }
         }
-        free(buf);
 #ifdef JANUS_WITH_MKL
         MKL_Set_Num_Threads_Local(previous);
 #endif

@@ -4,6 +4,8 @@ the same network holding those weights widened to float32."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import paddle
 import pytest
@@ -70,6 +72,36 @@ def test_bf16_prefill_product_over_several_column_panels(lib):
     layer, w, b = _bf16_linear(rng, 2048, 4100, bias=True)
     x = rng.standard_normal((130, 2048)).astype(np.float32)
     _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
+
+
+def test_bf16_products_keep_their_widening_buffer_across_sizes_and_threads(lib):
+    """Each thread keeps its buffer of widened weights from call to call: a product after a larger one (the buffer
+    reused), after a smaller one (the buffer grown), and on several threads at once (a buffer each) are all
+    exact."""
+    rng = np.random.default_rng(11)
+    cases = [(_bf16_linear(rng, K, N, bias=True), rng.standard_normal((rows, K)).astype(np.float32))
+             for K, N, rows in [(2048, 4100, 130), (256, 96, 200), (64, 40, 20), (1024, 3000, 150)]]
+
+    def run(order: list[int]) -> None:
+        for i in order:
+            (layer, w, b), x = cases[i]
+            _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
+
+    run([0, 1, 2, 1, 3, 0])
+    errors: list[BaseException] = []
+
+    def on_a_thread(order: list[int]) -> None:
+        try:
+            run(order)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=on_a_thread, args=(order,)) for order in ([2, 3, 1], [1, 0, 2], [3, 2, 0])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
 
 
 @pytest.mark.parametrize("rows", [1, 4, 16, 600])
