@@ -6,7 +6,8 @@ weights in the published layouts.
 
 1B: for each storage, a first start (conversion into a fresh cache) and its peak resident memory, then a later
 start timing decode steps, a one-image prefill and one image's VQ decoding (`bench.fullsize`), each in a fresh
-process; ratios bf16 / float32. 7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later
+process (load time and memory come from these); then both storages in one process taking turns
+(`bench.bf16_alternating`): the prefill and decode-step ratios measured side by side. Ratios bf16 / float32. 7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later
 start, prefill, a 2-row decode step against the bandwidth floor, and a `janus-serve` process answering one
 understanding and one generation request, with its peak resident memory. `--keep` leaves the checkpoint on disk
 (the 7B one takes about 15 GB and several minutes to write); `--work DIR` keeps the converted cache there, which a
@@ -110,7 +111,7 @@ def main() -> None:
     written_s = time.perf_counter() - started
     bench_root = args.work or Path(tempfile.mkdtemp(prefix="janus-bf16-bench-"))
     bench_root.mkdir(parents=True, exist_ok=True)
-    cache = bench_root / "converted"
+    caches = {"bfloat16": bench_root / "converted", "float32": bench_root / "converted-float32"}
     result: dict = {"size": args.size, "checkpoint_gib": checkpoint_gib(directory),
                     "files": sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".json")),
                     "checkpoint_written_s": written_s}
@@ -118,13 +119,17 @@ def main() -> None:
         storages = ["bfloat16", "float32"] if args.size == "1B" else ["bfloat16"]
         rows = args.rows or ([1, 2, 8, 32] if args.size == "1B" else [2])
         for weights in [] if args.serve_only else storages:
-            first = {} if args.no_first_start else first_start(directory, cache, weights)
+            first = {} if args.no_first_start else first_start(directory, caches[weights], weights)
             print(json.dumps({weights: {"first_start": first}}), file=sys.stderr, flush=True)
-            later = later_start(directory, cache, weights, args.size, rows, vq=args.size == "1B",
+            later = later_start(directory, caches[weights], weights, args.size, rows, vq=args.size == "1B",
                                 prefills=2 if args.size == "1B" else 1)
             result[weights] = {"first_start": first, "later_start": later}
             print(json.dumps({weights: result[weights]}), file=sys.stderr, flush=True)
         if args.size == "1B" and not args.serve_only:
+            result["alternating"] = _last_json([
+                sys.executable, "-m", "bench.bf16_alternating", "--dir", str(directory), "--rows", *map(str, rows),
+                "--bfloat16-cache", str(caches["bfloat16"]), "--float32-cache", str(caches["float32"])])
+            print(json.dumps({"alternating": result["alternating"]}), file=sys.stderr, flush=True)
             bf, fp = result["bfloat16"]["later_start"], result["float32"]["later_start"]
             result["bf16_over_float32"] = {
                 **{f"decode_{r}_rows": bf["decode"][str(r)]["step_s"] / fp["decode"][str(r)]["step_s"] for r in rows},

@@ -54,11 +54,61 @@ def step_weight_bytes(janus) -> int:  # noqa: ANN001
     return total
 
 
+ONE_IMAGE_PROMPT = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
+                                   np.arange(2000, 2020)]).astype(np.int64)  # 576 image positions + ~40 text tokens
+IMAGE_TOKEN = 100581
+BLOCK = 16
+
+
+def one_image_prefill(janus, cache, table: list[int]) -> tuple[float, float]:  # noqa: ANN001
+    """(vision encoder s, language model s) for one one-image understanding prompt written into `table`'s blocks."""
+    import paddle
+
+    from model.kv_cache import RowBatch
+
+    pixels = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (1, 3, 384, 384)).astype(np.float32))
+    started = time.perf_counter()
+    features = janus.encode_images(pixels)
+    vision_done = time.perf_counter()
+    embeds = janus.embed_prompt(paddle.to_tensor(ONE_IMAGE_PROMPT[None]), features, IMAGE_TOKEN)
+    hidden = janus.extend(embeds, cache, RowBatch.of([table], [0]), last_only=True)
+    janus.text_logits(hidden[:, -1]).numpy()
+    return vision_done - started, time.perf_counter() - vision_done
+
+
+def decode_tables(prompt_table: list[int], rows: int, context: int, steps: int, first_free: int) -> list[list[int]]:
+    """Block tables of `rows` rows continuing one prompt, as the rows of a generation do: the prompt's whole blocks
+    up to `context` shared, the rest each row's own (blocks from `first_free` on)."""
+    shared = prompt_table[:context // BLOCK]
+    own = -(-(context + steps + 1) // BLOCK) - len(shared)
+    return [shared + list(range(first_free + r * own, first_free + (r + 1) * own)) for r in range(rows)]
+
+
+def decode_step(janus, cache, tables: list[list[int]], position: int) -> float:  # noqa: ANN001
+    """Seconds for one image-token decode step of len(tables) rows, each writing `position`."""
+    import paddle
+
+    from model.kv_cache import RowBatch
+
+    token = paddle.zeros([len(tables)], "int64")
+    started = time.perf_counter()
+    embeds = janus.embed_image_tokens(token).unsqueeze(1)
+    hidden = janus.extend(embeds, cache, RowBatch.of(tables, [position] * len(tables)))
+    janus.image_logits(hidden[:, 0]).numpy()
+    return time.perf_counter() - started
+
+
+def blocks_needed(rows: int, context: int, steps: int) -> tuple[int, int]:
+    """(blocks of the one-image prompt, blocks of the whole pool) for `rows` decode rows after it."""
+    prompt = -(-len(ONE_IMAGE_PROMPT) // BLOCK)
+    own = -(-(context + steps + 1) // BLOCK) - context // BLOCK
+    return prompt, prompt + rows * own
+
+
 def main() -> None:
     import paddle
 
     from model.checkpoint.loader import load_janus
-    from model.kv_cache import RowBatch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=["1B", "7B"], default="1B")
@@ -66,11 +116,14 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="default: a random checkpoint under the temp folder")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "janus-bench-cache")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--context", type=int, default=300, help="tokens already in each row's cache")
+    parser.add_argument("--context", type=int, default=300,
+                        help="positions of the prefilled prompt each decode row continues from")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--prefills", type=int, default=2, help="one-image prefills to time (the best counts)")
     parser.add_argument("--vq", action="store_true", help="also time the VQ decoding of one image")
     args = parser.parse_args()
+    if args.context > len(ONE_IMAGE_PROMPT):
+        parser.error(f"--context must be at most the prompt's {len(ONE_IMAGE_PROMPT)} positions")
     paddle.set_grad_enabled(False)
     bandwidth = memory_bandwidth_gbs()
     directory = args.dir or build(Path(tempfile.gettempdir()) / f"janus-{args.size.lower()}-random", args.size)
@@ -81,38 +134,19 @@ def main() -> None:
     load_s = time.perf_counter() - started
     rss_after_load = resident_gib()
     weights_gib = sum(int(np.prod(p.shape)) * p.element_size() for p in janus.parameters()) / 2**30
-    cfg = janus.cfg
-    max_rows = max(args.rows)
-    row_blocks = -(-max(args.context + args.steps + 1, cfg.vision.num_tokens + 64) // 16)
-    cache = janus.new_cache(max_rows * row_blocks, 16)
-    tables = [list(range(r * row_blocks, (r + 1) * row_blocks)) for r in range(max_rows)]
-
-    # prefill of a one-image understanding prompt (576 image positions + ~40 text tokens)
-    ids = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
-                          np.arange(2000, 2020)]).astype(np.int64)
-    pixels = paddle.to_tensor(np.random.default_rng(0).uniform(-1, 1, (1, 3, 384, 384)).astype(np.float32))
-    T = len(ids)
+    prompt_blocks, pool_blocks = blocks_needed(max(args.rows), args.context, args.steps)
+    cache = janus.new_cache(pool_blocks, BLOCK)
+    prompt_table = list(range(prompt_blocks))
+    T = len(ONE_IMAGE_PROMPT)
     prefill_s = float("inf")
     for _ in range(args.prefills):  # the best of a few: the first also pays for first-touch allocations
-        started = time.perf_counter()
-        features = janus.encode_images(pixels)
-        embeds = janus.embed_prompt(paddle.to_tensor(ids[None]), features, 100581)
-        hidden = janus.extend(embeds, cache, RowBatch.of(tables[:1], [0]), last_only=True)
-        janus.text_logits(hidden[:, -1]).numpy()
-        prefill_s = min(prefill_s, time.perf_counter() - started)
+        prefill_s = min(prefill_s, sum(one_image_prefill(janus, cache, prompt_table)))
 
     floor_s = step_weight_bytes(janus) / (bandwidth * 1e9)
     steps = {}
     for rows in args.rows:
-        token = paddle.zeros([rows], "int64")
-        timings = []
-        for step in range(args.steps + 1):
-            start_col = args.context + step
-            started = time.perf_counter()
-            embeds = janus.embed_image_tokens(token).unsqueeze(1)
-            hidden = janus.extend(embeds, cache, RowBatch.of(tables[:rows], [start_col] * rows))
-            janus.image_logits(hidden[:, 0]).numpy()
-            timings.append(time.perf_counter() - started)
+        tables = decode_tables(prompt_table, rows, args.context, args.steps, prompt_blocks)
+        timings = [decode_step(janus, cache, tables, args.context + step) for step in range(args.steps + 1)]
         step_s = float(np.median(timings[1:]))
         steps[str(rows)] = {"step_s": step_s, "vs_floor": step_s / floor_s}
     vq_s = None
