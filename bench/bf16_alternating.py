@@ -1,12 +1,13 @@
 """bf16-stored and float32 weights of one checkpoint in one process, their one-image prefills and decode steps
-taking turns: the ratio of two measurements taken side by side, not minutes apart in two processes on a machine
+taking turns: ratios of measurements taken side by side, not minutes apart in two processes on a machine
 whose speed drifts.
 
-    python -m bench.bf16_alternating [--dir DIR] [--rounds 4] [--rows 1 2 32]
+    python -m bench.bf16_alternating [--dir DIR] [--rounds 8] [--rows 1 2 32]
 
 Both networks are in memory at once (Janus-Pro-1B shape: 4.8 + 8.6 GiB). Each round runs one prefill and
 `--steps` decode steps per row count with each storage, the storage that goes first alternating; the first round
-only warms up. Prints medians and bf16 / float32 ratios as JSON. `bench.bf16_weights` runs it for the 1B shape.
+only warms up. Prints median times, and the median and quartiles of the rounds' bf16 / float32 ratios, as JSON.
+`bench.bf16_weights` runs it for the 1B shape.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main() -> None:
         parser.add_argument(f"--{weights}-cache", type=Path,
                             default=Path(tempfile.gettempdir()) / f"janus-bench-cache-{weights}",
                             help=f"where the {weights} weights are converted (reused when already there)")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 32])
     parser.add_argument("--context", type=int, default=300)
     parser.add_argument("--steps", type=int, default=3)
@@ -62,12 +63,15 @@ def main() -> None:
                 for name, seconds in taken.items():
                     kept.setdefault(name, []).append(seconds)
     medians = {w: {name: float(np.median(values)) for name, values in times[w].items()} for w in STORAGES}
-    ratios = {name: medians["bfloat16"][name] / medians["float32"][name] for name in medians["float32"]}
+    # each round's bf16 / float32 ratio: the two were measured a few seconds apart, so a drift of the machine's speed
+    # over the run cancels out of it (the ratio of the medians keeps it)
+    paired = {name: [b / f for b, f in zip(times["bfloat16"][name], times["float32"][name], strict=True)]
+              for name in times["float32"]}
     print(json.dumps({
         "rounds": args.rounds, "prompt_tokens": len(ONE_IMAGE_PROMPT), "context_tokens": args.context,
-        "seconds": medians, "bf16_over_float32": ratios,
-        "per_round_prefill_ratio": [b / f for b, f in zip(times["bfloat16"]["prefill"], times["float32"]["prefill"],
-                                                          strict=True)],
+        "seconds": medians, "bf16_over_float32": {name: float(np.median(r)) for name, r in paired.items()},
+        "bf16_over_float32_quartiles": {name: np.percentile(r, [25, 75]).tolist() for name, r in paired.items()},
+        "per_round_prefill_ratio": paired["prefill"],
     }))
 
 if __name__ == "__main__":

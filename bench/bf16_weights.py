@@ -7,11 +7,11 @@ weights in the published layouts.
 1B: for each storage, a first start (conversion into a fresh cache) and its peak resident memory, then a later
 start timing decode steps, a one-image prefill and one image's VQ decoding (`bench.fullsize`), each in a fresh
 process (load time and memory come from these); then both storages in one process taking turns
-(`bench.bf16_alternating`): the prefill and decode-step ratios measured side by side. Ratios bf16 / float32. 7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later
-start, prefill, a 2-row decode step against the bandwidth floor, and a `janus-serve` process answering one
-understanding and one generation request, with its peak resident memory. `--keep` leaves the checkpoint on disk
-(the 7B one takes about 15 GB and several minutes to write); `--work DIR` keeps the converted cache there, which a
-later `--serve-only` run reuses.
+(`bench.bf16_alternating`): the prefill and decode-step ratios measured side by side. Ratios bf16 / float32.
+7B (bf16 only: float32 weights, 28 GB, do not fit in 24 GiB): first and later start, prefill, a 2-row decode step
+against the bandwidth floor, and a `janus-serve` process answering one understanding and one generation request,
+with its peak resident memory. `--keep` leaves the checkpoint on disk (the 7B one takes about 15 GB and several
+minutes to write); `--work DIR` keeps the converted cache there, which a later `--serve-only` run reuses.
 """
 
 from __future__ import annotations

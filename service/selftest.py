@@ -1,6 +1,8 @@
 """`janus-serve self-test`: does this machine's device, in the configured dtype, compute what the CPU computes?
 
-Builds a tiny random checkpoint, then runs the same requests (one understanding request with a noise image, one
+Builds a tiny random checkpoint (stored as bf16 when the CPU serves bf16 weights, `JANUS_DTYPE=auto`: the run under
+test then computes from bf16 weights through the bf16 kernels and the reference from the same weights widened to
+float32), then runs the same requests (one understanding request with a noise image, one
 generation request with two guided images, both greedy and in flight together) through the serving engine twice:
 on the configured device and dtype, and on the CPU in float32, the reference. Every step's logits are recorded on
 their way out of the runner. The report gives, per request, the largest logit difference (relative to the
@@ -164,6 +166,7 @@ class RecordingRunner:
 class RunResult:
     device: str
     dtype: str
+    weights: str  # how the weights were held: the dtype, or "bfloat16" for bf16 weights computed in float32
     traces: dict[str, Trace]
     load_s: float
     warmup_s: float
@@ -184,8 +187,9 @@ def _photo_like(size: int, seed: int) -> Any:
     return Image.fromarray((pixels * 255).astype(np.uint8))
 
 
-def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0) -> RunResult:
-    """Load the checkpoint on `device` in `dtype`, serve the two requests together through the engine, record.
+def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False) -> RunResult:
+    """Load the checkpoint on `device` in `dtype` (keep_bf16: its bf16 weights kept as bf16, as the CPU serves them
+    with JANUS_DTYPE=auto), serve the two requests together through the engine, record.
 
     `perturb` multiplies every weight by (1 + perturb * noise): a deliberately wrong device, for testing the check.
     """
@@ -196,7 +200,7 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0) ->
     from service.processing import Preprocessor
 
     paddle.set_device(device)
-    model, report = load_janus(checkpoint, dtype, cache_dir=False)
+    model, report = load_janus(checkpoint, dtype, cache_dir=False, keep_bf16=keep_bf16)
     if perturb:
         rng = np.random.default_rng(1234)
         for param in model.parameters():
@@ -230,7 +234,7 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0) ->
         text_result, image_result = asyncio.run(serve_both())
     finally:
         engine.shutdown(drain_timeout_s=0)
-    return RunResult(device, dtype, recorder.traces, report.seconds, warmup_s,
+    return RunResult(device, dtype, report.weights, recorder.traces, report.seconds, warmup_s,
                      1000 * statistics.median(recorder.prefill_s), 1000 * statistics.median(recorder.decode_s),
                      list(text_result.token_ids), np.asarray(image_result.tokens).tolist())
 
@@ -239,6 +243,7 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0) ->
 class Report:
     device: str
     dtype: str
+    weights: str
     comparisons: list[Comparison]
     timings: dict[str, dict[str, float]]  # "device" / "reference" -> load_s, warmup_s, prefill_ms, step_ms
 
@@ -247,7 +252,8 @@ class Report:
         return all(c.passed for c in self.comparisons)
 
     def describe(self) -> str:
-        lines = [f"janus-serve self-test: {self.device} {self.dtype} against cpu float32 (the reference), "
+        held = f" (weights {self.weights})" if self.weights != self.dtype else ""
+        lines = [f"janus-serve self-test: {self.device} {self.dtype}{held} against cpu float32 (the reference), "
                  f"tiny random checkpoint, {UNDERSTAND_TOKENS} understanding tokens and {GENERATE_IMAGES} guided "
                  "images served together, greedy"]
         lines += [f"  {c.describe()}" for c in self.comparisons]
@@ -258,25 +264,30 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "passed": self.passed, "timings": self.timings,
+        return {"device": self.device, "dtype": self.dtype, "weights": self.weights, "passed": self.passed,
+                "timings": self.timings,
                 "comparisons": [{**asdict(c), "passed": c.passed} for c in self.comparisons]}
 
 
-def run_selftest(device: str, dtype: str, perturb: float = 0.0) -> Report:
+def run_selftest(device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False) -> Report:
+    """keep_bf16: the checkpoint stores bf16 and the run under test keeps it so (the CPU with JANUS_DTYPE=auto); the
+    reference widens the same weights to float32."""
     from model.tiny_checkpoint import build_tiny_checkpoint
 
     root = runtime_env.prepare_cache_dir()
     with tempfile.TemporaryDirectory(dir=root, prefix="selftest-") as folder:
-        checkpoint = build_tiny_checkpoint(Path(folder) / "checkpoint", preset="tiny", seed=3)
-        tested = run_once(checkpoint, device, dtype, perturb)
+        checkpoint = build_tiny_checkpoint(Path(folder) / "checkpoint", preset="tiny", seed=3,
+                                           dtype="bfloat16" if keep_bf16 else "float32")
+        tested = run_once(checkpoint, device, dtype, perturb, keep_bf16)
         reference = run_once(checkpoint, "cpu", "float32")
     tolerance = TOLERANCES[dtype]
     comparisons = [compare(name, reference.traces[name], tested.traces[name], tolerance)
                    for name in ("understanding", "generation")]
-    timings = {f"{run.device} {run.dtype}" + (" (reference)" if run is reference else ""):
+    timings = {f"{run.device} {run.dtype}" + (f" (weights {run.weights})" if run.weights != run.dtype else "")
+               + (" (reference)" if run is reference else ""):
                {"load_s": run.load_s, "warmup_s": run.warmup_s, "prefill_ms": run.prefill_ms, "step_ms": run.step_ms}
                for run in (tested, reference)}
-    return Report(device, dtype, comparisons, timings)
+    return Report(device, dtype, tested.weights, comparisons, timings)
 
 
 def main(argv: list[str]) -> int:
@@ -303,6 +314,6 @@ def main(argv: list[str]) -> int:
     if settings.device == "gpu" and not paddle.is_compiled_with_cuda():
         print("error: device gpu was requested but this Paddle build has no CUDA support", file=sys.stderr)
         return 1
-    report = run_selftest(settings.device, settings.compute_dtype)
+    report = run_selftest(settings.device, settings.compute_dtype, keep_bf16=settings.keep_bf16_weights)
     print(json.dumps(report.to_json()) if args.json else report.describe())
     return 0 if report.passed else 1

@@ -17,14 +17,19 @@ from service.selftest import TOLERANCES, Trace, compare, run_selftest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_self_test_command_passes_on_the_cpu_against_itself(tmp_path):
+def _self_test_command(tmp_path: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
     env["JANUS_CACHE_DIR"] = str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-m", "service.cli", "self-test", "--json"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "service.cli", "self-test", "--json", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["passed"] is True and (report["device"], report["dtype"]) == ("cpu", "float32")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_self_test_command_passes_on_the_cpu_against_itself(tmp_path):
+    report = _self_test_command(tmp_path, "--dtype", "float32")
+    assert report["passed"] is True and (report["device"], report["dtype"], report["weights"]) == (
+        "cpu", "float32", "float32")
     assert [c["request"] for c in report["comparisons"]] == ["understanding", "generation"]
     for comparison in report["comparisons"]:
         # the same kernels on the same machine: bit-identical, every step compared
@@ -34,6 +39,26 @@ def test_self_test_command_passes_on_the_cpu_against_itself(tmp_path):
         assert timing["load_s"] > 0 and timing["step_ms"] > 0 and timing["prefill_ms"] > 0
     # nothing of the run is left behind but the cache's own folders
     assert not list((tmp_path / "cache").glob("selftest-*"))
+
+
+def test_self_test_by_default_on_the_cpu_checks_bf16_weights_against_their_float32_widening(tmp_path):
+    """JANUS_DTYPE=auto serves bf16 checkpoints with bf16 weights on the CPU: the self-test then runs a bf16-stored
+    checkpoint through the bf16-weight kernels against the same weights widened to float32."""
+    report = _self_test_command(tmp_path)
+    assert report["passed"] is True and (report["device"], report["dtype"], report["weights"]) == (
+        "cpu", "float32", "bfloat16")
+    assert [c["request"] for c in report["comparisons"]] == ["understanding", "generation"]
+    for comparison in report["comparisons"]:
+        # float32 arithmetic on exactly the same values: accumulation order only
+        assert comparison["relative_diff"] < 1e-5 and comparison["tokens_agree"] is True
+        assert comparison["steps"] == 16
+    assert set(report["timings"]) == {"cpu float32 (weights bfloat16)", "cpu float32 (reference)"}
+
+
+def test_perturbed_bf16_weights_fail_the_self_test():
+    report = run_selftest("cpu", "float32", perturb=0.05, keep_bf16=True)
+    assert report.weights == "bfloat16" and not report.passed
+    assert report.describe().startswith("janus-serve self-test: cpu float32 (weights bfloat16) against cpu float32")
 
 
 def test_self_test_refuses_half_precision_on_the_cpu():
