@@ -3,8 +3,6 @@ blocks scattered and shared) against recomputation."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import paddle
 import pytest
@@ -192,21 +190,15 @@ def test_prefill_of_the_last_position_alone_matches_the_full_prefill_and_fills_t
         np.testing.assert_array_equal(last_cache.values[layer].numpy(), full_cache.values[layer].numpy())
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc")
-def test_a_large_pool_takes_memory_only_for_the_blocks_written(tiny_model):
+def test_a_large_pool_takes_memory_only_for_the_blocks_written(tiny_model, resident_mib):
     probe = tiny_model.new_cache(1, BLOCK)
     num_blocks = (768 << 20) // probe.block_bytes  # a 768 MiB pool
-    before = _resident_mib()
+    before = resident_mib()
     cache = tiny_model.new_cache(num_blocks, BLOCK)
     assert cache.nbytes > 700 << 20
-    assert _resident_mib() - before < 64, "the whole pool became resident when it was made"
+    assert resident_mib() - before < 64, "the whole pool became resident when it was made"
     ids, mask = _left_padded(ROWS)
     tables = [[num_blocks - 1 - 5 * r - j for j in range(-(-ids.shape[1] // BLOCK))] for r in range(len(ROWS))]
     hidden = _prefill(tiny_model, cache, ids, mask, tables)
-    assert _resident_mib() - before < 64
+    assert resident_mib() - before < 64
     np.testing.assert_allclose(hidden, _fresh_prefill(tiny_model, ROWS), rtol=1e-5, atol=1e-5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import paddle
 import pytest
@@ -39,20 +37,14 @@ def test_to_tensor_on_the_cpu_holds_the_array(array):
     np.testing.assert_array_equal(tensor.numpy(), array)
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc")
-def test_zeros_on_demand_become_resident_as_they_are_written():
-    before = _resident_mib()
+def test_zeros_on_demand_become_resident_as_they_are_written(resident_mib):
+    before = resident_mib()
     pool = zeros_on_demand([256, 1024, 1024], "float32")  # 1 GiB
-    assert _resident_mib() - before < 64, "the whole pool became resident at creation"
+    assert resident_mib() - before < 64, "the whole pool became resident at creation"
     view = host_view(pool)
     assert view[::64, ::256, ::256].max() == 0 and view[::64, ::256, ::256].min() == 0
     view[:32] = 1.5  # 128 MiB written
-    grown = _resident_mib() - before
+    grown = resident_mib() - before
     assert 120 < grown < 200
     assert float(pool[:32].mean()) == 1.5 and float(pool[32:34].abs().max()) == 0.0
 
