@@ -90,6 +90,7 @@ class AnswerOptions:
     stop: tuple[str, ...] = ()  # an answer ends before the first of these texts
     logprobs: int | None = None  # None: none; k: the chosen token's and the k likeliest log-probabilities
     length_field: str = "max_new_tokens"  # what the client's API calls max_new_tokens (for refusals)
+    prompt_field: str | None = None  # what the client's API calls the conversation, where one field holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,8 @@ class Preprocessor:
         room = self.capacity.room(prompt_tokens)
         if options.max_new_tokens is None or room < 1:
             raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and the server's context is "
-                             f"{short.limit} tokens, which leaves no room for an answer: {shorten}", short)
+                             f"{short.limit} tokens, which leaves no room for an answer: {shorten}", short,
+                             options.prompt_field)
         raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and {options.length_field} {max_new_tokens} "
                          f"would take it to {short.needed}, but the server's context is {short.limit} tokens: lower "
                          f"{options.length_field} to at most {room}, {shorten}", short, options.length_field)

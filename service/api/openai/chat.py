@@ -102,7 +102,7 @@ def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> Unders
         temperature=0.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, seed=seed, n=body.n or 1, stop=body.stop_texts,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        length_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        length_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens", prompt_field="messages")
     return runtime.preprocessor.chat(chat.conversation, images, options, timeout_s=settings.request_timeout_s)
 
 

@@ -45,6 +45,11 @@ def test_chat_serves_the_images_info_promises_and_refuses_one_more_naming_the_se
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
     assert "the server's context is 200 tokens" in error["message"]
     assert "raise JANUS_MAX_SEQ_LEN to at least" in error["message"]
+    # a conversation longer than the context: what to change is the conversation
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        _chat(live, messages=[_images_message(promised + 2)], max_tokens=MIN_ANSWER_TOKENS)
+    error = caught.value.body
+    assert "leaves no room for an answer" in error["message"] and error["param"] == "messages"
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
