@@ -118,9 +118,9 @@ def test_a_second_question_about_an_image_reuses_its_blocks_when_its_features_ar
     system, image = _text(14, 7), _image(tiny_model, 14)
     _, params = ask(engine, [system, IMAGE, _text(15, 5)], [image], temperature)
     second, _ = ask(engine, [system, IMAGE, _text(16, 5)], [image], temperature)
-    common = params.prompt_ids.index(params.image_id) + tiny_model.cfg.vision.num_tokens + 1  # up to <end_of_image>
     image_start = params.prompt_ids.index(params.image_id)
     image_end = image_start + tiny_model.cfg.vision.num_tokens
+    common = image_end + 1  # both prompts agree up to <end_of_image>
     assert image_start < common // BLOCK * BLOCK < image_end  # the last common full block ends inside the image
     expected = common // BLOCK * BLOCK if image_cache_mb else image_start // BLOCK * BLOCK
     assert second.cached_tokens == expected

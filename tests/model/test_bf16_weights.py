@@ -74,7 +74,7 @@ def test_bf16_prefill_product_over_several_column_panels(lib):
     _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
 
 
-def test_bf16_products_keep_their_widening_buffer_across_sizes_and_threads(lib):
+def test_bf16_products_stay_exact_as_sizes_change_and_on_several_threads_at_once(lib):
     """Each thread keeps its buffer of widened weights from call to call: a product after a larger one (the buffer
     reused), after a smaller one (the buffer grown), and on several threads at once (a buffer each) are all
     exact."""
