@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import BodyTimeout, PayloadTooLarge, error_response
@@ -66,7 +66,12 @@ class BodyLimitMiddleware:
 
 
 class ObserveMiddleware:
-    """Latency by route and status (a stream counts until its last byte), and `X-Random-Weights` on everything."""
+    """Latency by route and status (a stream counts until its last byte), and `X-Random-Weights` on everything.
+
+    A response that started but never sent its last body message (`more_body` false) was cut short: by the client
+    going away (the server stops writing and the app returns, or its write fails) it counts as 499, as a client
+    leaving before the answer does; by the app failing mid-response, as 500.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics | None, random_weights: bool) -> None:
         self.app = app
@@ -79,21 +84,42 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         status = 500  # if the app dies before starting a response, the server sends a 500
+        response_started = response_complete = False
+        failure: BaseException | None = None
 
         async def observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started, response_complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [*message.get("headers", []), self.header]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, observed)
+        except Exception as exc:
+            failure = exc
+            raise
         finally:
+            if response_started and not response_complete:
+                status = 499 if failure is None or _client_went_away(failure) else 500
             if self.metrics is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", None) or "unmatched"
                 self.metrics.observe_request(path, status, time.perf_counter() - started)
+
+
+def _client_went_away(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a write to a closed connection: ASGI servers of spec 2.4 raise
+    OSError there, which Starlette turns into ClientDisconnect and wraps once more when a handler cannot answer."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError | ClientDisconnect):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class UnhandledErrorMiddleware:
