@@ -7,6 +7,7 @@ finish on its own before the client closes it: the disconnect surely lands mid-s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,3 +147,33 @@ def test_a_stream_read_to_its_end_still_counts_as_200(live, route):
                "the server to count the request")
     after = request_counts(live, route)
     assert after.get("200", 0) - before.get("200", 0) == 1, (before, after)
+
+
+def test_a_response_the_app_abandons_midway_counts_as_500_and_one_it_finishes_as_its_status():
+    from service.api.middleware import ObserveMiddleware
+    from service.metrics import Metrics
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"event: progress\n\n", "more_body": True})
+        if scope["path"] == "/fails":
+            raise RuntimeError("a bug mid-stream")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    metrics = Metrics()
+    observed = ObserveMiddleware(app, metrics, random_weights=False)
+    with pytest.raises(RuntimeError):
+        asyncio.run(observed({"type": "http", "path": "/fails", "headers": []}, receive, send))
+    asyncio.run(observed({"type": "http", "path": "/ends", "headers": []}, receive, send))
+
+    def count(status: str) -> float | None:
+        return metrics.registry.get_sample_value("janus_request_duration_seconds_count",
+                                                 {"route": "unmatched", "status": status})
+
+    assert (count("500"), count("200"), count("499")) == (1, 1, None)
