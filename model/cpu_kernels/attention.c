@@ -84,7 +84,9 @@ int MKL_Set_Num_Threads_Local(int threads);
 
 /* Blocks of 64 queries: scores = Q K^T and out = P V are two small GEMMs on strided rows (no packing), with the
  * masked softmax in between; the causal part past a block's last query is never computed. Each thread runs MKL
- * single-threaded on its own blocks. */
+ * single-threaded on its own blocks, with its scores in a cache-line-aligned buffer: MKL's order of summation can
+ * follow the alignment of its operands, and the blocks are the same whatever the thread count, so a block's result
+ * does not depend on which thread (or how many) computed it. */
 static void attend(const float *q, const float *k, const float *v, float *out, int B, int T, int H, int KVH, int D,
                    int64_t q_b, int64_t q_t, int64_t kv_b, int64_t kv_t, const rows_t *r, float scale) {
     enum { BLOCK = 64 };
@@ -92,7 +94,7 @@ static void attend(const float *q, const float *k, const float *v, float *out, i
 #pragma omp parallel
     {
         const int previous = MKL_Set_Num_Threads_Local(1);
-        float *scores = malloc(sizeof(float) * BLOCK * (padded > 8 ? padded : 8));
+        float *scores = aligned_alloc(64, sizeof(float) * BLOCK * (padded > 8 ? padded : 8)); /* 256 B multiple */
         float sums[BLOCK];
 #pragma omp for schedule(monotonic: dynamic) collapse(2)
         for (int bh = 0; bh < B * H; bh++) {

@@ -9,9 +9,15 @@
  *
  * The product runs through MKL's sgemm when the paddle wheel ships it (see cpu_kernels/__init__.py), else through
  * a register-tiled loop below.
+ *
+ * The pixels do not depend on the thread count (nor on how many images are decoded together): threads split the
+ * output pixels, never a sum. Each tile of output pixels is one single-threaded product whose shape comes from the
+ * image's size alone, so every output value is summed by the same call in the same order whichever thread runs
+ * it. That matters with MKL: the order in which it sums an element depends on the call's shape (a tile of 72 rows
+ * and one of 144 round differently), on packed versus plain weights, and on the thread count the weights were
+ * packed under. GroupNorm's sums go through fixed segments of pixels in a fixed order for the same reason.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +25,8 @@
 #include "vec.h"
 
 #define TILE_ROWS 384 /* output pixels per gathered tile: 384 x 9 x 128 floats = 1.8 MB (192: 10% slower) */
+#define SMALL_IMAGE_TILES 16 /* tiles per image below 16 x 384 pixels, so that several threads share it */
+#define MIN_TILE_ROWS 32 /* and no fewer pixels per tile than this */
 
 #ifdef JANUS_WITH_MKL
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
@@ -116,29 +124,42 @@ void janus_pack_conv_weight(const float *w, float *packed, int cout, int cin, in
     }
 }
 
+/* Output pixels per tile, from the pixels of one image alone (see the top of the file). */
+static int tile_rows_for(int64_t image_pixels) {
+    const int64_t even = (image_pixels + SMALL_IMAGE_TILES - 1) / SMALL_IMAGE_TILES;
+    if (even >= TILE_ROWS) return TILE_ROWS;
+    if (even >= MIN_TILE_ROWS) return (int)even;
+    return image_pixels < MIN_TILE_ROWS ? (int)image_pixels : MIN_TILE_ROWS;
+}
+
+static float *aligned_floats(int64_t count) { /* a cache-line-aligned block, whichever thread asks */
+    return aligned_alloc(64, (sizeof(float) * count + 63) / 64 * 64);
+}
+
 /* y [B, Ho, Wo, cout] = conv(x) + bias (+ residual), x [B, H, W, cin], all contiguous NHWC.
  *   ksize 3 (zero padding 1) or 1; stride 1.
  *   upsample: the convolution reads x upsampled 2x (nearest): Ho = 2H, Wo = 2W; else Ho = H, Wo = W.
  *   w: janus_pack_conv_weight's layout; bias [cout] or NULL; residual [B, Ho, Wo, cout] or NULL (may be y itself).
+ * Tiles never straddle two images; each image's last tile may be shorter.
  */
 void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const float *residual, float *y, int B,
                        int H, int W, int cin, int cout, int ksize, int upsample) {
     const int shift = upsample ? 1 : 0, Ho = H << shift, Wo = W << shift, half = ksize / 2;
-    const int64_t pixels = (int64_t)B * Ho * Wo, K = (int64_t)ksize * ksize * cin;
+    const int64_t image = (int64_t)Ho * Wo, K = (int64_t)ksize * ksize * cin;
     const int gather = ksize != 1 || upsample; /* a plain 1x1 convolution multiplies x's rows as they are */
-    /* small images: at least four tiles per thread, so that no thread waits long for the last one */
-    const int64_t balanced = (pixels + 4 * omp_get_max_threads() - 1) / (4 * omp_get_max_threads());
-    const int tile_rows = balanced < TILE_ROWS ? (int)(balanced > 16 ? balanced : 16) : TILE_ROWS;
-    const int64_t tiles = (pixels + tile_rows - 1) / tile_rows;
+    const int tile_rows = tile_rows_for(image);
+    const int64_t per_image = (image + tile_rows - 1) / tile_rows, tiles = (int64_t)B * per_image;
+    const int outer = single_threaded_blas(); /* MKL's packed layout follows its thread count at packing */
     float *packed = pack_b(w, tile_rows, cout, (int)K);
+    restore_blas(outer);
 #pragma omp parallel
     {
         const int previous = single_threaded_blas();
-        float *cols = gather ? malloc(sizeof(float) * tile_rows * K) : NULL;
+        float *cols = gather ? aligned_floats(tile_rows * K) : NULL;
 #pragma omp for schedule(monotonic: dynamic) /* libiomp5 has no nonmonotonic entry points */
         for (int64_t tile = 0; tile < tiles; tile++) {
-            const int64_t p0 = tile * tile_rows;
-            const int rows = pixels - p0 < tile_rows ? (int)(pixels - p0) : tile_rows;
+            const int64_t first = tile % per_image * tile_rows, p0 = tile / per_image * image + first;
+            const int rows = image - first < tile_rows ? (int)(image - first) : tile_rows;
             float *out = y + p0 * cout;
             for (int r = 0; r < rows; r++) { /* bias and residual first: the product adds onto them */
                 float *o = out + (int64_t)r * cout;
@@ -153,7 +174,7 @@ void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const 
             }
             for (int r = 0; r < rows; r++) {
                 const int64_t p = p0 + r;
-                const int b = (int)(p / ((int64_t)Ho * Wo)), oy = (int)(p / Wo % Ho), ox = (int)(p % Wo);
+                const int b = (int)(p / image), oy = (int)(p / Wo % Ho), ox = (int)(p % Wo);
                 float *row = cols + (int64_t)r * K;
                 for (int dy = 0; dy < ksize; dy++) {
                     const int sy = oy + dy - half;
@@ -185,46 +206,51 @@ static inline v8 swish8(v8 v) { /* v * sigmoid(v), with exp of a non-positive ar
 static inline float swish1(float v) { return v / (1.0f + expf(-v)); }
 
 /* GroupNorm over NHWC x [B, HW, C] (each group: C / groups consecutive channels over all HW pixels), then the
- * per-channel affine and, when `swish`, v * sigmoid(v). Per-channel sums are kept in float over chunks of pixels
- * and in double across chunks, so the variance (E[x^2] - mean^2) keeps float32 accuracy on large images. */
+ * per-channel affine and, when `swish`, v * sigmoid(v). Per-channel sums are kept in float over chunks of 64
+ * pixels, in double over the chunks of a segment of 512 pixels and across segments in order, so the variance
+ * (E[x^2] - mean^2) keeps float32 accuracy on large images. Threads split the segments: the order of every sum is
+ * the same whatever their number. */
 void janus_group_norm_nhwc(const float *x, const float *gamma, const float *beta, float *y, int B, int64_t HW, int C,
                            int groups, float eps, int swish) {
-    enum { CHUNK = 64 };
+    enum { CHUNK = 64, SEGMENT = 512 };
     const int per_group = C / groups, vec_end = C / 8 * 8;
-    const int threads = omp_get_max_threads();
-    double *sums = calloc((size_t)threads * 2 * C, sizeof(double));
+    const int64_t segments = (HW + SEGMENT - 1) / SEGMENT;
+    double *sums = malloc(sizeof(double) * segments * 2 * C); /* [segment][sum | sum of squares][C] */
     float *scale = malloc(sizeof(float) * C), *shift = malloc(sizeof(float) * C);
     for (int b = 0; b < B; b++) {
         const float *xb = x + (int64_t)b * HW * C;
         float *yb = y + (int64_t)b * HW * C;
-        memset(sums, 0, sizeof(double) * threads * 2 * C);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel
         {
-            double *s = sums + (int64_t)omp_get_thread_num() * 2 * C, *sq = s + C;
             float *fs = malloc(sizeof(float) * 2 * C), *fq = fs + C;
 #pragma omp for schedule(static)
-            for (int64_t p0 = 0; p0 < HW; p0 += CHUNK) {
-                memset(fs, 0, sizeof(float) * 2 * C);
-                const int64_t p1 = p0 + CHUNK < HW ? p0 + CHUNK : HW;
-                for (int64_t p = p0; p < p1; p++) {
-                    const float *row = xb + p * C;
-                    int c = 0;
-                    for (; c < vec_end; c += 8) {
-                        const v8 v = load8(row + c);
-                        store8(fs + c, load8(fs + c) + v);
-                        store8(fq + c, load8(fq + c) + v * v);
+            for (int64_t seg = 0; seg < segments; seg++) {
+                double *s = sums + seg * 2 * C, *sq = s + C;
+                memset(s, 0, sizeof(double) * 2 * C);
+                const int64_t end = (seg + 1) * SEGMENT < HW ? (seg + 1) * SEGMENT : HW;
+                for (int64_t p0 = seg * SEGMENT; p0 < end; p0 += CHUNK) {
+                    memset(fs, 0, sizeof(float) * 2 * C);
+                    const int64_t p1 = p0 + CHUNK < end ? p0 + CHUNK : end;
+                    for (int64_t p = p0; p < p1; p++) {
+                        const float *row = xb + p * C;
+                        int c = 0;
+                        for (; c < vec_end; c += 8) {
+                            const v8 v = load8(row + c);
+                            store8(fs + c, load8(fs + c) + v);
+                            store8(fq + c, load8(fq + c) + v * v);
+                        }
+                        for (; c < C; c++) fs[c] += row[c], fq[c] += row[c] * row[c];
                     }
-                    for (; c < C; c++) fs[c] += row[c], fq[c] += row[c] * row[c];
+                    for (int c = 0; c < C; c++) s[c] += fs[c], sq[c] += fq[c];
                 }
-                for (int c = 0; c < C; c++) s[c] += fs[c], sq[c] += fq[c];
             }
             free(fs);
         }
         for (int g = 0; g < groups; g++) {
             double total = 0.0, total_sq = 0.0;
-            for (int t = 0; t < threads; t++)
+            for (int64_t seg = 0; seg < segments; seg++)
                 for (int c = g * per_group; c < (g + 1) * per_group; c++)
-                    total += sums[(int64_t)t * 2 * C + c], total_sq += sums[(int64_t)t * 2 * C + C + c];
+                    total += sums[seg * 2 * C + c], total_sq += sums[seg * 2 * C + C + c];
             const double n = (double)HW * per_group, mean = total / n;
             double var = total_sq / n - mean * mean;
             var = var > 0.0 ? var : 0.0;

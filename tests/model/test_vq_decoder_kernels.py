@@ -1,7 +1,12 @@
 """The VQ decoder's channels-last CPU kernels (convolution, GroupNorm + swish) against Paddle's own ops, and the
-whole decoder with the kernels against the same decoder on Paddle's ops."""
+whole decoder with the kernels against the same decoder on Paddle's ops; its pixels are the same whatever the thread
+count it runs with and whichever images it decodes together."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import paddle
@@ -11,7 +16,11 @@ from paddle import nn
 
 from model import conv_ops, cpu_kernels
 from model.config import VQConfig
+from model.janus import pixels_to_uint8
 from model.vq_decoder import VQDecoder
+from service.engine.cpu_threads import set_thread_budget
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -166,3 +175,82 @@ def test_mid_size_decoder_gives_paddles_pixels(monkeypatch):
     assert fused.shape == (2, 3, 64, 64)
     assert plain.std() > 0.1  # a real image-like signal, not a vanishing one
     np.testing.assert_allclose(fused, plain, atol=1e-4, rtol=1e-4)
+
+
+def _with_threads(threads: int, work: Callable[[], T]) -> T:
+    """work() in a thread of its own whose OpenMP and MKL budget is `threads`, as the service's image decoder thread
+    runs (the budget is kept per thread, so the caller's stays as it was)."""
+    out: list[T] = []
+
+    def run() -> None:
+        set_thread_budget(threads)
+        with paddle.no_grad():
+            out.append(work())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert out, "the work failed (see the log)"
+    return out[0]
+
+
+@pytest.fixture(scope="module")
+def demo_decoder() -> VQDecoder:
+    """The VQ decoder of the demo checkpoint (the service's built-in model): 384 px, ch 32, ch_mult [1, 1, 2, 2, 4]."""
+    from model.checkpoint.loader import load_janus
+    from model.tiny_checkpoint import demo_checkpoint_dir
+
+    return load_janus(demo_checkpoint_dir(), cache_dir=False)[0].gen_vision_model
+
+
+def _demo_tokens(decoder: VQDecoder, images: int, seed: int) -> paddle.Tensor:
+    cfg = decoder.cfg
+    return paddle.to_tensor(np.random.default_rng(seed).integers(0, cfg.image_token_size, (images, cfg.grid ** 2)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_demo_decoder_gives_the_same_bytes_whatever_its_thread_count(kernel_build, demo_decoder, threads):
+    # The service gives its image decoder more or fewer threads as other requests come and go; a seed must still
+    # give the same image bytes. Before: ~40 of the 442,368 values moved by one level between 1 and 2 threads.
+    tokens = _demo_tokens(demo_decoder, 1, seed=7)
+    one = _with_threads(1, lambda: demo_decoder(tokens).numpy())
+    more = _with_threads(threads, lambda: demo_decoder(tokens).numpy())
+    image_bytes = [pixels_to_uint8(pixels.transpose(0, 2, 3, 1)) for pixels in (more, one)]
+    np.testing.assert_array_equal(*image_bytes)
+    # and not only the bytes: every value, including those far from a level boundary, is summed in the same order
+    np.testing.assert_array_equal(more, one)
+
+
+def test_demo_decoder_gives_an_image_the_same_pixels_alone_or_with_others(demo_decoder):
+    # images are decoded one per call or several at once (JANUS_IMAGES_PER_DECODE in the engine): no pixel changes
+    tokens = _demo_tokens(demo_decoder, 3, seed=8)
+    together = _with_threads(2, lambda: demo_decoder(tokens).numpy())
+    alone = np.concatenate([_with_threads(2, lambda i=i: demo_decoder(tokens[i:i + 1]).numpy()) for i in range(3)])
+    np.testing.assert_array_equal(together, alone)
+
+
+@pytest.mark.parametrize(("B", "H", "W", "cin", "cout", "k", "upsample"), [
+    (1, 24, 24, 128, 128, 3, False),  # a small image: its pixels were split into as many tiles as threads
+    (2, 24, 24, 64, 64, 1, False),
+    (1, 40, 40, 32, 3, 3, False),  # three output channels, like the decoder's last convolution
+    (1, 20, 20, 32, 32, 3, True),
+])
+def test_conv2d_gives_the_same_values_whatever_the_thread_count(kernel_build, B, H, W, cin, cout, k, upsample):
+    lib = cpu_kernels.library()
+    rng = np.random.default_rng(H + cin + cout)
+    conv, x = _conv(rng, cin, cout, k), paddle.to_tensor(_array(rng, B, H, W, cin))
+    results = [_with_threads(n, lambda: conv_ops.conv2d(lib, x, conv, upsample=upsample).numpy()) for n in (1, 2, 3)]
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[2], results[0])
+
+
+@pytest.mark.parametrize(("B", "H", "W", "C"), [(1, 96, 96, 64), (2, 37, 29, 32)])
+def test_group_norm_gives_the_same_values_whatever_the_thread_count(B, H, W, C):
+    rng = np.random.default_rng(H * W)
+    x = paddle.to_tensor(_array(rng, B, H, W, C, scale=3.0) + rng.uniform(-20, 20, C).astype(np.float32))
+    norm = nn.GroupNorm(32, C, epsilon=1e-6)
+    norm.bias.set_value(_array(rng, C))
+    lib = cpu_kernels.library()
+    results = [_with_threads(n, lambda: conv_ops.group_norm(lib, x, norm, swish=True).numpy()) for n in (1, 2, 3)]
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[2], results[0])
