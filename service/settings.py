@@ -49,8 +49,9 @@ class Settings(BaseSettings):
                                                        "repeated image skips the vision encoder (0: off).")
     max_waiting: int = Field(64, ge=0, description="Requests queued beyond the running ones; past that: 429.")
     progress_every: int = Field(16, ge=1, description="Generation progress events every this many steps.")
-    decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder, which runs beside the engine "
-                                                     "thread; 0 = half of OMP_NUM_THREADS, at least 1.")
+    decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder while requests run beside it "
+                                                     "(with none running it takes all of OMP_NUM_THREADS); 0 = half "
+                                                     "of OMP_NUM_THREADS, at least 1.")
 
     # time
     request_timeout_s: float = Field(600.0, gt=0, description="Per-request limit from submission to result (504).")

@@ -6,8 +6,9 @@ the loop itself survives anything but `shutdown()`.
 
 A generation request leaves the loop when its last image token is drawn: its rows are freed at once and its token
 grids go to the image decoder (`image_decoder.py`), which on the CPU decodes them on a thread of its own and
-answers the request from there. That thread has a thread budget of its own (part of the cores); the engine thread
-keeps its budget throughout, so a request's tokens never depend on whether other requests' images are decoding.
+answers the request from there. That thread has a thread budget of its own (part of the cores while requests run,
+all of them while none does); the engine thread keeps its budget throughout, so a request's tokens never depend on
+whether other requests' images are decoding.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from model.janus import JanusModel
 from model.sampling import choose, distribution, draw, guided_logits, log_probs
 from service.engine.block_manager import BlockManager
 from service.engine.capacity import CONTEXT_SETTING, ROWS_SETTING, Capacity, KVPool
-from service.engine.cpu_threads import set_thread_budget, thread_budget
+from service.engine.cpu_threads import thread_budget
 from service.engine.errors import (
     EngineError,
     EngineStopped,
@@ -76,7 +77,8 @@ class EngineConfig:
     progress_every: int = 16  # generation progress event cadence, in steps
     prefill_batch: int = 4  # understanding prompts prefilled together at most
     prefill_tokens: int = 4096  # and at most this many (padded) prompt tokens in one prefill
-    # CPU: threads of the image decoder (the engine thread keeps OMP_NUM_THREADS); 0 = half, at least one.
+    # CPU: threads of the image decoder while requests run (the engine thread keeps OMP_NUM_THREADS; with no
+    # request running the decoder takes that many too); 0 = half, at least one.
     decode_threads: int = 0
     images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
 
@@ -249,17 +251,20 @@ class Engine:
         self.images.stop(EngineStopped("the server shut down before the images were decoded"), wait_s=30)
 
     def _image_decoder(self, runner: Runner) -> ImageDecoder:
-        """On the CPU a thread of its own with part of the cores; on a GPU inline (a few ms per image)."""
+        """On the CPU a thread of its own with part of the cores beside running requests and all of them while no
+        request runs (its pixels do not depend on the count); on a GPU inline (a few ms per image)."""
         if not runner.place.is_cpu_place():
             self.decode_threads = thread_budget()
             return ImageDecoder(runner, images_per_call=16, threaded=False)  # a whole request (parallel_size <= 16)
-        self.decode_threads = decode_threads = self.config.decode_threads or max(1, thread_budget() // 2)
+        cores = thread_budget()
+        self.decode_threads = decode_threads = self.config.decode_threads or max(1, cores // 2)
+        alone = max(cores, decode_threads)
 
-        def prepare_thread() -> None:
-            paddle.set_grad_enabled(False)
-            set_thread_budget(decode_threads)
+        def threads() -> int:  # asked by the decoder thread before each call
+            return decode_threads if self.scheduler.has_work() else alone
 
-        return ImageDecoder(runner, self.config.images_per_decode, threaded=True, prepare_thread=prepare_thread)
+        return ImageDecoder(runner, self.config.images_per_decode, threaded=True,
+                            prepare_thread=lambda: paddle.set_grad_enabled(False), threads=threads)
 
     def _step(self) -> bool:
         """One iteration. Returns False when there was nothing to do."""

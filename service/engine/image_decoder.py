@@ -12,6 +12,11 @@ replace its queued or in-flight preview, and a preview of a request that is no l
 calls the worker checks that the job is still wanted: a cancelled or timed-out request stops there, and `stop()`
 fails whatever is queued or in flight.
 
+Before each call the worker asks `threads()` for its thread budget (OpenMP and MKL, `cpu_threads.py`): the engine
+gives it every core while no request runs and half of them beside running requests. A thread's budget can only be
+set by that thread, so it changes between calls, never within one; the pixels do not depend on it (the decoder's
+kernels split their work over output pixels, never a sum: `model/cpu_kernels/conv.c`).
+
 With `threaded=False` (GPU: milliseconds per image, and one device stream either way) jobs run inline, in the
 thread that submits them, through the same code.
 """
@@ -30,6 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.engine.cpu_threads import set_thread_budget
 from service.engine.errors import EngineError, ModelFailure, RequestCancelled, RequestTimeout
 from service.engine.request import RequestState, Status
 
@@ -64,13 +70,16 @@ class DecodeJob:
 
 class ImageDecoder:
     def __init__(self, model: ImageDecoding, images_per_call: int, threaded: bool,
-                 prepare_thread: Callable[[], None] = lambda: None) -> None:
+                 prepare_thread: Callable[[], None] = lambda: None, threads: Callable[[], int] | None = None) -> None:
         if images_per_call < 1:
             raise ValueError("images_per_call must be >= 1")
         self.model = model
         self.images_per_call = images_per_call
         self.threaded = threaded
-        self._prepare_thread = prepare_thread  # runs first in the worker thread (grad mode, thread budget)
+        self._prepare_thread = prepare_thread  # runs first in the worker thread (grad mode)
+        # the worker thread's budget for its next call, asked before each one (None, or inline: left as it is)
+        self.threads = threads if threaded else None
+        self._budget = 0  # the budget set in the worker thread (0: not set yet)
         self._lock = threading.Condition()
         self._queue: list[tuple[int, int, DecodeJob]] = []  # heap by (kind, order)
         self._current: DecodeJob | None = None
@@ -179,12 +188,21 @@ class ImageDecoder:
                 self._end(job, error=unwanted)
                 return
             try:
+                self._set_budget()
                 parts.append(self.model.decode_images(job.tokens[start:start + self.images_per_call]))
             except Exception as err:  # noqa: BLE001 - fails this request only
                 log.exception("image decoding failed for %s", job.request.id)
                 self._end(job, error=ModelFailure(f"image decoding failed: {err}"))
                 return
         self._end(job, images=np.concatenate(parts))
+
+    def _set_budget(self) -> None:
+        if self.threads is None:
+            return
+        budget = self.threads()
+        if budget != self._budget:
+            set_thread_budget(budget)
+            self._budget = budget
 
     @staticmethod
     def _unwanted(request: RequestState) -> EngineError | None:

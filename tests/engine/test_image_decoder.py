@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from service.engine import Engine, RequestHandle
+from service.engine import Engine, EngineConfig, RequestHandle
+from service.engine.cpu_threads import thread_budget
 from service.engine.errors import EngineStopped, ModelFailure, Overloaded, RequestCancelled
-from service.engine.types import GenerateParams, GenerateResult, UnderstandResult
+from service.engine.types import GenerateParams, GenerateResult, Kind, UnderstandParams, UnderstandResult
 from tests.engine.test_engine import _reference_generate, _reference_understand
 from tests.service.helpers import DecodeGate, plain_decode
 
@@ -339,3 +340,76 @@ def test_inline_decoding_answers_before_submit_returns(generate_params):
         loop.close()
     assert calls == [(3, threading.current_thread().name)]
     assert len(answered) == 1 and answered[0].shape[0] == 3 and decoder.idle
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    """An engine over the demo checkpoint: 576 image tokens and a 384 px VQ decoder, whose pixels (unlike the tiny
+    model's 16 px ones) showed the thread count in a few bytes per image."""
+    import paddle
+
+    from model.checkpoint.loader import load_janus
+    from model.tiny_checkpoint import demo_checkpoint_dir
+    from model.tokenizer import JanusTokenizer
+
+    paddle.set_grad_enabled(False)
+    model, _ = load_janus(demo_checkpoint_dir(), cache_dir=False)
+    engine = Engine(model, EngineConfig(max_rows=4, max_seq_len=1024, max_waiting=4))
+    engine.start()
+    engine.warmup()
+    yield engine, JanusTokenizer.from_dir(demo_checkpoint_dir())
+    engine.shutdown(drain_timeout_s=0)
+
+
+def test_the_decoder_takes_every_core_while_the_engine_has_nothing_else_to_run(demo_engine):
+    engine, tok = demo_engine
+    cores = thread_budget()  # the engine thread's budget (OMP_NUM_THREADS), which this thread has too
+    if cores < 2:
+        pytest.skip("one thread in all: nothing to share")
+    budgets: list[int] = []  # the decoder thread's OpenMP budget as each decoder call begins
+    called = threading.Event()
+    decode = engine.runner.decode_images
+
+    def recording(tokens: np.ndarray) -> np.ndarray:
+        budgets.append(thread_budget())
+        called.set()
+        return decode(tokens)
+
+    engine.runner.decode_images = recording
+    image = GenerateParams(prompt_ids=[tok.bos_id, 11, 12, 13, tok.boi_id], pad_id=tok.pad_id,
+                           image_tokens=engine.model.cfg.gen_vision.num_tokens, seed=5)
+    # outlasts the generation's 576 steps when both start together
+    question = UnderstandParams(prompt_ids=[tok.bos_id, 21, 22, 23], pixel_values=None, max_new_tokens=600)
+
+    async def alone() -> GenerateResult:
+        return await engine.submit(image).result()
+
+    quiet = asyncio.run(alone())
+    assert budgets == [cores]
+
+    budgets.clear()
+    called.clear()
+    handed_over = threading.Event()  # the generation's grid has gone to the decoder
+    submit = engine.images.submit
+    engine.images.submit = lambda job: (submit(job), handed_over.set())
+
+    def hold(request) -> None:  # the question stays running until the decoder has begun the generation's image
+        if request.kind is Kind.UNDERSTAND and handed_over.is_set() and not called.is_set():
+            called.wait(WAIT_S)
+
+    async def beside_a_question() -> tuple[UnderstandResult, GenerateResult]:
+        answer = engine.submit(question)
+        drawn = engine.submit(image)
+        return await answer.result(), await drawn.result()
+
+    engine.fault_hook = hold
+    try:
+        answer, busy = asyncio.run(beside_a_question())
+    finally:
+        engine.fault_hook = None
+        engine.images.submit = submit
+        engine.runner.decode_images = decode
+    assert len(answer.token_ids) == 600  # it was running all along
+    assert budgets == [engine.decode_threads] and engine.decode_threads < cores
+    np.testing.assert_array_equal(busy.tokens, quiet.tokens)
+    np.testing.assert_array_equal(busy.images, quiet.images)  # the same bytes with either budget
