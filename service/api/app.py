@@ -14,7 +14,12 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api import docs, errors
 from service.api.images import allow_pixels
-from service.api.middleware import BodyLimitMiddleware, ObserveMiddleware, UnhandledErrorMiddleware
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    ObserveMiddleware,
+    RequestIdMiddleware,
+    UnhandledErrorMiddleware,
+)
 from service.api.openai import chat as openai_chat
 from service.api.openai import chat_docs as openai_chat_docs
 from service.api.openai import errors as openai_errors
@@ -38,7 +43,9 @@ them): they accept request fields they do not know (ignored, logged once) and an
 `{"error": {"type", "message", "status", "details"?}}`. Both use the same statuses; 429 and 503 carry
 `Retry-After`. When the server has an API key, send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (not needed for /health and /ready). Every response has an `X-Random-Weights` header, and JSON bodies a
-`random_weights` field: true means a demo model with random weights.
+`random_weights` field: true means a demo model with random weights. Every response, errors included, has an
+`X-Request-Id` header: the engine request's id (`req-<process>-<n>`, the `id` of the answer and of its stream
+events) once the engine has taken the request, otherwise an id made for the HTTP request.
 """
 TAGS = [
     {"name": "inference", "description": "Understanding and generation."},
@@ -72,6 +79,7 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     # Added last = outermost: latency covers everything, including bodies refused for size.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics if runtime else None,
                        random_weights=runtime.info.random_weights if runtime else False)
     allow_pixels(settings.max_image_pixels)

@@ -1,5 +1,5 @@
 """ASGI middleware: the request body limits (size and read deadline), per-request latency metrics plus the
-random-weights header, and the last-resort catch of bugs."""
+random-weights header, the request-id header, and the last-resort catch of bugs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import BodyTimeout, PayloadTooLarge, error_response
+from service.engine.request import new_request_id
 from service.metrics import Metrics
 
 RANDOM_WEIGHTS_HEADER = "x-random-weights"
+REQUEST_ID_HEADER = b"x-request-id"
+# Where a route notes the engine request serving this HTTP request (`request.state`, i.e. the scope's "state").
+ENGINE_REQUEST_ID = "engine_request_id"
 
 
 class BodyLimitMiddleware:
@@ -120,6 +124,32 @@ def _client_went_away(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class RequestIdMiddleware:
+    """`X-Request-Id` on every response, errors included. A route that made an engine request sets the header to
+    that request's id on its answers (the `id` of their bodies and stream events) and notes it in the request's
+    state, so that an error answered after the engine took the request carries the same id; any other response
+    gets an id made for the HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # the dict `request.state` writes to, shared with the route
+
+        async def identified(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
+                    request_id = state.get(ENGINE_REQUEST_ID) or new_request_id()
+                    message["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, identified)
 
 
 class UnhandledErrorMiddleware:

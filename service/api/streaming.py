@@ -10,6 +10,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from service.api.errors import ClientDisconnected
+from service.api.middleware import ENGINE_REQUEST_ID
 from service.engine.request import RequestHandle
 from service.engine.types import Result
 
@@ -28,7 +29,9 @@ async def _disconnected(request: Request) -> None:
 
 
 async def result_or_cancel(handle: RequestHandle, request: Request) -> Result:
-    """The request's result; if the client disconnects first, cancel it so its rows are freed."""
+    """The request's result; if the client disconnects first, cancel it so its rows are freed. An error answer
+    from here on (a timeout, a model failure) carries the engine request's id in `X-Request-Id`."""
+    setattr(request.state, ENGINE_REQUEST_ID, handle.id)
     result = asyncio.ensure_future(handle.result())
     gone = asyncio.ensure_future(_disconnected(request))
     try:

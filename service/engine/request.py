@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,7 +34,15 @@ from service.engine.types import (
     UnderstandParams,
 )
 
+# Request ids are `req-<process>-<n>`: a random tag per process, so ids do not start over when the server restarts
+# (logs and clients keep telling requests apart across restarts and replicas), then a counter, so that within one
+# process they stay short and in order.
+_PROCESS_TAG = secrets.token_hex(4)
 _ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"req-{_PROCESS_TAG}-{next(_ids)}"
 
 
 class Status(Enum):
@@ -101,7 +110,7 @@ class RequestState:
     params: Params
     handle: RequestHandle
     submitted_at: float = field(default_factory=time.perf_counter)
-    id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    id: str = field(default_factory=new_request_id)
     status: Status = Status.WAITING
     prompts: list[PromptBlocks] = field(default_factory=list)  # understanding: one; generation: cond, uncond
     # KV rows (the block manager's): one per prompt from admission to the end of its prefill, then one per row
