@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from service.api import docs, errors
 from service.api.images import allow_pixels
@@ -47,6 +48,7 @@ them): they accept request fields they do not know (ignored, logged once) and an
 `X-Request-Id` header: the engine request's id (`req-<process>-<n>`, the `id` of the answer and of its stream
 events) once the engine has taken the request, otherwise an id made for the HTTP request.
 """
+DOCS_ASSETS = "/docs-assets"
 TAGS = [
     {"name": "inference", "description": "Understanding and generation."},
     {"name": "openai", "description": "OpenAI-compatible routes (/v1)."},
@@ -68,7 +70,11 @@ def schema_app() -> FastAPI:
 
 def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None,
             runtime: Runtime | None) -> FastAPI:
-    app = FastAPI(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    # /docs (Swagger UI) with its script and style served from the package (`DOCS_ASSETS`), not from a CDN: the page
+    # works where the server has no internet, and loads nothing from elsewhere. No /redoc: ReDoc's bundle always
+    # loads its maker's logo from their CDN.
+    app = FastAPIOffline(title=TITLE, version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan,
+                         static_url=DOCS_ASSETS, redoc_url=None)
     app.state.settings = settings
     app.state.started_at = int(time.time())  # the served model's `created` in the OpenAI model list
     for module in (understand, generate, openai_chat, openai_models, openai_images, health, info, metrics):
