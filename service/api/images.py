@@ -46,10 +46,10 @@ def allow_pixels(max_pixels: int) -> None:
 
 
 def decode_base64(text: str, what: str, limits: ImageLimits) -> bytes:
-    """Plain base64 or a `data:image/...;base64,` URL."""
-    if text.startswith("data:"):
+    """Plain base64 or a `data:image/...;base64,` URL (scheme, media type and `;base64` in any case: RFC 2397)."""
+    if text[:5].lower() == "data:":
         head, sep, text = text.partition(",")
-        if not sep or not head.endswith(";base64"):
+        if not sep or not head.lower().endswith(";base64"):
             raise BadInput(f"{what}: a data URL must be base64-encoded (data:image/...;base64,...)")
     # Refuse before decoding: base64 is 4 characters per 3 bytes.
     if len(text) // 4 * 3 > limits.max_bytes + 3:

@@ -52,7 +52,9 @@ unknown_fields = _UnknownFields(MAX_REMEMBERED_FIELDS)
 class OpenAIModel(BaseModel):
     """Accepts fields it does not declare (kept out of everything the server reads) and logs each name once."""
 
-    model_config = ConfigDict(extra="allow")
+    # NaN and Infinity are no numbers to sample with: refused as "must be a finite number", as on the native routes
+    # (without this, NaN fails the range check instead and the message says "must be less than or equal to 2").
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _note_unknown_fields(self) -> OpenAIModel:

@@ -17,36 +17,33 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.api.auth import Authenticated
-from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import ApiError, error_body
 from service.api.images import ImageLimits, decode_base64, decode_image
 from service.api.openai import chat_docs
+from service.api.openai.chat_logprobs import ContentLogprobs
 from service.api.openai.chat_messages import read_messages
 from service.api.openai.chat_protocol import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
-    ChatCompletionTokenLogprob,
     Choice,
     ChoiceLogprobs,
     CompletionUsage,
     PromptTokensDetails,
-    TopLogprob,
 )
 from service.api.openai.docs import INFERENCE_ERRORS, openai_error_responses
-from service.api.openai.errors import openai_error
+from service.api.openai.errors import ContextLengthExceeded, openai_error
+from service.api.openai.validation import read_openai_json
 from service.api.protocol import MAX_SEED
 from service.api.streaming import SSE_HEADERS, result_or_cancel
 from service.engine.request import RequestHandle
-from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, TokenLogprob, UnderstandParams, UnderstandResult
-from service.processing import AnswerOptions
+from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, UnderstandParams, UnderstandResult
+from service.processing import AnswerOptions, DoesNotFit
 from service.runtime import Runtime
 from service.stop_texts import cut_at_stop, releasable
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
-# A log-probability of a token the sampler could not pick (outside the nucleus): JSON has no -infinity.
-IMPOSSIBLE_LOGPROB = -9999.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +61,19 @@ class _Reply:
 @router.post("/chat/completions", operation_id="create_chat_completion",
              summary="Answer a conversation (OpenAI-compatible chat completions)", description=chat_docs.DESCRIPTION,
              response_model=ChatCompletion,
-             responses={200: chat_docs.OK, **openai_error_responses(*INFERENCE_ERRORS)},
+             responses={200: chat_docs.OK, **openai_error_responses(*INFERENCE_ERRORS, chat=True)},
              openapi_extra=chat_docs.BODY)
 async def create_chat_completion(request: Request, response: Response,
                                  runtime: ReadyRuntimeDep) -> ChatCompletion | StreamingResponse:
-    body = await read_json(request, ChatCompletionRequest)
+    body = await read_openai_json(request, ChatCompletionRequest)
     body.unsupported()
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    params = await asyncio.to_thread(_prepare, runtime, body, seed)
+    try:
+        params = await asyncio.to_thread(_prepare, runtime, body, seed)
+    except DoesNotFit as err:
+        raise ContextLengthExceeded.check(err) from None
     handle = runtime.engine.submit(params, stream=bool(body.stream))
-    reply = _Reply(f"chatcmpl-{handle.id}", int(time.time()), runtime.info.name, fingerprint(runtime),
+    reply = _Reply(completion_id(handle.id), int(time.time()), runtime.info.name, fingerprint(runtime),
                    body.stop_texts, bool(body.logprobs))
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
@@ -106,6 +106,12 @@ def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> Unders
     return runtime.preprocessor.chat(chat.conversation, images, options, timeout_s=settings.request_timeout_s)
 
 
+def completion_id(request_id: str) -> str:
+    """The engine request's id (`X-Request-Id`, and what the server logs name the request by): never repeated,
+    also across restarts (a random tag per server process), so an id a client stores names one answer."""
+    return f"chatcmpl-{request_id}"
+
+
 @functools.cache
 def _package_version() -> str:
     """Read once: the installed metadata does not change while the server runs."""
@@ -131,8 +137,10 @@ def _completion(runtime: Runtime, reply: _Reply, result: UnderstandResult) -> Ch
             text = cut_at_stop(text, reply.stops)
         logprobs = None
         if reply.logprobs:
-            entries = zip(answer.token_ids, answer.logprobs or [], strict=True)
-            logprobs = ChoiceLogprobs(content=[_logprob(runtime, token, entry) for token, entry in entries])
+            tokens = ContentLogprobs(prep)
+            for token_id, entry in zip(answer.token_ids, answer.logprobs or [], strict=True):
+                tokens.push(token_id, entry)
+            logprobs = ChoiceLogprobs(content=tokens.release(text, final=True))
         choices.append(Choice(index=index, message=AssistantMessage(content=text), logprobs=logprobs,
                               finish_reason=answer.finish_reason))  # type: ignore[arg-type]
     return ChatCompletion(id=reply.id, created=reply.created, model=reply.model, system_fingerprint=reply.fingerprint,
@@ -145,21 +153,6 @@ def _usage(result: UnderstandResult) -> CompletionUsage:
                            prompt_tokens_details=PromptTokensDetails(cached_tokens=result.cached_tokens))
 
 
-def _logprob(runtime: Runtime, token_id: int, entry: TokenLogprob) -> ChatCompletionTokenLogprob:
-    token, raw = _token(runtime, token_id)
-    top = []
-    for other, value in entry.top:
-        text, other_raw = _token(runtime, other)
-        top.append(TopLogprob(token=text, logprob=max(value, IMPOSSIBLE_LOGPROB), bytes=list(other_raw)))
-    return ChatCompletionTokenLogprob(token=token, logprob=max(entry.logprob, IMPOSSIBLE_LOGPROB), bytes=list(raw),
-                        top_logprobs=top)
-
-
-def _token(runtime: Runtime, token_id: int) -> tuple[str, bytes]:
-    raw = runtime.preprocessor.token_bytes(token_id)
-    return raw.decode("utf-8", errors="replace"), raw
-
-
 # streaming
 
 
@@ -169,6 +162,7 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
     answer's finish reason, with include_usage a last chunk with the usage; then `[DONE]`."""
     detokenizers = [runtime.preprocessor.detokenizer() for _ in range(n)]
     sent = [0] * n  # characters of each answer's text already sent
+    tokens = [ContentLogprobs(runtime.preprocessor) for _ in range(n)]  # each token's entry goes with its text
 
     def chunk(choices: list[dict[str, Any]], usage: CompletionUsage | None = None) -> bytes:
         data: dict[str, Any] = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
@@ -193,7 +187,9 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
                 sent[event.index] = max(sent[event.index], end)
                 logprobs = None
                 if reply.logprobs and event.logprob is not None:
-                    logprobs = ChoiceLogprobs(content=[_logprob(runtime, event.token_id, event.logprob)])
+                    tokens[event.index].push(event.token_id, event.logprob)
+                    entries = tokens[event.index].release(detokenizer.text[:sent[event.index]])
+                    logprobs = ChoiceLogprobs(content=entries) if entries else None
                 if piece or logprobs is not None:
                     yield chunk([choice(event.index, {"content": piece}, logprobs)])
             elif isinstance(event, FinishedEvent):
@@ -205,7 +201,9 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
                     if answer.finish_reason == "stop" and reply.stops:
                         text = cut_at_stop(text, reply.stops)
                     rest = text[sent[index]:]
-                    yield chunk([choice(index, {"content": rest} if rest else {}, None, answer.finish_reason)])
+                    entries = tokens[index].release(text, final=True) if reply.logprobs else []
+                    logprobs = ChoiceLogprobs(content=entries) if entries else None
+                    yield chunk([choice(index, {"content": rest} if rest else {}, logprobs, answer.finish_reason)])
                 if include_usage:
                     yield chunk([], _usage(result))
             elif isinstance(event, ErrorEvent):

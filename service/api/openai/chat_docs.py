@@ -30,20 +30,20 @@ With `stream: true` the answer is a Server-Sent Events stream of `chat.completio
 """
 
 COMPLETION_EXAMPLE = {
-    "id": "chatcmpl-req-7", "object": "chat.completion", "created": 1767225600, "model": "Janus-Pro-1B",
+    "id": "chatcmpl-req-3f9a1c2e-7", "object": "chat.completion", "created": 1767225600, "model": "Janus-Pro-1B",
     "system_fingerprint": "fp_3f1c2a9b0d4e",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "A red fox sitting in the snow."},
                  "logprobs": None, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 640, "completion_tokens": 9, "total_tokens": 649},
 }
 STREAM_EXAMPLE = (
-    'data: {"id":"chatcmpl-req-7","object":"chat.completion.chunk","created":1767225600,"model":"Janus-Pro-1B",'
-    '"system_fingerprint":"fp_3f1c2a9b0d4e","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+    'data: {"id":"chatcmpl-req-3f9a1c2e-7","object":"chat.completion.chunk","created":1767225600,'
+    '"model":"Janus-Pro-1B","system_fingerprint":"fp_3f1c2a9b0d4e","choices":[{"index":0,'
+    '"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+    'data: {"id":"chatcmpl-req-3f9a1c2e-7",...,"choices":[{"index":0,"delta":{"content":"A red fox"},'
     '"logprobs":null,"finish_reason":null}]}\n\n'
-    'data: {"id":"chatcmpl-req-7",...,"choices":[{"index":0,"delta":{"content":"A red fox"},"logprobs":null,'
-    '"finish_reason":null}]}\n\n'
-    'data: {"id":"chatcmpl-req-7",...,"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}'
-    '\n\ndata: [DONE]\n\n'
+    'data: {"id":"chatcmpl-req-3f9a1c2e-7",...,"choices":[{"index":0,"delta":{},"logprobs":null,'
+    '"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
 )
 OK: dict[str, Any] = {
     "description": "The completion (JSON), or with `stream: true` an event stream of chunks.",

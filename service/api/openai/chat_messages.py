@@ -14,6 +14,7 @@ from model.chat_template import IMAGE
 from model.special_tokens import Special
 from service.api.openai.chat_protocol import ImagePart, Message, RefusalPart, TextPart
 from service.api.openai.errors import InvalidContent, UnsupportedParameter
+from service.api.openai.validation import field_error
 from service.api.protocol import MAX_IMAGES
 from service.conversation import Conversation, Turn, join_parts
 
@@ -44,12 +45,12 @@ def read_messages(messages: list[Message]) -> ChatInput:
                 text = (text + " " + message.refusal).strip() if text else message.refusal
             turns.append(Turn("assistant", join_parts([text])))
         else:
-            turns.append(Turn("user", _user_content(message, where, images)))
+            turns.append(Turn("user", _user_content(message, i, images)))
     if not turns or turns[-1].role != "user":
         raise InvalidContent("messages", "the last message (after any system messages) must be the user's: it is "
                                          "the one answered")
-    if len(images) > MAX_IMAGES:
-        raise InvalidContent("messages", f"{len(images)} images; at most {MAX_IMAGES} per conversation")
+    if len(images) > MAX_IMAGES:  # a 422, as for too many images on /understand
+        raise field_error(("messages",), f"{len(images)} images; at most {MAX_IMAGES} per conversation", "too_long")
     return ChatInput(Conversation(tuple(turns), "\n\n".join(system) if system else None), images)
 
 
@@ -65,15 +66,22 @@ def _plain_text(message: Message, where: str, refusal_parts: bool = False) -> st
         elif refusal_parts and isinstance(part, RefusalPart):
             texts.append(part.refusal)
         else:
-            raise InvalidContent(f"{where}.content[{j}]", f"a {message.role} message takes text parts only, not "
-                                                          f"{part.type}")
+            raise InvalidContent(f"{where}.content[{j}]", f"{_article(message.role)} {message.role} message takes "
+                                                          f"text parts only, not {part.type}")
     # Adjacent text parts read as one text with a space between them, as in a user message.
     return " ".join(texts)
 
 
-def _user_content(message: Message, where: str, images: list[tuple[str, str]]) -> tuple:
-    if message.content is None:
-        raise InvalidContent(f"{where}.content", "a user message needs content")
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _user_content(message: Message, index: int, images: list[tuple[str, str]]) -> tuple:
+    # A user turn with nothing in it asks nothing: refused (a 422) as /understand refuses an empty question. An
+    # image alone is a question, as a lone image tag is on /understand.
+    if not _has_question(message.content):
+        raise field_error(("messages", index, "content"), "a user message needs text or an image; this one is empty")
+    where = f"messages[{index}]"
     if isinstance(message.content, str):
         return join_parts([message.content])
     parts: list[str | Special] = []
@@ -89,6 +97,12 @@ def _user_content(message: Message, where: str, images: list[tuple[str, str]]) -
         else:
             raise UnsupportedParameter(at, f"{part.type} content is not supported; send text and image_url parts")
     return join_parts(parts)
+
+
+def _has_question(content: str | list | None) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    return any(not isinstance(part, TextPart) or part.text.strip() for part in content or [])
 
 
 def _data_url(url: str, where: str) -> str:

@@ -58,7 +58,9 @@ class FilePart(OpenAIModel):
     file: dict[str, Any] | None = None
 
 
-Part = Annotated[TextPart | ImagePart | RefusalPart | AudioPart | FilePart, Field(discriminator="type")]
+# The title names a part in error messages ("a string or a list of content parts").
+Part = Annotated[TextPart | ImagePart | RefusalPart | AudioPart | FilePart,
+                 Field(discriminator="type", title="content part")]
 Content = str | list[Part]
 
 
@@ -136,10 +138,12 @@ class ChatCompletionRequest(OpenAIModel):
         for name, value in refused.items():
             if value is not None:
                 raise UnsupportedParameter(name, f"{name} is not supported by this server; leave it out")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise UnsupportedParameter("tool_choice", "tool_choice must be 'none': the server calls no tools")
-        if self.function_call not in (None, "none", "auto"):
-            raise UnsupportedParameter("function_call", "function_call must be 'none': the server calls no tools")
+        for name in ("tool_choice", "function_call"):
+            choice = getattr(self, name)
+            if choice not in (None, "none", "auto"):
+                asked = repr(choice) if isinstance(choice, str) else "naming a function"
+                raise UnsupportedParameter(name, f"{name} {asked} needs tools; this server calls no tools: send "
+                                                 "'none' or 'auto', or leave it out")
         if self.response_format is not None and self.response_format.type != "text":
             raise UnsupportedParameter("response_format", f"response_format {self.response_format.type!r} is not "
                                                           "supported; only {\"type\": \"text\"}")

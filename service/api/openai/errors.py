@@ -3,7 +3,8 @@
 The status comes from the service's one error table, so a /v1 request fails with the same status as the native
 route would, and the `openai` SDK raises its typed exception for it (BadRequestError for 400,
 AuthenticationError for 401, UnprocessableEntityError for 422, RateLimitError for 429 with Retry-After,
-InternalServerError for 5xx, ...). `code` carries the service's own stable error kind.
+InternalServerError for 5xx, ...). `code` carries the service's own stable error kind, except where OpenAI has a
+code clients act on: a conversation longer than the context is OpenAI's 400 `context_length_exceeded`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.api.errors import ApiError, BadInput
+from service.engine.capacity import CONTEXT_SETTING
 from service.processing import DoesNotFit
 
 PREFIX = "/v1/"
@@ -39,6 +41,27 @@ class InvalidContent(BadInput):
         self.param = param
 
 
+class ContextLengthExceeded(BadInput):
+    """A conversation longer than the server's context, said as OpenAI says it (400, `context_length_exceeded`,
+    `param` messages), so that clients recognise it: the `openai` SDK raises BadRequestError, and LiteLLM maps it
+    to ContextWindowExceededError (its context-window fallbacks) by the words "This model's maximum context length
+    is". The rest of the message is the native one: what to shorten or lower, and the setting to raise."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, err: DoesNotFit) -> None:
+        short = err.shortfall
+        super().__init__(f"This model's maximum context length is {short.limit} tokens, and this request needs "
+                         f"{short.needed}: {err}")
+        self.param = "messages"
+
+    @classmethod
+    def check(cls, err: DoesNotFit) -> DoesNotFit | ContextLengthExceeded:
+        """The error to raise for a conversation that does not fit: this one when the context is what it exceeds
+        (not the rows or the KV memory, which OpenAI has no code for)."""
+        return cls(err) if err.shortfall.setting == CONTEXT_SETTING else err
+
+
 def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
@@ -46,11 +69,17 @@ def error_type(status: int) -> str:
 def openai_error(native: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """The service's error body (`errors.error_body`) re-shaped as OpenAI's."""
     error = native["error"]
+    message = error["message"]
     param = getattr(exc, "param", None) if isinstance(exc, ApiError | DoesNotFit) else None
-    if param is None and error.get("details"):
-        param = loc_to_param(error["details"][0]["loc"])
-    return {"error": {"message": error["message"], "type": error_type(error["status"]), "param": param,
-                      "code": error["type"]}}
+    details = error.get("details")
+    if details and error["type"] == "validation_error":
+        # the fields as the request spells them (`messages[0].content`), not the validator's `body.messages.0...`
+        named = [(loc_to_param(d["loc"]), d["message"]) for d in details]
+        message = "; ".join(f"{where}: {what}" if where else what for where, what in named[:5])
+        param = param or named[0][0]
+    code = getattr(exc, "code", None) if isinstance(exc, ContextLengthExceeded) else None
+    return {"error": {"message": message, "type": error_type(error["status"]), "param": param,
+                      "code": code or error["type"]}}
 
 
 def loc_to_param(loc: str) -> str | None:
@@ -69,7 +98,8 @@ class OpenAIErrorBody(BaseModel):
     type: str = Field(description="invalid_request_error, authentication_error, not_found_error, rate_limit_error "
                                   "or server_error.")
     param: str | None = Field(description="The request field at fault, when there is one.")
-    code: str = Field(description="The service's stable error kind, e.g. validation_error, overloaded.")
+    code: str = Field(description="The service's stable error kind, e.g. validation_error, overloaded; OpenAI's "
+                                  "context_length_exceeded for a conversation longer than the context.")
 
 
 class OpenAIErrorResponse(BaseModel):

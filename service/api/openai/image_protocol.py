@@ -156,11 +156,17 @@ class ImageData(BaseModel):
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 
+# Janus-Pro draws at one quality: "auto" (the setting that applies) in the answer as in the stream's events.
+Quality = Literal["auto"]
+
+
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time (seconds) the request was accepted.")
     data: list[ImageData]
     background: Literal["opaque"] = "opaque"
     output_format: OutputFormat
+    quality: Quality = Field("auto", description="Always `auto`: Janus-Pro draws at one quality (the stream's "
+                                                 "events say the same).")
     size: str = Field(description="WIDTHxHEIGHT of the images.")
     usage: ImageUsage
     safety_identifier: str | None = None
@@ -175,7 +181,7 @@ class _ImageEvent(BaseModel):
     background: Literal["opaque"] = "opaque"
     created_at: int
     output_format: OutputFormat
-    quality: Literal["auto"] = "auto"
+    quality: Quality = "auto"
     size: str
     image_index: int = Field(description="Janus: which of the request's n images (0-based).")
 

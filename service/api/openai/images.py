@@ -11,7 +11,6 @@ from fastapi.responses import StreamingResponse
 
 from service.api import docs
 from service.api.auth import Authenticated
-from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
 from service.api.generation import Submitted, submit_generation
@@ -27,6 +26,7 @@ from service.api.openai.image_protocol import (
     ImageUsage,
     PartialImageEvent,
 )
+from service.api.openai.validation import read_openai_json
 from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
 from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, PreviewEvent
 from service.runtime import Runtime
@@ -51,7 +51,7 @@ grey), then one `image_generation.completed` event per image. `image_index` says
 
 RESPONSE_EXAMPLE = {
     "created": 1767225600, "data": [{"b64_json": "iVBORw0KGgoAAAANSUhEUgAA..."}], "background": "opaque",
-    "output_format": "png", "size": "384x384",
+    "output_format": "png", "quality": "auto", "size": "384x384",
     "usage": {"input_tokens": 17, "input_tokens_details": {"text_tokens": 17, "image_tokens": 0},
               "output_tokens": 576, "output_tokens_details": {"text_tokens": 0, "image_tokens": 576},
               "total_tokens": 593},
@@ -86,7 +86,7 @@ BODY_EXAMPLES = {
 )
 async def create_image(request: Request, response: Response,
                        runtime: ReadyRuntimeDep) -> ImagesResponse | StreamingResponse:
-    body = await read_json(request, ImageGenerationRequest)
+    body = await read_openai_json(request, ImageGenerationRequest)
     body.check_supported(runtime.info.output_image_size)
     created = int(time.time())
     submitted = await submit_generation(runtime, body.to_native(), previews=body.partial_images or 0,

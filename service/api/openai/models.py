@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -13,6 +16,8 @@ from service.api.deps import RuntimeDep
 from service.api.openai.docs import openai_error_responses
 
 OWNER = "janus-serve"
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
 
@@ -30,7 +35,22 @@ class ModelList(BaseModel):
 
 
 def _card(request: Request, runtime: RuntimeDep) -> ModelCard:
-    return ModelCard(id=runtime.info.name, created=request.app.state.started_at, owned_by=OWNER)
+    return ModelCard(id=runtime.info.name, created=_created(runtime.settings.model_dir, request.app.state.started_at),
+                     owned_by=OWNER)
+
+
+@functools.cache
+def _created(model_dir: Path | None, started_at: int) -> int:
+    """When the served checkpoint was written: the time of its config.json. The same at every start of the same
+    checkpoint (clients that cache the model list by `created` see no new model), and new when the checkpoint is
+    replaced. Without a readable config.json: the start time."""
+    from model.tiny_checkpoint import demo_checkpoint_dir  # built at start when no model directory is given
+
+    try:
+        return int((Path(model_dir or demo_checkpoint_dir()) / "config.json").stat().st_mtime)
+    except OSError as err:
+        log.warning("cannot read the checkpoint's time for the model list (%s); using the start time", err)
+        return started_at
 
 
 CARD_EXAMPLE = {"id": "Janus-Pro-1B", "object": "model", "created": 1767225600, "owned_by": OWNER}

@@ -64,10 +64,38 @@ def test_out_of_range_options_raise_unprocessable_entity_naming_the_field(server
     assert caught.value.body["param"].startswith("messages[0].content")
 
 
-def test_too_long_for_the_context_is_unprocessable(server):
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
-        ask(server, max_tokens=4000)
-    assert "context" in caught.value.body["message"]
+# LiteLLM maps an OpenAI-compatible server's error to its ContextWindowExceededError (which its context-window
+# fallbacks catch) by the message alone: `ExceptionCheckers.is_error_str_context_window_exceeded` in
+# litellm/litellm_core_utils/exception_mapping_utils.py looks for "this model's maximum context length is" in the
+# lower-cased message (for the openai, openai-compatible and openai-like providers alike), and gives up on any
+# message with "string_above_max_length" in it.
+LITELLM_CONTEXT_PATTERN = "this model's maximum context length is"
+
+
+@pytest.mark.parametrize(("fields", "requested"), [
+    ({"messages": [{"role": "user", "content": "hello " * 3000}]}, "leaves no room for an answer"),
+    ({"max_tokens": 4000}, "lower max_tokens to at most"),
+    ({"max_tokens": None, "max_completion_tokens": 4000}, "lower max_completion_tokens to at most"),
+], ids=["conversation", "max_tokens", "max_completion_tokens"])
+def test_too_long_for_the_context_is_openais_context_length_exceeded(server, fields, requested):
+    context = server.runtime.settings.max_seq_len
+    body = {"model": "janus", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}], **fields}
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(server).chat.completions.create(**{key: value for key, value in body.items() if value is not None})
+    error = caught.value
+    assert error.status_code == 400 and error.code == "context_length_exceeded"
+    assert error.type == "invalid_request_error" and error.param == "messages"
+    message = error.body["message"]
+    assert message.startswith(f"This model's maximum context length is {context} tokens")
+    assert requested in message and "raise JANUS_MAX_SEQ_LEN to at least" in message
+    for text in (error.message, str(error)):
+        assert LITELLM_CONTEXT_PATTERN in text.lower() and "string_above_max_length" not in text.lower()
+
+
+def test_the_native_route_keeps_its_422_for_the_same_conversation(client):
+    reply = client.post("/understand", json={"question": "hello " * 2000})
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_request"
+    assert "raise JANUS_MAX_SEQ_LEN to at least" in reply.json()["error"]["message"]
 
 
 def test_more_answers_than_rows_is_unprocessable(make_server):

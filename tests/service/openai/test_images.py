@@ -213,6 +213,15 @@ def test_more_images_than_the_server_has_rows_for_is_unprocessable_and_says_n(se
     assert "parallel_size" not in caught.value.body["message"]
 
 
+@pytest.mark.parametrize("asked", [None, "auto", "standard"])
+def test_the_answer_and_the_stream_state_one_quality(server, asked):
+    quality = {} if asked is None else {"quality": asked}
+    plain = sdk(server).images.generate(prompt=PROMPT, extra_body={"seed": 6}, **quality)
+    events = list(sdk(server).images.generate(prompt=PROMPT, stream=True, partial_images=1, extra_body={"seed": 6},
+                                              **quality))
+    assert {plain.quality} | {event.quality for event in events} == {"auto"}
+
+
 def test_neutral_values_and_unknown_fields_are_accepted(server):
     response = sdk(server).images.generate(
         prompt=PROMPT, model="gpt-image-1", quality="auto", background="opaque", moderation="low", user="u-1",

@@ -1,7 +1,8 @@
 """The OpenAI routes keep the server's stated limits too: through the official `openai` SDK against a live server,
-a conversation, an answer count or an image count that does not fit is a 422 in OpenAI's error body naming the
-request field and the server setting to raise (with the value it needs), and a request that could only time out
-in the queue is a RateLimitError at once with a usable Retry-After."""
+a conversation longer than the context is OpenAI's 400 context_length_exceeded, an answer count or an image count
+that does not fit a 422 in OpenAI's error body, each naming the request field and the server setting to raise
+(with the value it needs), and a request that could only time out in the queue is a RateLimitError at once with a
+usable Retry-After."""
 
 from __future__ import annotations
 
@@ -39,26 +40,29 @@ def test_chat_serves_the_images_info_promises_and_refuses_one_more_naming_the_se
     # What /info promises leaves room for a short answer.
     answer = _chat(live, messages=[_images_message(promised)], max_tokens=MIN_ANSWER_TOKENS)
     assert answer.choices[0].finish_reason in ("stop", "length")
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+    # over the context: OpenAI's context_length_exceeded (a 400), saying which setting to raise
+    with pytest.raises(openai.BadRequestError) as caught:
         _chat(live, messages=[_images_message(promised + 1)], max_tokens=MIN_ANSWER_TOKENS)
     error = caught.value.body
-    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+    assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded"
     assert "the server's context is 200 tokens" in error["message"]
-    assert "raise JANUS_MAX_SEQ_LEN to at least" in error["message"]
+    assert "raise JANUS_MAX_SEQ_LEN to at least" in error["message"] and error["param"] == "messages"
     # a conversation longer than the context: what to change is the conversation
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         _chat(live, messages=[_images_message(promised + 2)], max_tokens=MIN_ANSWER_TOKENS)
     error = caught.value.body
     assert "leaves no room for an answer" in error["message"] and error["param"] == "messages"
+    assert error["code"] == "context_length_exceeded"
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 def test_an_answer_length_over_the_context_names_the_field_and_the_setting(server, field):
     context = server.runtime.settings.max_seq_len
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         _chat(server, **{"max_tokens": None, field: 4000})
     error = caught.value.body
-    assert error["param"] == field
+    # OpenAI names messages as the param of every context_length_exceeded; the message names the field to lower
+    assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
     assert f"lower {field} to at most" in error["message"] and "max_new_tokens" not in error["message"]
     needed = int(error["message"].rsplit("at least ", 1)[1])
     assert needed > context and f"raise JANUS_MAX_SEQ_LEN to at least {needed}" in error["message"]
