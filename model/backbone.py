@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import paddle
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
-from model.attention import paged_attention
+from model.attention import paged_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import PagedKVCache, RowBatch
 from model.layer_ops import Rotary, RotaryPlan, add_rms_norm, embedding, linear, matmul_weight, rms_norm, swiglu
@@ -80,6 +81,14 @@ class Backbone:
             return paged_attention(q, cache.keys[layer], cache.values[layer], rows)
 
         return self._layers(embeds, rope, attend, last_only)
+
+    def causal_forward(self, embeds: paddle.Tensor) -> paddle.Tensor:
+        """Whole sequences from position 0, each position attending to itself and those before it, without a KV
+        cache: the forward that training differentiates (with the CPU kernels off, every op has a gradient).
+        embeds [B, T, hidden] -> final-normed hidden states [B, T, hidden]."""
+        B, T, _ = embeds.shape
+        rope = self.rotary.plan(np.tile(np.arange(T), (B, 1)), embeds.dtype, self.cfg.num_attention_heads)
+        return self._layers(embeds, rope, lambda _, q, k, v: prompt_attention(q, k, v, None, causal=True))
 
     def _layers(self, embeds: paddle.Tensor, rope: RotaryPlan,
                 attend: Callable[[int, paddle.Tensor, paddle.Tensor, paddle.Tensor], paddle.Tensor],

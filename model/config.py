@@ -143,6 +143,7 @@ class JanusConfig:
     language: LanguageConfig
     name: str = "janus"
     random_weights: bool = False  # set by the tiny-checkpoint builder; surfaced by the service
+    description: str = ""  # what the checkpoint is, when its name does not say (the trained demo); surfaced too
 
     def __post_init__(self) -> None:
         hidden = self.language.hidden_size
@@ -180,6 +181,7 @@ class JanusConfig:
             language=language,
             name=str(raw.get("_name_or_path") or name),
             random_weights=bool(raw.get("random_weights", False)),
+            description=str(raw.get("description") or ""),
         )
 
     @classmethod
@@ -201,6 +203,7 @@ class JanusConfig:
             "architectures": ["MultiModalityCausalLM"],
             "_name_or_path": self.name,
             "random_weights": self.random_weights,
+            **({"description": self.description} if self.description else {}),
             "vision_config": {"cls": "CLIPVisionTower", "model_type": "vision",
                               "params": {"model_name": "siglip_large_patch16_384", "select_feature": "same",
                                          **asdict(self.vision)}},

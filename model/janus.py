@@ -91,6 +91,10 @@ class JanusModel(nn.Layer):
         (with last_only [B, 1, hidden], the last position, which is all that sampling the next token needs)."""
         return self.backbone.extend(embeds, cache, rows, last_only)
 
+    def causal_forward(self, embeds: paddle.Tensor) -> paddle.Tensor:
+        """Whole sequences without a cache (training): embeds [B, T, hidden] -> hidden [B, T, hidden]."""
+        return self.backbone.causal_forward(embeds)
+
     # image decoding
 
     def decode_pixels(self, tokens: paddle.Tensor) -> paddle.Tensor:

@@ -51,10 +51,11 @@ people? Yes, two people are walking a dog along the river path.
 """
 
 
-def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
+def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512, corpus: str = TINY_CORPUS) -> Path:
     """Train and write tokenizer.json, tokenizer_config.json and special_tokens_map.json; returns out_dir.
 
-    `vocab_size` counts the special tokens too; the embedded text supports sizes up to 967.
+    `vocab_size` counts the special tokens too; the embedded text supports sizes up to 967. `corpus`: the text the
+    byte-level BPE learns its merges from (a model trained on its own texts gets a tokenizer made from them).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,9 +70,9 @@ def build_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     tokenizer.decoder = decoders.ByteLevel()
     # No special tokens during training: they join the vocabulary afterwards, above the trained ids.
     trainer = trainers.BpeTrainer(vocab_size=trained_size, initial_alphabet=alphabet, show_progress=False)
-    tokenizer.train_from_iterator(TINY_CORPUS.splitlines(keepends=True), trainer=trainer)
+    tokenizer.train_from_iterator(corpus.splitlines(keepends=True), trainer=trainer)
     if tokenizer.get_vocab_size() != trained_size:
-        raise ValueError(f"the embedded text supports at most {tokenizer.get_vocab_size()} trained tokens; "
+        raise ValueError(f"the corpus supports at most {tokenizer.get_vocab_size()} trained tokens; "
                          f"vocab_size {vocab_size} needs {trained_size}")
     tokenizer.add_special_tokens(list(TINY_SPECIAL_TOKENS))
     bos_id = tokenizer.token_to_id(BOS_TOKEN)

@@ -1,0 +1,1 @@
+"""Training of the demo model: a small Janus on synthetic shapes (`python -m training`)."""

@@ -1,0 +1,55 @@
+"""Train the demo model: `python -m training --out DIR [--seed N] [--lm-steps N] [--decoder-steps N]`.
+
+Progress bars go to stderr, the loss log to DIR/training_log.txt, a summary to DIR/training.json. The default
+options are the ones the committed demo checkpoint (`model/demo_checkpoint/`) was trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = _options_class()()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint (created)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--decoder-steps", type=int, default=defaults.decoder_steps)
+    parser.add_argument("--lm-steps", type=int, default=defaults.lm_steps)
+    parser.add_argument("--codebook-pictures", type=int, default=defaults.codebook_pictures)
+    parser.add_argument("--generation-pool", type=int, default=defaults.generation_pool)
+    parser.add_argument("--check-pictures", type=int, default=defaults.check_pictures,
+                        help="held-out pictures for the check after training (0: skip it)")
+    args = parser.parse_args(argv)
+
+    from training.pipeline import Options, train_demo  # after the environment is set (see _options_class)
+
+    options = Options(seed=args.seed, decoder_steps=args.decoder_steps, lm_steps=args.lm_steps,
+                      codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
+                      decoded_pool=min(Options().decoded_pool, args.generation_pool),
+                      check_pictures=args.check_pictures)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "training_log.txt", "w") as log:
+        summary = train_demo(args.out, options, log=log)
+    print(f"checkpoint written to {args.out} in {summary['timings']['total_s'] / 60:.1f} min", file=sys.stderr)
+    for name, value in summary["quick_check"].items():
+        print(f"  {name}: {value:.0%}", file=sys.stderr)
+    return 0
+
+
+def _options_class() -> type:
+    # Paddle's own ops (they have gradients), and the thread settings, before anything imports paddle.
+    os.environ["JANUS_CPU_KERNELS"] = "off"
+    from model.runtime_env import apply_runtime_env
+
+    apply_runtime_env()
+    from training.pipeline import Options
+
+    return Options
+
+
+if __name__ == "__main__":
+    sys.exit(main())

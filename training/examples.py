@@ -1,0 +1,163 @@
+"""Training examples in exactly the form the service feeds the model.
+
+Prompts come from the project's own chat template and tokenizer (`model.chat_template`, `model.tokenizer`): a
+generation prompt is what `POST /generate` builds, an understanding prompt what `POST /understand` builds for one
+image and a question (with the default system prompt, or none), so what the model learns is what it is asked.
+Pictures for understanding go through the checkpoint's own image processor.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from model.chat_template import (
+    DEEPSEEK,
+    DEFAULT_SYSTEM_PROMPT,
+    IMAGE,
+    conversation_prompt,
+    expand_image_ids,
+    generation_prompt,
+)
+from model.image_processing import ImageProcessor
+from model.tokenizer import JanusTokenizer
+from training.patch_codebook import PatchCodebook
+from training.scenes import QUESTIONS, Scene, answer, prompt_for, question_for, random_scene, render
+
+DROP_PROMPT = 0.1  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
+NO_SYSTEM_PROMPT = 0.15  # understanding prompts without the default system prompt
+EARLIER_TURN = 0.15  # understanding prompts with one question and answer about the picture before
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationExample:
+    prompt_ids: list[int]  # BOS ... <begin_of_image>
+    image_tokens: np.ndarray  # [grid * grid]
+
+
+@dataclass(frozen=True, slots=True)
+class UnderstandingExample:
+    prompt_ids: list[int]  # image placeholders expanded
+    pixels: np.ndarray  # [3, S, S] float32, the processor's output
+    answer_ids: list[int]  # the answer's tokens and the end-of-sentence token
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    tokenizer: JanusTokenizer
+    processor: ImageProcessor
+    codebook: PatchCodebook
+    vision_tokens: int  # placeholder positions per input image
+
+    def generation_ids(self, prompt: str, drop: bool = False) -> list[int]:
+        ids = self.tokenizer.encode_prompt(generation_prompt(prompt, DEEPSEEK))
+        if drop:  # as the engine builds the unconditional row: BOS, padding, <begin_of_image>
+            ids = [ids[0], *[self.tokenizer.pad_id] * (len(ids) - 2), ids[-1]]
+        return ids
+
+    def understanding_ids(self, turns: list[tuple[str, str]], question: str, system: bool) -> list[int]:
+        """The picture before the first question (`IMAGE` then a line break, the reference layout), earlier
+        (question, answer) turns, then the question."""
+        messages: list[tuple[str, object]] = []
+        for index, (asked, answered) in enumerate([*turns, (question, "")]):
+            content = (IMAGE, "\n", asked) if index == 0 else asked
+            messages.append(("user", content))
+            if answered:
+                messages.append(("assistant", answered))
+        prompt = conversation_prompt(messages, DEEPSEEK, DEFAULT_SYSTEM_PROMPT if system else "")  # type: ignore[arg-type]
+        tok = self.tokenizer
+        return expand_image_ids(tok.encode_prompt(prompt), tok.image_id, tok.boi_id, tok.eoi_id, self.vision_tokens)
+
+    def answer_ids(self, text: str) -> list[int]:
+        """What the model writes after `<|Assistant|>:`: a space, the answer, the end of its turn."""
+        return [*self.tokenizer.encode_plain(" " + text), self.tokenizer.eos_id]
+
+
+def generation_example(codec: Codec, scene: Scene, tokens: np.ndarray, rng: np.random.Generator) -> GenerationExample:
+    return GenerationExample(codec.generation_ids(prompt_for(scene, rng), drop=rng.random() < DROP_PROMPT), tokens)
+
+
+def understanding_example(codec: Codec, rng: np.random.Generator,
+                          picture: Image.Image | None = None, scene: Scene | None = None) -> UnderstandingExample:
+    """A question about a picture: drawn here from a random scene (`scene` given with `picture`: that picture,
+    e.g. one the VQ decoder drew)."""
+    if scene is None:
+        scene = random_scene(rng, coloured_background=0.3, jitter_colours=rng.random() < 0.7)
+    if picture is None:
+        picture = varied_picture(scene, rng)
+    topics = list(QUESTIONS)
+    topic = topics[rng.integers(len(topics))]
+    turns = []
+    if rng.random() < EARLIER_TURN:
+        before = topics[rng.integers(len(topics))]
+        turns.append((question_for(before, rng), answer(scene, before)))
+    ids = codec.understanding_ids(turns, question_for(topic, rng), system=rng.random() >= NO_SYSTEM_PROMPT)
+    pixels = codec.processor([picture])[0]
+    return UnderstandingExample(ids, pixels, codec.answer_ids(answer(scene, topic)))
+
+
+def varied_picture(scene: Scene, rng: np.random.Generator) -> Image.Image:
+    """The scene as pictures come from elsewhere: any size from thumbnails up, sometimes not square, sometimes
+    JPEG-compressed."""
+    side = int(rng.integers(40, 220))
+    width = height = side
+    if rng.random() < 0.3:
+        ratio = float(rng.uniform(0.6, 1.6))
+        width, height = max(16, int(side * ratio)), side
+    picture = render(scene, width, height)
+    if rng.random() < 0.3:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=int(rng.integers(30, 95)))
+        picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return picture
+
+
+@dataclass(slots=True)
+class GenerationBatch:
+    ids: np.ndarray  # [B, T] int64: the prompt ids, then zeros where image tokens go
+    image_inputs: np.ndarray  # [B * (tokens - 1)] the image tokens fed as inputs
+    image_positions: np.ndarray  # [B * (tokens - 1)] their places in the flattened [B * T]
+    target_positions: np.ndarray  # [B * tokens] flattened positions whose hidden state predicts each token
+    targets: np.ndarray  # [B * tokens]
+
+
+@dataclass(slots=True)
+class UnderstandingBatch:
+    ids: np.ndarray  # [B, T] int64: prompt then answer (the last answer token is only a target), right-padded
+    pixels: np.ndarray  # [B, 3, S, S]
+    target_positions: np.ndarray
+    targets: np.ndarray
+
+
+def generation_batch(examples: list[GenerationExample]) -> GenerationBatch:
+    count = len(examples[0].image_tokens)
+    T = max(len(e.prompt_ids) for e in examples) + count - 1
+    ids = np.zeros((len(examples), T), np.int64)
+    inputs, positions, target_positions, targets = [], [], [], []
+    for b, example in enumerate(examples):
+        P = len(example.prompt_ids)
+        ids[b, :P] = example.prompt_ids
+        inputs.append(example.image_tokens[:-1])
+        positions.append(b * T + P + np.arange(count - 1))
+        target_positions.append(b * T + P - 1 + np.arange(count))
+        targets.append(example.image_tokens)
+    return GenerationBatch(ids, *(np.concatenate(x).astype(np.int64) for x in (inputs, positions, target_positions,
+                                                                               targets)))
+
+
+def understanding_batch(examples: list[UnderstandingExample]) -> UnderstandingBatch:
+    T = max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
+    ids = np.zeros((len(examples), T), np.int64)
+    target_positions, targets = [], []
+    for b, example in enumerate(examples):
+        sequence = example.prompt_ids + example.answer_ids[:-1]
+        ids[b, :len(sequence)] = sequence
+        P = len(example.prompt_ids)
+        target_positions.append(b * T + P - 1 + np.arange(len(example.answer_ids)))
+        targets.append(example.answer_ids)
+    return UnderstandingBatch(ids, np.stack([e.pixels for e in examples]),
+                              np.concatenate(target_positions).astype(np.int64),
+                              np.concatenate(targets).astype(np.int64))

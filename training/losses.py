@@ -1,0 +1,37 @@
+"""The two training objectives, computed with the network's own inference primitives (`model.janus`) so that what
+is trained is exactly what the service runs.
+
+- Generation: the prompt, then the image tokens fed back through `gen_embed` + `gen_aligner`; every position from
+  `<begin_of_image>` on predicts the next image token through `gen_head`.
+- Understanding: the prompt with the picture's aligned vision features at its placeholders, then the answer;
+  every position from `<|Assistant|>:` on predicts the next answer token through `lm_head`.
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+
+from model.janus import JanusModel
+from training.examples import GenerationBatch, UnderstandingBatch
+
+
+def generation_loss(model: JanusModel, batch: GenerationBatch) -> paddle.Tensor:
+    B, T = batch.ids.shape
+    embeds = model.embed_text(paddle.to_tensor(batch.ids))
+    C = embeds.shape[-1]
+    images = model.embed_image_tokens(paddle.to_tensor(batch.image_inputs))  # [B * (tokens - 1), C]
+    flat = paddle.scatter(embeds.reshape([B * T, C]), paddle.to_tensor(batch.image_positions), images)
+    hidden = model.causal_forward(flat.reshape([B, T, C])).reshape([B * T, C])
+    logits = model.image_logits(paddle.gather(hidden, paddle.to_tensor(batch.target_positions)))
+    return F.cross_entropy(logits, paddle.to_tensor(batch.targets)[:, None])
+
+
+def understanding_loss(model: JanusModel, batch: UnderstandingBatch, image_id: int) -> paddle.Tensor:
+    B, T = batch.ids.shape
+    ids = paddle.to_tensor(batch.ids)
+    embeds = model.embed_prompt(ids, model.encode_images(paddle.to_tensor(batch.pixels)), image_id)
+    C = embeds.shape[-1]
+    hidden = model.causal_forward(embeds).reshape([B * T, C])
+    logits = model.text_logits(paddle.gather(hidden, paddle.to_tensor(batch.target_positions)))
+    return F.cross_entropy(logits, paddle.to_tensor(batch.targets)[:, None])

@@ -1,0 +1,175 @@
+"""The whole training of the demo model, stage by stage, from a seed to a checkpoint folder.
+
+1. tokenizer: byte-level BPE on the grammar's texts (`demo_config.tokenizer_corpus`);
+2. image tokens: a k-means codebook of 8 x 8 patches of generated-style pictures (`patch_codebook`);
+3. VQ decoder: learns to draw the pictures back from their tokens (`decoder_training`);
+4. the rest, jointly: vision encoder, aligners, language model and both heads, on generation and understanding
+   examples in every step (`examples`, `losses`);
+5. a quick check with the plain reference loops (`model.reference`), then the checkpoint (`export`).
+
+Same seed, same machine: same weights. The CPU kernels are switched off (Paddle's own ops have gradients); the
+caller sets JANUS_CPU_KERNELS=off before anything imports the model (`training.__main__` does).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from model.image_processing import ImageProcessor
+from model.janus import JanusModel, pixels_to_uint8
+from model.tokenizer import JanusTokenizer
+from model.tokenizer_builder import build_tiny_tokenizer, write_preprocessor_config
+from training.decoder_training import train_decoder
+from training.demo_config import DESCRIPTION, demo_config, tokenizer_corpus
+from training.examples import (
+    Codec,
+    generation_batch,
+    generation_example,
+    understanding_batch,
+    understanding_example,
+)
+from training.export import write_checkpoint
+from training.losses import generation_loss, understanding_loss
+from training.optimisation import Progress, init_transformer_weights, optimiser, seed_convolutions
+from training.patch_codebook import PatchCodebook, train_codebook
+from training.quick_check import quick_check
+from training.scenes import random_scene, render
+
+GENERATION_BACKGROUNDS = 0.15  # share of generation pictures on a coloured background
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    seed: int = 0
+    codebook_pictures: int = 4000
+    codebook_iterations: int = 15
+    decoder_steps: int = 1200
+    decoder_batch: int = 8
+    generation_pool: int = 20000  # scenes whose image tokens the language model learns to draw
+    decoded_pool: int = 2000  # of those, pictures drawn by the trained decoder, for understanding
+    lm_steps: int = 1500
+    generation_batch: int = 16
+    understanding_batch: int = 16
+    lm_lr: float = 1e-3
+    check_pictures: int = 60  # held-out pictures for the quick check (0: none)
+
+
+def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
+    """Train and write the checkpoint to `out`; returns the summary also written to out/training.json."""
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(options.seed)
+    paddle.seed(options.seed)
+    timings: dict[str, float] = {}
+    cfg = demo_config()
+    cfg.description = DESCRIPTION
+
+    # tokenizer
+    build_tiny_tokenizer(out, cfg.language.vocab_size, tokenizer_corpus())
+    tokenizer = JanusTokenizer.from_dir(out)
+    write_preprocessor_config(out, cfg.vision.image_size)
+
+    # image tokens
+    mark = time.perf_counter()
+    size = cfg.gen_vision.image_size
+    scenes = [random_scene(rng, coloured_background=GENERATION_BACKGROUNDS) for _ in range(options.codebook_pictures)]
+    pictures = np.stack([np.asarray(render(s, size)) for s in scenes])
+    grid = cfg.gen_vision.grid
+    codebook = train_codebook(pictures, cfg.gen_vision.image_token_size, grid, size // grid, rng,
+                              options.codebook_iterations)
+    timings["codebook_s"] = time.perf_counter() - mark
+
+    # VQ decoder
+    mark = time.perf_counter()
+    model = JanusModel(cfg)
+    seed_convolutions(model.gen_vision_model, rng)
+    model.gen_vision_model.quantize.embedding.weight.set_value(codebook_embedding(codebook))
+    decoder_history = train_decoder(model.gen_vision_model, codebook.encode(pictures), pictures,
+                                    options.decoder_steps, options.decoder_batch, rng, log=log)
+    timings["decoder_s"] = time.perf_counter() - mark
+
+    # the language model, the vision encoder and everything around them
+    mark = time.perf_counter()
+    pool = [random_scene(rng, coloured_background=GENERATION_BACKGROUNDS) for _ in range(options.generation_pool)]
+    pool_tokens = codebook.encode(np.stack([np.asarray(render(s, size)) for s in pool]))
+    drawn = decoded_pictures(model, pool_tokens[:options.decoded_pool])
+    processor = ImageProcessor.from_dir(out)
+    codec = Codec(tokenizer, processor, codebook, cfg.vision.num_tokens)
+    init_transformer_weights(model, rng, cfg.language.num_hidden_layers)
+    lm_history = train_language_model(model, codec, pool, pool_tokens, drawn, options, rng, log)
+    timings["lm_s"] = time.perf_counter() - mark
+
+    check = {}
+    if options.check_pictures:
+        mark = time.perf_counter()
+        check = quick_check(model, codec, np.random.default_rng(options.seed + 1), options.check_pictures)
+        timings["check_s"] = time.perf_counter() - mark
+    write_checkpoint(model, out, out)
+    timings["total_s"] = time.perf_counter() - started
+    summary = {"options": asdict(options), "timings": timings, "quick_check": check,
+               "losses": {"decoder": decoder_history[-1:], "lm": lm_history[-1:]}}
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def codebook_embedding(codebook: PatchCodebook) -> np.ndarray:
+    """The decoder's 8-dimensional codebook entries, started where they already mean something: each patch's mean
+    colour (scaled to [-1, 1]) and its first five principal components of what is left (the edge's shape). A
+    decoder started from random entries first spends hundreds of steps finding out which token is which colour."""
+    centroids = codebook.centroids
+    mean = centroids.reshape(len(centroids), -1, 3).mean(axis=1)
+    rest = centroids - np.tile(mean, codebook.patch * codebook.patch)
+    rest -= rest.mean(axis=0)
+    _, singular, axes = np.linalg.svd(rest, full_matrices=False)
+    parts = rest @ axes[:5].T / (singular[:5] / np.sqrt(len(centroids)))
+    return np.concatenate([mean * 2 - 1, parts], axis=1).astype(np.float32)
+
+
+def decoded_pictures(model: JanusModel, tokens: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 pictures [N, S, S, 3] as the trained decoder draws them (what the service returns for these tokens)."""
+    out = []
+    with paddle.no_grad():
+        for start in range(0, len(tokens), batch):
+            pixels = model.decode_pixels(paddle.to_tensor(tokens[start:start + batch]))
+            out.append(pixels_to_uint8(pixels.numpy().transpose(0, 2, 3, 1)))
+    return np.concatenate(out) if out else np.zeros((0,), np.uint8)
+
+
+DECODED_SHARE = 0.2  # understanding examples whose picture is one the decoder drew
+
+
+def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_tokens: np.ndarray, drawn: np.ndarray,
+                         options: Options, rng: np.random.Generator, log: TextIO | None) -> list[dict]:
+    parameters = [p for name, p in model.named_parameters() if not name.startswith("gen_vision_model.")]
+    opt, schedule = optimiser(parameters, options.lm_steps, options.lm_lr, warmup=max(1, options.lm_steps // 30))
+    progress = Progress("model", options.lm_steps, log=log)
+    image_id = codec.tokenizer.image_id
+    model.train()
+    for step in range(options.lm_steps):
+        chosen = rng.integers(len(pool), size=options.generation_batch)
+        generation = generation_batch([generation_example(codec, pool[i], pool_tokens[i], rng) for i in chosen])
+        examples = []
+        for _ in range(options.understanding_batch):
+            if len(drawn) and rng.random() < DECODED_SHARE:
+                index = int(rng.integers(len(drawn)))
+                examples.append(understanding_example(codec, rng, Image.fromarray(drawn[index]), pool[index]))
+            else:
+                examples.append(understanding_example(codec, rng))
+        understanding = understanding_batch(examples)
+        drawing = generation_loss(model, generation)
+        answering = understanding_loss(model, understanding, image_id)
+        (drawing + answering).backward()
+        opt.step()
+        opt.clear_grad()
+        schedule.step()
+        progress.update(step, generation=float(drawing), understanding=float(answering))
+    model.eval()
+    return progress.history
