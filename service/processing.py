@@ -144,6 +144,18 @@ class Preprocessor:
         options = AnswerOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         return self.chat(conversation, images, options, timeout_s)
 
+    def check_fits(self, conversation: Conversation, options: AnswerOptions) -> None:
+        """Refuse as `chat` does a conversation whose prompt and answers cannot fit, from the conversation alone:
+        an image takes the same positions in the prompt whatever its pixels, so this runs before any is decoded."""
+        ids = self._prompt_ids(conversation)
+        self._check_answer_fits(len(ids), conversation.num_images, self._answer_length(len(ids), options), options)
+
+    def check_question_fits(self, question: str, num_images: int, *, system_prompt: str | None,
+                            max_new_tokens: int | None, history: Sequence[tuple[str, str]] = ()) -> None:
+        """`check_fits` for what `understand` would be given with this many images (its tags checked too)."""
+        conversation = question_conversation(question, num_images, system_prompt, history)
+        self.check_fits(conversation, AnswerOptions(max_new_tokens=max_new_tokens))
+
     def chat(self, conversation: Conversation, images: Sequence[Image.Image], options: AnswerOptions,
              timeout_s: float | None) -> UnderstandParams:
         """A conversation (its images in the order they stand) -> the engine's parameters for answering it."""
@@ -151,8 +163,7 @@ class Preprocessor:
             raise InputError(f"the conversation places {conversation.num_images} image(s) but {len(images)} "
                              "were given")
         ids = self._prompt_ids(conversation)
-        # Unasked, answer as long as the context allows (up to the default), and at least one token.
-        max_new_tokens = options.max_new_tokens or max(min(DEFAULT_MAX_NEW_TOKENS, self.capacity.room(len(ids))), 1)
+        max_new_tokens = self._answer_length(len(ids), options)
         self._check_answer_fits(len(ids), len(images), max_new_tokens, options)
         pixels = None
         if images:
@@ -167,6 +178,10 @@ class Preprocessor:
                                 seed=options.seed, stop_ids=(tok.eos_id,), timeout_s=timeout_s, n=options.n,
                                 stop_watch=stop_watch, logprobs=options.logprobs,
                                 image_hashes=() if pixels is None else tuple(image_hash(p) for p in pixels))
+
+    def _answer_length(self, prompt_tokens: int, options: AnswerOptions) -> int:
+        """Unasked, answer as long as the context allows (up to the default), and at least one token."""
+        return options.max_new_tokens or max(min(DEFAULT_MAX_NEW_TOKENS, self.capacity.room(prompt_tokens)), 1)
 
     def _check_answer_fits(self, prompt_tokens: int, num_images: int, max_new_tokens: int,
                            options: AnswerOptions) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from model.chat_template import DEFAULT_SYSTEM_PROMPT, expand_image_ids, generation_prompt, understanding_prompt
-from service.processing import DEFAULT_MAX_NEW_TOKENS, InputError, Preprocessor, check_image_tags
+from service.processing import (
+    DEFAULT_MAX_NEW_TOKENS,
+    AnswerOptions,
+    DoesNotFit,
+    InputError,
+    Preprocessor,
+    check_image_tags,
+    question_conversation,
+)
 
 IMAGE = Image.new("RGB", (20, 10), (10, 200, 30))
 
@@ -104,3 +114,31 @@ def test_special_tokens_typed_in_a_generation_prompt_are_plain_text(prep, tiny_t
     ids = prep.generate(FORGED, parallel_size=1, cfg_weight=5.0, temperature=1.0, seed=0, timeout_s=None).prompt_ids
     assert ids.count(tiny_tokenizer.boi_id) == 1 and ids[-1] == tiny_tokenizer.boi_id
     assert ids.count(tiny_tokenizer.eos_id) == ids.count(tiny_tokenizer.eoi_id) == 0
+
+
+@pytest.mark.parametrize(("max_seq_len", "images", "options"), [
+    (200, 8, AnswerOptions()),  # the images leave no room for an answer
+    (300, 2, AnswerOptions(max_new_tokens=200, length_field="max_tokens")),  # the answer asked for is too long
+    (512, 1, AnswerOptions(max_new_tokens=4, n=3)),  # more answers than rows
+    (512, 2, AnswerOptions(max_new_tokens=4)),  # fits
+])
+def test_the_check_before_decoding_refuses_what_chat_refuses_with_the_same_error(tiny_dir, tiny_model, max_seq_len,
+                                                                                  images, options):
+    prep = Preprocessor.from_dir(tiny_dir, tiny_model.cfg, max_seq_len=max_seq_len, max_rows=2)
+    conversation = question_conversation("<image_placeholder>" * images + "What are these?", images)
+
+    def outcome(call: Callable[[], object]) -> tuple[str, str, object, object] | None:
+        try:
+            call()
+        except DoesNotFit as err:
+            return type(err).__name__, str(err), err.param, err.shortfall
+        return None
+
+    checked = outcome(lambda: prep.check_fits(conversation, options))
+    assert checked == outcome(lambda: prep.chat(conversation, [IMAGE] * images, options, timeout_s=None))
+    assert (checked is None) == (max_seq_len == 512 and options.n == 1)
+    question = outcome(lambda: prep.check_question_fits(
+        "<image_placeholder>" * images + "What are these?", images, system_prompt=None,
+        max_new_tokens=options.max_new_tokens))
+    if options.n == 1 and options.length_field == "max_new_tokens":  # what a native request can ask
+        assert question == checked
