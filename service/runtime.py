@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.config import JanusConfig
+from service.api.image_budget import PixelBudget
 from service.engine import Engine, EngineConfig
 from service.metrics import Metrics
 from service.processing import Preprocessor
@@ -48,6 +49,7 @@ class Runtime:
     preprocessor: Preprocessor
     metrics: Metrics
     info: ModelInfo
+    image_budget: PixelBudget  # pixels of uploaded images being decoded at once
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -81,4 +83,5 @@ class Runtime:
         metrics.set_model(info.name, dtype, settings.device, random_weights)
         log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
                  report.weights, settings.device, report.seconds, report.source, preprocessor.template.name)
-        return cls(settings, engine, preprocessor, metrics, info)
+        return cls(settings, engine, preprocessor, metrics, info,
+                   PixelBudget(settings.max_decoding_pixels, settings.max_waiting))

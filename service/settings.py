@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * MiB, ge=1024, description="Largest request body (413).")
     max_image_bytes: int = Field(16 * MiB, ge=1024, description="Largest encoded image (413).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image, width x height (413).")
+    max_decoding_pixels: int = Field(
+        120_000_000, ge=1, description="Pixels of uploaded images being decoded at once, across requests (about 4 "
+                                       "bytes each); past it requests wait their turn (429 past max_waiting of "
+                                       "them). A larger image decodes alone.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

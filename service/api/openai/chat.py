@@ -18,11 +18,11 @@ from fastapi.responses import StreamingResponse
 
 from service.api.auth import Authenticated
 from service.api.deps import ReadyRuntimeDep
-from service.api.errors import ApiError, error_body
-from service.api.images import ImageLimits, decode_base64, decode_image
+from service.api.errors import error_body
+from service.api.image_inputs import ImageInput, decode_images
 from service.api.openai import chat_docs
 from service.api.openai.chat_logprobs import ContentLogprobs
-from service.api.openai.chat_messages import read_messages
+from service.api.openai.chat_messages import ChatInput, read_messages
 from service.api.openai.chat_protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -69,7 +69,7 @@ async def create_chat_completion(request: Request, response: Response,
     body.unsupported()
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     try:
-        params = await asyncio.to_thread(_prepare, runtime, body, seed)
+        params = await _prepare(runtime, body, seed)
     except DoesNotFit as err:
         raise ContextLengthExceeded.check(err) from None
     handle = runtime.engine.submit(params, stream=bool(body.stream))
@@ -85,25 +85,28 @@ async def create_chat_completion(request: Request, response: Response,
     return _completion(runtime, reply, result)
 
 
-def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> UnderstandParams:
-    """Decode the images and build the engine's parameters (CPU work, off the event loop)."""
-    chat = read_messages(body.messages)
-    settings = runtime.settings
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-    images = []
-    for url, where in chat.images:
-        try:
-            images.append(decode_image(decode_base64(url, where, limits), where, limits))
-        except ApiError as err:  # a bad image (400) or one over the limits (413): name the part it came in
-            err.param = f"{where}.image_url.url"  # type: ignore[attr-defined]
-            raise
+async def _prepare(runtime: Runtime, body: ChatCompletionRequest, seed: int) -> UnderstandParams:
+    """Check that the conversation fits before any image is decoded, decode its images within the server's pixel
+    budget, then build the engine's parameters (CPU work, off the event loop)."""
     options = AnswerOptions(
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=0.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, seed=seed, n=body.n or 1, stop=body.stop_texts,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         length_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens", prompt_field="messages")
-    return runtime.preprocessor.chat(chat.conversation, images, options, timeout_s=settings.request_timeout_s)
+    prep = runtime.preprocessor
+
+    def read_and_check() -> ChatInput:
+        chat = read_messages(body.messages)
+        prep.check_fits(chat.conversation, options)
+        return chat
+
+    chat = await asyncio.to_thread(read_and_check)
+    # A bad image (400) or one over the limits (413) names the part it came in.
+    images = await decode_images(runtime, [ImageInput(url, where, f"{where}.image_url.url")
+                                           for url, where in chat.images])
+    return await asyncio.to_thread(prep.chat, chat.conversation, images, options,
+                                   timeout_s=runtime.settings.request_timeout_s)
 
 
 def completion_id(request_id: str) -> str:

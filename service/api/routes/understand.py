@@ -14,7 +14,7 @@ from service.api.auth import Authenticated
 from service.api.bodies import UnderstandInput, read_understand
 from service.api.deps import ReadyRuntimeDep
 from service.api.errors import error_body
-from service.api.images import ImageLimits, decode_base64, decode_image
+from service.api.image_inputs import ImageInput, decode_images
 from service.api.protocol import MAX_SEED, RequestTimings, TextDelta, UnderstandResponse, Usage
 from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
 from service.engine.request import RequestHandle
@@ -65,7 +65,7 @@ async def understand_image_stream(request: Request, response: Response,
 async def _answer(request: Request, response: Response, runtime: Runtime, body: UnderstandInput,
                   stream: bool) -> UnderstandResponse | StreamingResponse:
     seed = body.options.seed if body.options.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    params = await asyncio.to_thread(_prepare, runtime, body, seed)
+    params = await _prepare(runtime, body, seed)
     handle = runtime.engine.submit(params, stream=stream)
     if stream:
         return docs.EventStreamResponse(_stream(runtime, handle, seed),
@@ -99,16 +99,16 @@ router.add_api_route("/understand/upload/stream", understand_image_stream, metho
                      responses=STREAM_RESPONSES, openapi_extra=docs.understand_upload_body())
 
 
-def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:
-    """Decode, check and preprocess the images and tokenize the prompt (CPU work, off the event loop)."""
-    settings = runtime.settings
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-    images = []
-    for number, raw in enumerate(body.images, start=1):
-        what = f"image {number}"
-        data = decode_base64(raw, what, limits) if isinstance(raw, str) else raw
-        images.append(decode_image(data, what, limits))
-    return body.options.to_params(runtime.preprocessor, images, seed, settings.request_timeout_s)
+async def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:
+    """Check that the request fits before any image is decoded, decode its images within the server's pixel
+    budget, then preprocess them and tokenize the prompt (CPU work, off the event loop)."""
+    options, prep = body.options, runtime.preprocessor
+    await asyncio.to_thread(prep.check_question_fits, options.question, len(body.images),
+                            system_prompt=options.system_prompt, max_new_tokens=options.max_new_tokens,
+                            history=options.turns())
+    images = await decode_images(runtime, [ImageInput(raw, f"image {number}")
+                                           for number, raw in enumerate(body.images, start=1)])
+    return await asyncio.to_thread(options.to_params, prep, images, seed, runtime.settings.request_timeout_s)
 
 
 def _response(runtime: Runtime, request_id: str, result: UnderstandResult, seed: int) -> UnderstandResponse:
