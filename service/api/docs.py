@@ -11,9 +11,11 @@ from starlette.responses import StreamingResponse
 from service.api.openai.image_protocol import ImageGenerationRequest
 from service.api.protocol import (
     MAX_IMAGES,
+    Decoding,
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    Preview,
     Progress,
     TextDelta,
     UnderstandOptions,
@@ -96,7 +98,8 @@ def ok_response(description: str, example: dict[str, Any], stream_example: str |
 
 UNDERSTAND_EVENTS: dict[str, type[BaseModel]] = {"delta": TextDelta, "done": UnderstandResponse,
                                                  "error": ErrorResponse}
-GENERATE_EVENTS: dict[str, type[BaseModel]] = {"progress": Progress, "done": GenerateResponse, "error": ErrorResponse}
+GENERATE_EVENTS: dict[str, type[BaseModel]] = {"progress": Progress, "preview": Preview, "decoding": Decoding,
+                                                "done": GenerateResponse, "error": ErrorResponse}
 
 
 def stream_response(description: str, events: dict[str, type[BaseModel]], example: str) -> dict[str, Any]:
@@ -162,7 +165,8 @@ def request_schemas() -> dict[str, Any]:
     the stream events' payloads."""
     schemas: dict[str, Any] = {}
     # (the events' other payloads are response models, which FastAPI documents itself)
-    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions, ImageGenerationRequest, TextDelta, Progress):
+    for model in (UnderstandRequest, GenerateRequest, UnderstandOptions, ImageGenerationRequest, TextDelta, Progress,
+                  Preview, Decoding):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

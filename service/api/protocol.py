@@ -15,6 +15,7 @@ from service.processing import MAX_IMAGES, Preprocessor, check_image_tags
 MAX_SEED = 2**32 - 1
 MAX_HISTORY = 64
 MAX_PARALLEL_SIZE = 16
+MAX_PREVIEWS = 3
 DEFAULT_JPEG_QUALITY = 90
 
 
@@ -124,6 +125,11 @@ class GenerateRequest(_Request):
     stream: bool = Field(False, description="Answer with Server-Sent Events: progress, then the images. Kept for "
                                             "existing clients: `POST /generate/stream` is the operation documented "
                                             "as a stream (there this field changes nothing).")
+    previews: int = Field(0, ge=0, le=MAX_PREVIEWS,
+                          description="Streams only: `preview` events with the images as drawn so far (positions "
+                                      "not yet drawn grey), at this many evenly spaced points of the drawing. "
+                                      "Each preview is a decode of every image, done while the drawing goes on; "
+                                      "one the drawing outpaces is skipped. Ignored without a stream.")
 
     prompt_not_blank = field_validator("prompt")(not_blank)
 
@@ -203,6 +209,25 @@ class Progress(BaseModel):
     id: str
     steps_done: int
     steps_total: int
+
+
+class Decoding(BaseModel):
+    """Stream event `decoding`: every image token is drawn and the images are being decoded (`done` follows)."""
+
+    id: str
+    images: int = Field(description="Images being decoded.")
+
+
+class Preview(BaseModel):
+    """Stream event `preview` (asked for with `previews`): every image of the request as drawn so far, positions
+    not yet drawn grey, encoded as the request's `format`."""
+
+    id: str
+    steps_done: int
+    steps_total: int
+    format: Literal["jpeg", "png"]
+    media_type: str
+    images: list[GeneratedImage]
 
 
 class HealthResponse(BaseModel):

@@ -210,13 +210,16 @@ def test_generated_client_streams_through_the_stream_operations_as_text_with_the
     plain = module("api.inference.understand_image").sync(client=client, body=body)
     assert isinstance(plain, models.UnderstandResponse) and plain.text == answer.text
 
-    request = models.GenerateRequest(prompt="a red fox", seed=4, format_=models.GenerateRequestFormat.PNG)
+    request = models.GenerateRequest(prompt="a red fox", seed=4, format_=models.GenerateRequestFormat.PNG, previews=1)
     streamed = module("api.inference.generate_images_stream").sync(client=client, body=request)
     assert isinstance(streamed, str), streamed
-    *progress, (last, done) = _events(streamed)
-    assert progress and all(name == "progress" for name, _ in progress) and last == "done"
-    steps = [models.Progress.from_dict(data) for _, data in progress]
+    *drawing, (decoding, decoded), (last, done) = _events(streamed)
+    assert drawing and {name for name, _ in drawing} <= {"progress", "preview"} and last == "done"
+    assert decoding == "decoding" and models.Decoding.from_dict(decoded).images == 1
+    steps = [models.Progress.from_dict(data) for name, data in drawing if name == "progress"]
     assert steps[-1].steps_done == steps[-1].steps_total
+    for preview in (models.Preview.from_dict(data) for name, data in drawing if name == "preview"):
+        assert preview.steps_done < preview.steps_total and len(preview.images) == 1
     images = models.GenerateResponse.from_dict(done)
     plain_images = module("api.inference.generate_images").sync(client=client, body=request)
     assert [image.data for image in images.images] == [image.data for image in plain_images.images]

@@ -58,7 +58,7 @@ SCHEMA = schemathesis.openapi.from_path(SPEC_PATH, config=CONFIG)
 OPERATIONS = [(method.upper(), path) for path, item in SPEC["paths"].items() for method in item]
 WITH_BODY = [(method, path) for method, path in OPERATIONS if "requestBody" in SPEC["paths"][path][method.lower()]]
 STREAM_EVENTS = {"/understand/stream": {"delta"}, "/understand/upload/stream": {"delta"},
-                 "/generate/stream": {"progress"}}
+                 "/generate/stream": {"progress", "preview", "decoding"}}
 # The plain operations whose request has a `stream` field (see above).
 PLAIN_WITH_STREAM_FIELD = {"/understand", "/understand/upload", "/generate"}
 API_KEY = "fuzz-key-0123456789"
@@ -146,7 +146,8 @@ def _check_openai_image_stream(content: bytes) -> None:
 
 
 def _check_stream(path: str, status: int, content: bytes) -> None:
-    """A 200 event stream: progress or delta events, then exactly one final `done` (or a 4xx `error`)."""
+    """A 200 event stream: progress, preview and decoding or delta events, then exactly one final `done` (or a 4xx
+    `error`)."""
     if path == "/v1/images/generations":
         _check_openai_image_stream(content)
         return

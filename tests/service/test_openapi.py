@@ -18,7 +18,8 @@ STREAMS = {
     ("/understand/stream", "post"): {"delta": "TextDelta", "done": "UnderstandResponse", "error": "ErrorResponse"},
     ("/understand/upload/stream", "post"): {"delta": "TextDelta", "done": "UnderstandResponse",
                                             "error": "ErrorResponse"},
-    ("/generate/stream", "post"): {"progress": "Progress", "done": "GenerateResponse", "error": "ErrorResponse"},
+    ("/generate/stream", "post"): {"progress": "Progress", "preview": "Preview", "decoding": "Decoding",
+                                   "done": "GenerateResponse", "error": "ErrorResponse"},
 }
 
 

@@ -33,8 +33,9 @@ def test_generate_stream_sends_progress_then_the_images_even_without_stream_true
     with client.stream("POST", "/generate/stream", json=body) as reply:
         assert reply.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(reply.iter_lines()))
-    assert [e.event for e in events[:-1]] == ["progress"] * (len(events) - 1) and events[-1].event == "done"
-    assert events[-2].data["steps_done"] == events[-2].data["steps_total"]
+    assert [e.event for e in events[:-2]] == ["progress"] * (len(events) - 2)
+    assert [e.event for e in events[-2:]] == ["decoding", "done"]
+    assert events[-3].data["steps_done"] == events[-3].data["steps_total"]
     assert events[-1].data["images"] == plain["images"]
 
 
