@@ -169,9 +169,8 @@ class DecodeGate:
 
 
 def plain_decode(engine: Any, tokens: np.ndarray) -> np.ndarray:
-    """The model's own `decode_images`, called directly (outside the engine), with the thread budget the engine's
-    image decoder uses: MKL and OpenMP sum in an order that depends on the thread count, which can move the last
-    bit of a pixel value."""
+    """The model's own `decode_images`, called directly (outside the engine), in a thread with the budget the
+    engine's image decoder has beside running requests (the pixels do not depend on it: an independent decode)."""
     import paddle
 
     from service.engine.cpu_threads import set_thread_budget
