@@ -1,6 +1,6 @@
 """Generation in the page: progress from the stream, the requested number of images (the same as the API gives for
 the same seed), each downloadable, the seed shown; cancel frees the server's rows; waiting is shown while queued;
-a bad value shows the server's own message."""
+a bad value shows the server's message in the form's words."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_an_empty_seed_lets_the_server_choose_one_and_the_page_shows_it(server, 
     assert 0 <= seed <= 2**32 - 1
 
 
-def test_a_bad_value_shows_the_servers_message(server, tab):
+def test_a_bad_value_shows_the_servers_message_in_the_forms_words(server, tab):
     watched = tab(server)
     watched.expected_statuses.add(422)
     page = watched.open().page
@@ -109,9 +109,11 @@ def test_a_bad_value_shows_the_servers_message(server, tab):
     error.wait_for()
     body = {"prompt": "a fox", "parallel_size": 0, "cfg_weight": 5, "seed": 1, "temperature": 1, "format": "png",
             "stream": True}
-    message = httpx.post(f"{server.url}/generate", json=body).json()["error"]["message"]
-    assert "parallel_size" in message
-    assert error.inner_text() == f"The server said (422): {message}."
+    details = httpx.post(f"{server.url}/generate", json=body).json()["error"]["details"]
+    assert [d["loc"] for d in details] == ["body.parallel_size"]
+    # the server's complaint, about the field the form labels "Images"
+    assert details[0]["message"] == "Input should be greater than or equal to 1"
+    assert error.inner_text() == "The server said (422): Images must be at least 1."
     assert page.get_by_role("button", name="Generate", exact=True).is_enabled()
     assert page.get_by_role("list", name="Generated images").get_by_role("img").count() == 0
     watched.screenshot("generate-bad-input")

@@ -209,3 +209,20 @@ def test_an_error_in_the_middle_of_the_answer_shows_the_servers_message(make_ser
     expect(page.locator("#understand-error")).to_have_text("The server said: the request did not finish within 0.5 s.")
     assert answers(page) == [] and box.input_value() == "Hello?"
     assert page.get_by_role("button", name="Ask").is_enabled()
+
+
+def test_a_bad_option_names_the_forms_label(server, tab):
+    watched = tab(server)
+    page = watched.open().page
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Hi?"}], "temperature": 5, "stream": True})
+    watched.expected_statuses.add(reply.status_code)
+    assert reply.json()["error"]["param"] == "temperature"  # OpenAI's body names the field in `param`
+    panel = page.get_by_role("tabpanel", name="Ask about images")
+    panel.locator("details.options summary").click()
+    panel.get_by_label("Temperature", exact=True).fill("5")
+    box = page.get_by_role("textbox", name="Question")
+    box.fill("Hi?")
+    box.press("Enter")
+    expect(page.locator("#understand-error")).to_have_text(
+        f"The server said ({reply.status_code}): Temperature must be at most 2.")

@@ -7,12 +7,13 @@ const KEY_STORAGE = "janus-serve.api-key";
 export const apiRoot = new URL("../", document.baseURI);
 
 export class ApiError extends Error {
-  constructor(status, message, { type = null, details = null, retryAfter = null } = {}) {
+  constructor(status, message, { type = null, details = null, param = null, retryAfter = null } = {}) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.type = type;
     this.details = details;
+    this.param = param;
     this.retryAfter = retryAfter;
   }
 }
@@ -67,6 +68,7 @@ async function errorOf(response) {
     // the native body names its kind `type`; OpenAI's body (routes under /v1) names it `code`
     type: error ? error.code || error.type : null,
     details: error ? error.details || null : null,
+    param: error ? error.param || null : null,  // OpenAI's body: the field at fault
     retryAfter: response.headers.get("Retry-After"),
   });
 }
@@ -132,13 +134,52 @@ export async function queuedRequests(signal) {
   }
 }
 
-// An error in plain words for the page.
-export function describe(error) {
+// A field's complaint in a form's words: "Input should be less than or equal to 16" -> "must be at most 16".
+function plainComplaint(message) {
+  return message
+    .replace(/^Value error, /, "")
+    .replace(/^(Input should|must) be less than or equal to /, "must be at most ")
+    .replace(/^(Input should|must) be greater than or equal to /, "must be at least ")
+    .replace(/^Input should be /, "must be ")
+    .replace(/^String should have at least 1 character$/, "must not be empty");
+}
+
+// The field names of a request (`parallel_size`, `body.cfg_weight`) replaced by the form's labels for them, where a
+// message names them in its text. Only names no reader would take for a word (with an underscore, or the `body.`
+// of a location): "the prompt is empty" stays as it is.
+function labelled(text, labels) {
+  let out = text;
+  for (const [field, label] of Object.entries(labels)) {
+    const name = field.includes("_") ? `(?:body\\.)?${field}` : `body\\.${field}`;
+    out = out.replace(new RegExp(`\\b${name}\\b`, "g"), `“${label}”`);
+  }
+  return out;
+}
+
+// The error in a form's words: each field at fault named by its label (`labels`: request field -> label), as in
+// "Images must be at most 16"; fields the form does not have keep the server's name for them.
+function inFormTerms(error, labels) {
+  const complaint = (field, message) => {
+    const label = labels[field];
+    if (label) return `${label} ${plainComplaint(message)}`;
+    const plain = plainComplaint(message);
+    return labelled(field && field !== "body" ? `${field}: ${plain}` : plain, labels);
+  };
+  if (error.details && error.details.length) {
+    return error.details.map((d) => complaint((d.loc || "").replace(/^body\./, ""), d.message)).join("; ");
+  }
+  // OpenAI's body names one field, `param`, and its message starts with it ("max_tokens: must be ...")
+  if (error.param && labels[error.param] && error.message.startsWith(`${error.param}: `)) {
+    return complaint(error.param, error.message.slice(error.param.length + 2));
+  }
+  return labelled(error.message, labels);
+}
+
+// An error in plain words for the page; `labels` (request field -> the form's label) words field errors as the
+// form that sent the request names its fields.
+export function describe(error, labels = {}) {
   if (error instanceof ApiError) {
-    let text = error.message;
-    if (error.details && error.details.length > 1) {
-      text = error.details.map((d) => (d.loc ? `${d.loc}: ${d.message}` : d.message)).join("; ");
-    }
+    const text = inFormTerms(error, labels);
     const hints = {
       401: "Enter the server's API key (button at the top).",
       429: "The server is busy.",

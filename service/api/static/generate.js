@@ -1,10 +1,16 @@
-// "Generate images": prompt and options, a progress bar, then the images, each downloadable, with the seed.
+// "Generate images": prompt and options, a progress bar with previews, then the images, each downloadable, with
+// the seed.
 //
-// POST /generate/stream (the request of POST /generate): `progress` events ({steps_done, steps_total}), then one
-// `done` event with the images (base64) and the seed used (or one `error` event).
+// POST /generate/stream (the request of POST /generate, with `previews`): `progress` events ({steps_done,
+// steps_total}), `preview` events (every image as drawn so far, base64), one `decoding` event once every image token
+// is drawn, then one `done` event with the images (base64) and the seed used (or one `error` event).
 
 import { call, sseEvents, streamError } from "./api.js";
 import { $, clearError, el, isAbort, setBusy, showError, waitingLine } from "./ui.js";
+
+// The request's fields as the form labels them, for the server's messages ("Images must be at most 16").
+const LABELS = { prompt: "Prompt", parallel_size: "Images", cfg_weight: "Guidance", seed: "Seed",
+                 temperature: "Temperature", format: "Format", previews: "Previews" };
 
 export function setUpGenerate({ onError }) {
   const form = $("generate-form");
@@ -19,7 +25,7 @@ export function setUpGenerate({ onError }) {
   function requestBody() {
     const body = { prompt: $("prompt").value, format: $("g-format").value };
     const numbers = { parallel_size: "g-count", cfg_weight: "g-guidance", temperature: "g-temperature",
-                      seed: "g-seed" };
+                      seed: "g-seed", previews: "g-previews" };
     // An empty field is left out (the server's default; for the seed: a random one, returned with the images).
     for (const [name, id] of Object.entries(numbers)) {
       const value = $(id).value.trim();
@@ -54,11 +60,28 @@ export function setUpGenerate({ onError }) {
     line.hidden = false;
   }
 
+  function showPreview(preview) {
+    const count = preview.images.length;
+    $("previews").replaceChildren(...preview.images.map((image) => el("li", {},
+      el("img", { src: `data:${preview.media_type};base64,${image.data}`,
+                  alt: `Preview of image ${image.index + 1} of ${count}` }))));
+    $("g-preview-line").textContent = `Drawn so far: step ${preview.steps_done} of ${preview.steps_total}.`;
+    $("g-preview").hidden = false;
+  }
+
+  function clearPreview() {
+    $("g-preview").hidden = true;
+    $("previews").replaceChildren();
+    $("g-preview-line").textContent = "";
+  }
+
   async function generate() {
     const errorLine = $("generate-error");
     clearError(errorLine);
     progress.value = 0;
     progress.removeAttribute("data-done");
+    progress.removeAttribute("data-decoding");
+    clearPreview();
     running = new AbortController();
     setBusy($("generate"), $("generate-cancel"), true);
     const stopWaiting = waitingLine(status, running.signal);
@@ -71,9 +94,17 @@ export function setUpGenerate({ onError }) {
           progress.max = data.steps_total;
           progress.value = data.steps_done;
           status.textContent = `Drawing: step ${data.steps_done} of ${data.steps_total}…`;
+        } else if (event === "preview") {
+          showPreview(data);
+        } else if (event === "decoding") {
+          progress.value = progress.max;
+          progress.dataset.decoding = "true";
+          status.textContent = "Decoding images…";
         } else if (event === "done") {
           progress.value = progress.max;
+          progress.removeAttribute("data-decoding");
           progress.dataset.done = "true";
+          clearPreview();
           showImages(data);
           status.textContent = "Done.";
           finished = true;
@@ -87,11 +118,13 @@ export function setUpGenerate({ onError }) {
         status.textContent = "Cancelled.";
       } else {
         status.textContent = "";
-        showError(errorLine, error);
+        showError(errorLine, error, LABELS);
         onError(error);
       }
     } finally {
       stopWaiting();
+      progress.removeAttribute("data-decoding");
+      if (!finished) clearPreview();
       running = null;
       setBusy($("generate"), $("generate-cancel"), false);
     }

@@ -22,8 +22,9 @@ export function setBusy(start, cancel, busy) {
   start.closest("form").setAttribute("aria-busy", String(busy));
 }
 
-export function showError(node, error) {
-  node.textContent = describe(error);
+// `labels`: request field -> the form's label for it, so that the message names what the user sees.
+export function showError(node, error, labels = {}) {
+  node.textContent = describe(error, labels);
   node.hidden = false;
 }
 

@@ -14,6 +14,9 @@ function userMessage(text, images) {
   return { role: "user", content: [...parts, { type: "text", text }] };
 }
 
+// The request's fields as the form labels them, for the server's messages ("Temperature must be at most 2").
+const LABELS = { temperature: "Temperature", max_tokens: "Max tokens" };
+
 export function setUpUnderstand({ onError }) {
   const form = $("understand-form");
   const question = $("question");
@@ -149,7 +152,7 @@ export function setUpUnderstand({ onError }) {
         status.textContent = "Cancelled.";
       } else {
         status.textContent = "";
-        showError(errorLine, error);
+        showError(errorLine, error, LABELS);
         onError(error);
       }
       if (!question.value) question.value = text;
