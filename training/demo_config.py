@@ -15,6 +15,10 @@ from training.scenes import corpus_lines
 NAME = "janus-shapes-demo"
 # What the service says about this model wherever it says which model it serves.
 DESCRIPTION = "a small demo model trained on synthetic shapes, not Janus-Pro"
+# Suggestions the playground offers for this model (the checkpoint's playground.json, read by the service).
+SUGGESTED_PROMPTS = ("a red circle", "an orange triangle", "a small blue square in the top left corner",
+                     "a green triangle on a yellow background", "a large purple circle")
+SUGGESTED_QUESTIONS = ("What is in this picture?", "What colour is the shape?", "What shape is it?", "Where is it?")
 TEXT_VOCAB = 512
 IMAGE_VOCAB = 2048
 

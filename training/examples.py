@@ -29,7 +29,7 @@ from training.scenes import QUESTIONS, Scene, answer, prompt_for, question_for, 
 
 DROP_PROMPT = 0.1  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
 NO_SYSTEM_PROMPT = 0.15  # understanding prompts without the default system prompt
-EARLIER_TURN = 0.15  # understanding prompts with one question and answer about the picture before
+MAX_TURNS = 3  # questions about one picture in one training conversation (every answer is learned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +40,9 @@ class GenerationExample:
 
 @dataclass(frozen=True, slots=True)
 class UnderstandingExample:
-    prompt_ids: list[int]  # image placeholders expanded
+    ids: list[int]  # the whole conversation: prompt (image placeholders expanded) and every answer
     pixels: np.ndarray  # [3, S, S] float32, the processor's output
-    answer_ids: list[int]  # the answer's tokens and the end-of-sentence token
+    answers: list[tuple[int, int]]  # (first, end) of each answer in `ids`, its end-of-sentence token included
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +82,28 @@ def generation_example(codec: Codec, scene: Scene, tokens: np.ndarray, rng: np.r
 
 def understanding_example(codec: Codec, rng: np.random.Generator,
                           picture: Image.Image | None = None, scene: Scene | None = None) -> UnderstandingExample:
-    """A question about a picture: drawn here from a random scene (`scene` given with `picture`: that picture,
+    """One to MAX_TURNS questions about a picture, each answered, as the conversation the service would build when
+    they are asked one after the other: drawn here from a random scene (`scene` given with `picture`: that picture,
     e.g. one the VQ decoder drew)."""
     if scene is None:
         scene = random_scene(rng, coloured_background=0.3, jitter_colours=rng.random() < 0.7)
     if picture is None:
         picture = varied_picture(scene, rng)
     topics = list(QUESTIONS)
-    topic = topics[rng.integers(len(topics))]
-    turns = []
-    if rng.random() < EARLIER_TURN:
-        before = topics[rng.integers(len(topics))]
-        turns.append((question_for(before, rng), answer(scene, before)))
-    ids = codec.understanding_ids(turns, question_for(topic, rng), system=rng.random() >= NO_SYSTEM_PROMPT)
-    pixels = codec.processor([picture])[0]
-    return UnderstandingExample(ids, pixels, codec.answer_ids(answer(scene, topic)))
+    system = rng.random() >= NO_SYSTEM_PROMPT
+    turns: list[tuple[str, str]] = []
+    ids: list[int] = []
+    answers: list[tuple[int, int]] = []
+    for _ in range(int(rng.integers(1, MAX_TURNS + 1))):
+        topic = topics[rng.integers(len(topics))]
+        question, reply = question_for(topic, rng), answer(scene, topic)
+        prompt = codec.understanding_ids(turns, question, system)
+        if prompt[:len(ids)] != ids:  # the template renders earlier turns exactly as they were answered
+            raise AssertionError("a follow-up's prompt does not continue the conversation before it")
+        ids = prompt + codec.answer_ids(reply)
+        answers.append((len(prompt), len(ids)))
+        turns.append((question, reply))
+    return UnderstandingExample(ids, codec.processor([picture])[0], answers)
 
 
 def varied_picture(scene: Scene, rng: np.random.Generator) -> Image.Image:
@@ -126,13 +133,16 @@ class GenerationBatch:
 
 @dataclass(slots=True)
 class UnderstandingBatch:
-    ids: np.ndarray  # [B, T] int64: prompt then answer (the last answer token is only a target), right-padded
+    ids: np.ndarray  # [B, T] int64: the conversations (each one's last token is only a target), right-padded
     pixels: np.ndarray  # [B, 3, S, S]
     target_positions: np.ndarray
     targets: np.ndarray
 
 
-def generation_batch(examples: list[GenerationExample]) -> GenerationBatch:
+def generation_batch(examples: list[GenerationExample], rng: np.random.Generator | None = None,
+                     noise: float = 0.0, vocabulary: int = 0) -> GenerationBatch:
+    """`noise`: the share of input image tokens replaced by random ones (the targets stay): a drawing whose
+    colour could always be copied from the tokens before would never learn to read it from the prompt."""
     count = len(examples[0].image_tokens)
     T = max(len(e.prompt_ids) for e in examples) + count - 1
     ids = np.zeros((len(examples), T), np.int64)
@@ -140,7 +150,11 @@ def generation_batch(examples: list[GenerationExample]) -> GenerationBatch:
     for b, example in enumerate(examples):
         P = len(example.prompt_ids)
         ids[b, :P] = example.prompt_ids
-        inputs.append(example.image_tokens[:-1])
+        fed = example.image_tokens[:-1].copy()
+        if noise and rng is not None:
+            hit = rng.random(len(fed)) < noise
+            fed[hit] = rng.integers(vocabulary, size=int(hit.sum()))
+        inputs.append(fed)
         positions.append(b * T + P + np.arange(count - 1))
         target_positions.append(b * T + P - 1 + np.arange(count))
         targets.append(example.image_tokens)
@@ -149,15 +163,14 @@ def generation_batch(examples: list[GenerationExample]) -> GenerationBatch:
 
 
 def understanding_batch(examples: list[UnderstandingExample]) -> UnderstandingBatch:
-    T = max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
+    T = max(len(e.ids) - 1 for e in examples)  # the last token is only a target
     ids = np.zeros((len(examples), T), np.int64)
     target_positions, targets = [], []
     for b, example in enumerate(examples):
-        sequence = example.prompt_ids + example.answer_ids[:-1]
-        ids[b, :len(sequence)] = sequence
-        P = len(example.prompt_ids)
-        target_positions.append(b * T + P - 1 + np.arange(len(example.answer_ids)))
-        targets.append(example.answer_ids)
+        ids[b, :len(example.ids) - 1] = example.ids[:-1]
+        for first, end in example.answers:
+            target_positions.append(b * T + np.arange(first - 1, end - 1))
+            targets.append(example.ids[first:end])
     return UnderstandingBatch(ids, np.stack([e.pixels for e in examples]),
                               np.concatenate(target_positions).astype(np.int64),
                               np.concatenate(targets).astype(np.int64))

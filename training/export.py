@@ -18,7 +18,9 @@ from model.tokenizer_builder import write_preprocessor_config, write_processor_c
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def write_checkpoint(model: JanusModel, tokenizer_dir: Path, out: Path) -> Path:
+def write_checkpoint(model: JanusModel, tokenizer_dir: Path, out: Path,
+                     examples: dict[str, list[str]] | None = None) -> Path:
+    """`examples`: prompts and questions for the playground to suggest (playground.json)."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -35,4 +37,6 @@ def write_checkpoint(model: JanusModel, tokenizer_dir: Path, out: Path) -> Path:
             array = np.ascontiguousarray(array.T)
         tensors[keys.to_checkpoint_name(name)] = (array, "F32")
     write_weights(out, tensors)
+    if examples:
+        (out / "playground.json").write_text(json.dumps(examples, indent=2) + "\n")
     return out

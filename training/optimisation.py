@@ -18,13 +18,17 @@ INIT_STD = 0.02
 
 def init_transformer_weights(layer: nn.Layer, rng: np.random.Generator, residual_layers: int) -> None:
     """GPT-2's initialisation, from the seeded generator: projections and embeddings N(0, 0.02), the projections
-    that write into the residual stream scaled down by sqrt(2 x layers), biases 0, norm scales 1. Convolutions
-    (the VQ decoder) keep their own initialisation."""
+    that write into the residual stream scaled down by sqrt(2 x layers), biases 0, norm scales 1; the vision
+    encoder's position embeddings start as a 2-D sine-cosine table (as MAE's), so that where a patch lies is clear
+    from the first step, not something small random vectors must first grow into. Convolutions (the VQ decoder)
+    keep their own initialisation."""
     for name, param in layer.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if ".gen_vision_model." in f".{name}":
             continue
-        if len(param.shape) == 1:
+        if leaf == "pos_embed":  # [1, patches, width]
+            value = grid_position_table(int(round(math.sqrt(param.shape[1]))), param.shape[2])[None]
+        elif len(param.shape) == 1:
             value = np.zeros(param.shape) if leaf == "bias" else np.ones(param.shape)
         else:
             std = INIT_STD
@@ -32,6 +36,20 @@ def init_transformer_weights(layer: nn.Layer, rng: np.random.Generator, residual
                 std /= math.sqrt(2 * residual_layers)
             value = rng.normal(0.0, std, param.shape)
         param.set_value(value.astype(np.float32))
+
+
+def grid_position_table(grid: int, width: int) -> np.ndarray:
+    """[grid * grid, width]: half the channels sines and cosines of the row at geometric frequencies, half of the
+    column; rows of patches in reading order."""
+    quarter = width // 4
+    frequencies = 1.0 / (100.0 ** (np.arange(quarter) / max(1, quarter)))
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    parts = []
+    for coordinate in (rows.reshape(-1), cols.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None]
+        parts += [np.sin(angles), np.cos(angles)]
+    table = np.concatenate(parts, axis=1)
+    return np.pad(table, ((0, 0), (0, width - table.shape[1]))).astype(np.float32)
 
 
 def seed_convolutions(layer: nn.Layer, rng: np.random.Generator) -> None:

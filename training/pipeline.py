@@ -28,7 +28,13 @@ from model.janus import JanusModel, pixels_to_uint8
 from model.tokenizer import JanusTokenizer
 from model.tokenizer_builder import build_tiny_tokenizer, write_preprocessor_config
 from training.decoder_training import train_decoder
-from training.demo_config import DESCRIPTION, demo_config, tokenizer_corpus
+from training.demo_config import (
+    DESCRIPTION,
+    SUGGESTED_PROMPTS,
+    SUGGESTED_QUESTIONS,
+    demo_config,
+    tokenizer_corpus,
+)
 from training.examples import (
     Codec,
     generation_batch,
@@ -55,9 +61,10 @@ class Options:
     decoder_batch: int = 8
     generation_pool: int = 20000  # scenes whose image tokens the language model learns to draw
     decoded_pool: int = 2000  # of those, pictures drawn by the trained decoder, for understanding
-    lm_steps: int = 1500
-    generation_batch: int = 16
-    understanding_batch: int = 16
+    lm_steps: int = 1800
+    generation_batch: int = 24
+    understanding_batch: int = 12  # conversations of 1-3 questions
+    token_noise: float = 0.15  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
     check_pictures: int = 60  # held-out pictures for the quick check (0: none)
 
@@ -112,7 +119,7 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
         mark = time.perf_counter()
         check = quick_check(model, codec, np.random.default_rng(options.seed + 1), options.check_pictures)
         timings["check_s"] = time.perf_counter() - mark
-    write_checkpoint(model, out, out)
+    write_checkpoint(model, out, out, {"prompts": list(SUGGESTED_PROMPTS), "questions": list(SUGGESTED_QUESTIONS)})
     timings["total_s"] = time.perf_counter() - started
     summary = {"options": asdict(options), "timings": timings, "quick_check": check,
                "losses": {"decoder": decoder_history[-1:], "lm": lm_history[-1:]}}
@@ -155,7 +162,8 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
     model.train()
     for step in range(options.lm_steps):
         chosen = rng.integers(len(pool), size=options.generation_batch)
-        generation = generation_batch([generation_example(codec, pool[i], pool_tokens[i], rng) for i in chosen])
+        generation = generation_batch([generation_example(codec, pool[i], pool_tokens[i], rng) for i in chosen], rng,
+                                      options.token_noise, model.cfg.gen_vision.image_token_size)
         examples = []
         for _ in range(options.understanding_batch):
             if len(drawn) and rng.random() < DECODED_SHARE:

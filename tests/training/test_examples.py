@@ -74,17 +74,30 @@ def test_answers_end_the_assistant_turn(codec):
     assert codec.tokenizer.decode(ids) == " A red circle on a white background."
 
 
+def test_a_training_conversation_has_every_answer_as_a_target(codec):
+    rng = np.random.default_rng(4)
+    example = next(e for e in (understanding_example(codec, rng) for _ in range(50)) if len(e.answers) == 3)
+    tok = codec.tokenizer
+    texts = [tok.decode(example.ids[first:end], skip_special_tokens=True).strip() for first, end in example.answers]
+    assert all(example.ids[end - 1] == tok.eos_id for _, end in example.answers)
+    assert len(texts) == 3 and all(t.startswith(("A", "An", "It", "The")) and t.endswith(".") for t in texts)
+
+    batch = understanding_batch([example])
+    flat = np.concatenate([batch.ids.reshape(-1), [example.ids[-1]]])
+    # every target is the token that follows its position in the conversation
+    assert np.array_equal(flat[batch.target_positions + 1], batch.targets)
+    assert len(batch.targets) == sum(end - first for first, end in example.answers)
+
+
 def test_batches_put_every_target_where_its_input_is(codec):
     rng = np.random.default_rng(1)
     examples = [understanding_example(codec, rng) for _ in range(3)]
     batch = understanding_batch(examples)
-    flat = batch.ids.reshape(-1)
-    for example in examples:  # the position before each answer token holds the token before it
-        assert len(example.answer_ids) >= 2
-    # every target but the last of each answer is the input at the next position
-    following = flat[batch.target_positions[:-1] + 1]
-    same_row = np.diff(batch.target_positions) == 1
-    assert np.array_equal(following[same_row], batch.targets[:-1][same_row])
+    T = batch.ids.shape[1]
+    for b, example in enumerate(examples):
+        row = batch.target_positions[(batch.target_positions >= b * T) & (batch.target_positions < (b + 1) * T)]
+        inputs = np.asarray(example.ids)
+        assert np.array_equal(inputs[row - b * T + 1], np.concatenate([inputs[f:e] for f, e in example.answers]))
 
     from training.examples import GenerationExample
     tokens = [np.arange(64) + 100 * i for i in range(2)]
