@@ -207,7 +207,9 @@ def write_weights(out: Path, tensors: dict[str, tuple[np.ndarray, str]], shards:
 
 
 def demo_checkpoint_dir() -> Path:
-    """The embedded demo checkpoint, built once into the cache folder (atomically, so concurrent starts are safe)."""
+    """The random-weights checkpoint of the "demo" preset (Janus-Pro's image sizes, a few MB), built once into the
+    cache folder (atomically, so concurrent starts are safe). Tests and benchmarks use it; the service falls back
+    to it only when the trained demo model (`model.demo`) is missing from the installation."""
     target = cache_root() / f"demo-checkpoint-v{DEMO_VERSION}"
     if (target / "config.json").exists():
         return target

@@ -45,7 +45,8 @@ def _flag_type(annotation: Any) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="janus-serve", description=__doc__.splitlines()[0],
-        epilog="Without --model-dir the server runs a built-in demo checkpoint with RANDOM weights. "
+        epilog="Without --model-dir the server runs the built-in demo model: a small model trained on synthetic "
+               "shapes, not Janus-Pro. "
                "`janus-serve self-test [--device D] [--dtype T]` checks a device against the CPU and exits.")
     for name, field in Settings.model_fields.items():
         env = f"JANUS_{name.upper()}"

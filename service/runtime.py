@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,23 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PLAYGROUND_FILE = "playground.json"
+
 RANDOM_WEIGHTS_BANNER = (
     "\n" + "!" * 78 + "\n"
     "!!  NO MODEL DIRECTORY GIVEN: serving the built-in demo checkpoint with RANDOM WEIGHTS.\n"
     "!!  Answers are gibberish and images are noise. Set JANUS_MODEL_DIR (or --model-dir)\n"
     "!!  to a Janus-Pro checkpoint folder to serve a real model.\n" + "!" * 78
+)
+
+
+DEMO_BANNER = (
+    "\n" + "*" * 78 + "\n"
+    "**  NO MODEL DIRECTORY GIVEN: serving the built-in demo model,\n"
+    "**  {description}.\n"
+    "**  It draws and recognises one filled circle, square or triangle in six colours on a\n"
+    "**  plain background, and nothing else. Set JANUS_MODEL_DIR (or --model-dir) to a\n"
+    "**  Janus-Pro checkpoint folder to serve Janus-Pro.\n" + "*" * 78
 )
 
 
@@ -30,6 +43,7 @@ class ModelInfo:
     weights: str  # how the weights are held: bfloat16 (on the CPU computed in float32) or the dtype
     device: str
     random_weights: bool
+    description: str  # what the model is when its name does not say (the demo model); "" otherwise
     input_image_size: int  # pixels per side the understanding encoder sees
     input_image_tokens: int  # prompt positions per input image
     output_image_size: int
@@ -38,7 +52,8 @@ class ModelInfo:
 
     @classmethod
     def describe(cls, cfg: JanusConfig, dtype: str, weights: str, device: str, random_weights: bool) -> ModelInfo:
-        return cls(cfg.name, dtype, weights, device, random_weights, cfg.vision.image_size, cfg.vision.num_tokens,
+        return cls(cfg.name, dtype, weights, device, random_weights, cfg.description, cfg.vision.image_size,
+                   cfg.vision.num_tokens,
                    cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings)
 
 
@@ -50,6 +65,7 @@ class Runtime:
     metrics: Metrics
     info: ModelInfo
     image_budget: PixelBudget  # pixels of uploaded images being decoded at once
+    examples: dict[str, list[str]]  # suggested prompts and questions (playground.json of the checkpoint)
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -57,18 +73,18 @@ class Runtime:
         import paddle
 
         from model.checkpoint.loader import load_janus
-        from model.tiny_checkpoint import demo_checkpoint_dir
 
         if settings.device == "gpu" and not paddle.is_compiled_with_cuda():
             raise RuntimeError("device gpu was requested but this Paddle build has no CUDA support")
         paddle.set_device(settings.device)
-        directory: Path = settings.model_dir or demo_checkpoint_dir()
-        if settings.model_dir is None:
-            log.warning(RANDOM_WEIGHTS_BANNER)
+        directory = settings.model_dir or default_model_dir()
         dtype = settings.compute_dtype
         model, report = load_janus(directory, dtype, keep_bf16=settings.keep_bf16_weights)
-        random_weights = settings.model_dir is None or model.cfg.random_weights
-        if random_weights and settings.model_dir is not None:
+        random_weights = model.cfg.random_weights
+        if settings.model_dir is None:
+            log.warning(RANDOM_WEIGHTS_BANNER if random_weights else
+                        DEMO_BANNER.format(description=model.cfg.description or model.cfg.name))
+        elif random_weights:
             log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
         config = EngineConfig(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
                               kv_cache_mb=settings.kv_cache_mb, block_size=settings.kv_block_size,
@@ -84,4 +100,28 @@ class Runtime:
         log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
                  report.weights, settings.device, report.seconds, report.source, preprocessor.template.name)
         return cls(settings, engine, preprocessor, metrics, info,
-                   PixelBudget(settings.max_decoding_pixels, settings.max_waiting))
+                   PixelBudget(settings.max_decoding_pixels, settings.max_waiting), playground_examples(directory))
+
+
+def default_model_dir() -> Path:
+    """Without a model folder: the committed demo model; if the installation lacks it, the random-weights demo
+    checkpoint (built into the cache), which says so everywhere."""
+    from model.demo import demo_model_dir
+    from model.tiny_checkpoint import demo_checkpoint_dir
+
+    try:
+        return demo_model_dir()
+    except FileNotFoundError as err:
+        log.warning("%s; falling back to random weights", err)
+        return demo_checkpoint_dir()
+
+
+def playground_examples(directory: Path) -> dict[str, list[str]]:
+    """Suggested prompts and questions a checkpoint may ship (`playground.json`, the demo model's), for /info and
+    the playground; none for published checkpoints."""
+    path = directory / PLAYGROUND_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"prompts": [], "questions": []}
+    return {key: [str(v) for v in raw.get(key, [])][:8] for key in ("prompts", "questions")}

@@ -44,7 +44,9 @@ them): they accept request fields they do not know (ignored, logged once) and an
 `{"error": {"type", "message", "status", "details"?}}`. Both use the same statuses; 429 and 503 carry
 `Retry-After`. When the server has an API key, send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (not needed for /health and /ready). Every response has an `X-Random-Weights` header, and JSON bodies a
-`random_weights` field: true means a demo model with random weights. Every response, errors included, has an
+`random_weights` field: true means a test model with random weights. A model whose name does not say what it
+is (the built-in demo model, trained on synthetic shapes) says it in an `X-Model-Description` header and in
+`GET /info`. Every response, errors included, has an
 `X-Request-Id` header: the engine request's id (`req-<process>-<n>`, the `id` of the answer and of its stream
 events) once the engine has taken the request, otherwise an id made for the HTTP request.
 """
@@ -87,7 +89,8 @@ def _create(settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncConte
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=runtime.metrics if runtime else None,
-                       random_weights=runtime.info.random_weights if runtime else False)
+                       random_weights=runtime.info.random_weights if runtime else False,
+                       description=runtime.info.description if runtime else "")
     allow_pixels(settings.max_image_pixels)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -131,4 +134,5 @@ async def _warm_up(runtime: Runtime) -> None:
         log.critical("engine warm-up failed; the server cannot answer requests", exc_info=True)
         return
     log.info("ready: %s (%s on %s)%s", runtime.info.name, runtime.info.dtype, runtime.info.device,
-             " -- RANDOM WEIGHTS" if runtime.info.random_weights else "")
+             " -- RANDOM WEIGHTS" if runtime.info.random_weights else
+             f" -- {runtime.info.description}" if runtime.info.description else "")

@@ -14,6 +14,7 @@ from service.engine.request import new_request_id
 from service.metrics import Metrics
 
 RANDOM_WEIGHTS_HEADER = "x-random-weights"
+MODEL_DESCRIPTION_HEADER = "x-model-description"
 REQUEST_ID_HEADER = b"x-request-id"
 # Where a route notes the engine request serving this HTTP request (`request.state`, i.e. the scope's "state").
 ENGINE_REQUEST_ID = "engine_request_id"
@@ -70,17 +71,20 @@ class BodyLimitMiddleware:
 
 
 class ObserveMiddleware:
-    """Latency by route and status (a stream counts until its last byte), and `X-Random-Weights` on everything.
+    """Latency by route and status (a stream counts until its last byte), and on everything `X-Random-Weights` and,
+    for a model whose name does not say what it is (the demo model), `X-Model-Description`.
 
     A response that started but never sent its last body message (`more_body` false) was cut short: by the client
     going away (the server stops writing and the app returns, or its write fails) it counts as 499, as a client
     leaving before the answer does; by the app failing mid-response, as 500.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None, random_weights: bool) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, random_weights: bool, description: str = "") -> None:
         self.app = app
         self.metrics = metrics
-        self.header = (RANDOM_WEIGHTS_HEADER.encode(), b"true" if random_weights else b"false")
+        self.headers = [(RANDOM_WEIGHTS_HEADER.encode(), b"true" if random_weights else b"false")]
+        if description:
+            self.headers.append((MODEL_DESCRIPTION_HEADER.encode(), description.encode("ascii", "replace")))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +100,7 @@ class ObserveMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), self.header]
+                message["headers"] = [*message.get("headers", []), *self.headers]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_complete = True
             await send(message)

@@ -260,6 +260,11 @@ class Limits(BaseModel):
                                                "(two rows each; twice as many with cfg_weight 1, up to 16).")
 
 
+class Examples(BaseModel):
+    prompts: list[str] = Field(description="Generation prompts.")
+    questions: list[str] = Field(description="Questions about a picture.")
+
+
 class InfoResponse(BaseModel):
     model: str
     dtype: str = Field(description="The arithmetic's dtype.")
@@ -267,6 +272,11 @@ class InfoResponse(BaseModel):
                                      "auto: computed in float32 from bf16, half the memory) or the dtype.")
     device: str
     random_weights: bool
+    description: str = Field(description="What the model is when its name does not say, e.g. for the built-in "
+                                         "demo: \"a small demo model trained on synthetic shapes, not Janus-Pro\"; "
+                                         "empty otherwise.")
+    examples: Examples = Field(description="Prompts and questions the model answers well (the demo model's), for "
+                                           "clients that suggest some; empty lists for published checkpoints.")
     context_length: int = Field(description="The model's own position limit.")
     understanding: ImageSpec
     generation: ImageSpec

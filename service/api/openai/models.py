@@ -44,10 +44,10 @@ def _created(model_dir: Path | None, started_at: int) -> int:
     """When the served checkpoint was written: the time of its config.json. The same at every start of the same
     checkpoint (clients that cache the model list by `created` see no new model), and new when the checkpoint is
     replaced. Without a readable config.json: the start time."""
-    from model.tiny_checkpoint import demo_checkpoint_dir  # built at start when no model directory is given
+    from service.runtime import default_model_dir  # what the server loads when no model directory is given
 
     try:
-        return int((Path(model_dir or demo_checkpoint_dir()) / "config.json").stat().st_mtime)
+        return int((Path(model_dir or default_model_dir()) / "config.json").stat().st_mtime)
     except OSError as err:
         log.warning("cannot read the checkpoint's time for the model list (%s); using the start time", err)
         return started_at

@@ -7,13 +7,13 @@ from fastapi import APIRouter
 from service.api import docs
 from service.api.auth import Authenticated
 from service.api.deps import RuntimeDep
-from service.api.protocol import MAX_PARALLEL_SIZE, ImageSpec, InfoResponse, Limits
+from service.api.protocol import MAX_PARALLEL_SIZE, Examples, ImageSpec, InfoResponse, Limits
 
 router = APIRouter(tags=["operations"], dependencies=[Authenticated])
 
 EXAMPLE = {
     "model": "Janus-Pro-1B", "dtype": "float32", "weights": "bfloat16", "device": "cpu", "random_weights": False,
-    "context_length": 16384,
+    "description": "", "examples": {"prompts": [], "questions": []}, "context_length": 16384,
     "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
     "limits": {"max_rows": 32, "max_seq_len": 16384, "max_waiting": 64, "request_timeout_s": 600.0,
                "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
@@ -26,7 +26,8 @@ EXAMPLE = {
     operation_id="get_model_info",
     summary="Model and limits",
     description="The served model (name, dtype, how its weights are held, device), whether its weights are random "
-                "(the demo checkpoint), the image sizes in and out, and the server's limits.",
+                "(a test checkpoint), what it is when its name does not say (the built-in demo model) with prompts "
+                "and questions it answers well, the image sizes in and out, and the server's limits.",
     response_model=InfoResponse,
     responses={200: {"content": {"application/json": {"example": EXAMPLE}}}, **docs.error_responses(401)},
 )
@@ -34,7 +35,7 @@ async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
     info, settings = runtime.info, runtime.settings
     return InfoResponse(
         model=info.name, dtype=info.dtype, weights=info.weights, device=info.device, random_weights=info.random_weights,
-        context_length=info.context_length,
+        description=info.description, examples=Examples(**runtime.examples), context_length=info.context_length,
         understanding=ImageSpec(image_size=info.input_image_size, image_tokens=info.input_image_tokens),
         generation=ImageSpec(image_size=info.output_image_size, image_tokens=info.output_image_tokens),
         limits=Limits(max_rows=settings.max_rows, max_seq_len=runtime.engine.max_seq_len,

@@ -1,6 +1,7 @@
 // The page's frame: the demo banner, the model line, the API key and the two tabs.
 
 import { ApiError, apiKey, call, describe, onRandomWeights, setApiKey } from "./api.js";
+import { setUpExamples } from "./examples.js";
 import { setUpGenerate } from "./generate.js";
 import { setUpUnderstand } from "./understand.js";
 
@@ -63,7 +64,7 @@ async function loadInfo() {
   try {
     const body = await (await call("info")).json();
     $("model-line").textContent = `${body.model} · ${body.device} · ${body.dtype}` +
-      (body.random_weights ? " · random weights" : "");
+      (body.random_weights ? " · random weights" : "") + (body.description ? " · demo model" : "");
     $("key-error").hidden = true;
     document.dispatchEvent(new CustomEvent("janus:info", { detail: body }));
     return true;
@@ -101,6 +102,7 @@ for (const tab of tabs) {
 
 // --- start -----------------------------------------------------------------------------------------------------
 
+setUpExamples();
 setUpUnderstand({ onError: needKey });
 setUpGenerate({ onError: needKey });
 // /health needs no key: the demo banner shows even before a key is given.

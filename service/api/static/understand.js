@@ -30,6 +30,11 @@ export function setUpUnderstand({ onError }) {
   document.addEventListener("janus:info", ({ detail }) => {
     model = detail.model;
   });
+  // a picture from elsewhere on the page (the demo model's example picture)
+  document.addEventListener("janus:add-image", ({ detail }) => {
+    picked.push(detail);
+    renderPicked();
+  });
 
   function renderPicked() {
     const list = $("picked");
