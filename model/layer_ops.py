@@ -67,8 +67,11 @@ def bf16_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | N
     if x.shape[-1] != K:
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
     out = paddle.empty([*x.shape[:-1], N], "float32")
-    kernel = lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16
-    kernel(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
+    args = (x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
+    if rows <= BF16_ROWS_MAX:
+        lib.janus_linear_rows_bf16(*args)
+    elif not lib.janus_linear_bf16(*args):
+        raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
     return out
 
 

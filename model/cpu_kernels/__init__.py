@@ -37,8 +37,9 @@ from model.runtime_env import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("attention.c", "layer_ops.c", "linear.c", "conv.c")]
-HEADERS = [Path(__file__).with_name("vec.h")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("attention.c", "layer_ops.c", "linear.c", "linear_blocked.c", "conv.c")]
+HEADERS = [Path(__file__).with_name(name) for name in ("vec.h", "scratch.h")]
 LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B)
 MODES = ("auto", "off", "require")
 _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]
@@ -56,6 +57,7 @@ _SIGNATURES = {
     "janus_linear_rows": [_P, _P, _P, _P, _I, _I, _I],
     "janus_linear_rows_bf16": [_P, _P, _P, _P, _I, _I, _I],
     "janus_linear_bf16": [_P, _P, _P, _P, _I, _I, _I],
+    "janus_linear_blocked_bf16": [_P, _P, _P, _P, _I, _I, _I],
     "janus_embedding_bf16": [_P, _P, _P, _L, _I],
     "janus_gelu": [_P, _P, _L],
     "janus_patchify": [_P, _P, _I, _I, _I, _I],
@@ -63,6 +65,8 @@ _SIGNATURES = {
     "janus_conv2d_nhwc": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I],
     "janus_group_norm_nhwc": [_P, _P, _P, _P, _I, _L, _I, _I, _F, _I],
 }
+# 0: no memory for the kernel's buffers (the output is untouched)
+_RETURNS = {"janus_linear_bf16": _I, "janus_linear_blocked_bf16": _I}
 
 
 class KernelBuildError(RuntimeError):
@@ -117,18 +121,21 @@ def for_tensors(*tensors: paddle.Tensor, strided: bool = False) -> ctypes.CDLL |
     return library()
 
 
-def build(out_root: Path | None = None, use_mkl: bool = True) -> Path:
+def build(out_root: Path | None = None, use_mkl: bool = True, arch: list[str] | None = None) -> Path:
     """Compile the kernels (or find them already compiled) and return the shared library's path.
 
-    use_mkl=False builds without MKL even where the paddle wheel has it (tests cover both variants)."""
+    use_mkl=False builds without MKL even where the paddle wheel has it (tests cover both variants). arch: target
+    flags instead of the machine's own CPU (e.g. `["-march=x86-64-v3"]`, or `[]` for the compiler's default), so
+    that tests also run the code paths of other instruction sets."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise KernelBuildError("no C compiler found (install gcc, or set CC)")
     source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     defines, link = _paddle_runtime_flags(use_mkl)
     last_error = ""
-    for arch in (["-march=native"], []):  # some compilers (or CPUs) have no -march=native
-        flags = arch + _COMPILE_FLAGS + defines
+    # some compilers (or CPUs) have no -march=native
+    for target_flags in ([arch] if arch is not None else (["-march=native"], [])):
+        flags = target_flags + _COMPILE_FLAGS + defines
         key = _cache_key(compiler, flags + link, source)
         target = (out_root or cache_root() / "cpu-kernels") / key / "libjanus_cpu_kernels.so"
         if target.exists():
@@ -188,7 +195,7 @@ def _load(path: Path) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         function = getattr(lib, name)
         function.argtypes = argtypes
-        function.restype = None
+        function.restype = _RETURNS.get(name)
     return lib
 
 

@@ -8,17 +8,17 @@
  * of memory, which measured 25-33 GB/s (the machine's read bandwidth). Each thread sums its rows into a private
  * partial y; the partials are added at the end. bf16 weights are widened in registers as they are loaded.
  *
- * More rows (many decode rows) are bound by arithmetic: bf16 weights are widened a tile at a time into a small
- * float32 buffer that stays in the core's cache, and MKL's sgemm multiplies from there (the paddle wheel's MKL;
- * without it, a plain vectorised loop). Prefill-sized products (128 rows and more) widen panels of whole columns
- * and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole weight.
+ * More rows (several decode rows, speculative windows, short prompts) are bound by arithmetic: bf16 weights go
+ * to the register-blocked kernel of linear_blocked.c. Prefill-sized products (128 rows and more) with the paddle
+ * wheel's MKL widen panels of whole columns and run one threaded sgemm per panel, as Paddle's float32 matmul does
+ * on the whole weight.
  */
 #include <omp.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "scratch.h"
 #include "vec.h"
 
 #define MAX_ROWS 8
@@ -140,54 +140,10 @@ void janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias
         linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 1);
 }
 
-/* Each thread's buffer for widened weights, kept from call to call (freed when the thread ends). A fresh malloc per
- * call is an mmap at these sizes (glibc maps requests of 32 MiB and more afresh every time, the prefill panels
- * among them), and the kernel then zero-fills every page on first touch: that alone made prefill-sized products
- * 5-20% slower than Paddle's float32 matmul. */
-struct scratch {
-    size_t floats;
-    float *data;
-};
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static void drop_scratch(void *held) {
-    struct scratch *scratch = held;
-    free(scratch->data);
-    free(scratch);
-}
-static void make_scratch_key(void) { pthread_key_create(&scratch_key, drop_scratch); }
-
-/* This thread's buffer, at least `floats` long; NULL when there is no memory for it. */
-static float *scratch_buffer(size_t floats) {
-    pthread_once(&scratch_once, make_scratch_key);
-    struct scratch *scratch = pthread_getspecific(scratch_key);
-    if (!scratch) {
-        scratch = calloc(1, sizeof *scratch);
-        if (!scratch || pthread_setspecific(scratch_key, scratch) != 0) {
-            free(scratch);
-            return NULL;
-        }
-    }
-    if (scratch->floats < floats) {
-        free(scratch->data);
-        scratch->data = malloc(sizeof(float) * floats);
-        scratch->floats = scratch->data ? floats : 0;
-    }
-    return scratch->data;
-}
-
-/* Tiles of the many-row product: TILE_M x TILE_N outputs per task, the weights widened TILE_K rows at a time into
- * a TILE_K x TILE_N float32 buffer (128 KiB: it stays in L2 while sgemm reads it). */
-#define TILE_M 256
-#define TILE_N 128
-#define TILE_K 256
-
 #ifdef JANUS_WITH_MKL
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111 };
 void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc);
-int MKL_Set_Num_Threads_Local(int threads);
-#endif
 
 /* buf [depth, cols] (float32) = w [depth rows of stride N, cols columns] (bf16) */
 static void widen_tile(const uint16_t *w, int64_t N, float *buf, int depth, int cols) {
@@ -201,26 +157,6 @@ static void widen_tile(const uint16_t *w, int64_t N, float *buf, int depth, int 
     }
 }
 
-/* c [rows, cols] (row stride ldc) += a [rows, depth] (row stride lda) b [depth, cols] (contiguous) */
-static void tile_product(const float *a, int64_t lda, const float *b, float *c, int64_t ldc, int rows, int depth,
-                         int cols) {
-#ifdef JANUS_WITH_MKL
-    cblas_sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, rows, cols, depth, 1.0f, a, (int)lda, b, cols, 1.0f, c,
-                (int)ldc);
-#else
-    for (int m = 0; m < rows; m++) {
-        const float *am = a + m * lda;
-        float *cm = c + m * ldc;
-        for (int k = 0; k < depth; k++) {
-            const float value = am[k];
-            const float *bk = b + (int64_t)k * cols;
-            for (int j = 0; j < cols; j++) cm[j] += value * bk[j];
-        }
-    }
-#endif
-}
-
-#ifdef JANUS_WITH_MKL
 #define PANEL_ROWS 128       /* from here on the panels below */
 #define PANEL_FLOATS (8 << 20) /* 32 MiB of widened weights per panel */
 
@@ -231,7 +167,7 @@ static int linear_bf16_panels(const float *x, const uint16_t *w, const float *bi
     int cols = PANEL_FLOATS / K;
     cols = cols >= N ? N : (cols < 8 ? 8 : cols / 8 * 8);
     float *panel = scratch_buffer((size_t)K * cols);
-    if (!panel) return 0; /* the caller takes the tiled path */
+    if (!panel) return 0; /* the caller takes the register-blocked kernel */
     for (int n0 = 0; n0 < N; n0 += cols) {
         const int width = N - n0 < cols ? N - n0 : cols;
 #pragma omp parallel for schedule(static)
@@ -251,42 +187,15 @@ static int linear_bf16_panels(const float *x, const uint16_t *w, const float *bi
 }
 #endif
 
-/* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N]: for many rows. */
-void janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+int janus_linear_blocked_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N);
+
+/* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N]: for many rows. Returns 0 (y
+ * untouched) when there is no memory for the kernels' buffers. */
+int janus_linear_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
 #ifdef JANUS_WITH_MKL
-    if (M >= PANEL_ROWS && linear_bf16_panels(x, w, bias, y, M, K, N)) return;
+    if (M >= PANEL_ROWS && linear_bf16_panels(x, w, bias, y, M, K, N)) return 1;
 #endif
-    const int row_tiles = (M + TILE_M - 1) / TILE_M, col_tiles = (N + TILE_N - 1) / TILE_N;
-#pragma omp parallel
-    {
-#ifdef JANUS_WITH_MKL
-        const int previous = MKL_Set_Num_Threads_Local(1); /* the threads here share the cores already */
-#endif
-        float *buf = scratch_buffer(TILE_K * TILE_N);
-#pragma omp for schedule(monotonic: dynamic) collapse(2) /* libiomp5 has no nonmonotonic entry points */
-        for (int tm = 0; tm < row_tiles; tm++) {
-            for (int tn = 0; tn < col_tiles; tn++) {
-                const int m0 = tm * TILE_M, n0 = tn * TILE_N;
-                const int rows = M - m0 < TILE_M ? M - m0 : TILE_M, cols = N - n0 < TILE_N ? N - n0 : TILE_N;
-                float *c = y + (int64_t)m0 * N + n0;
-                for (int m = 0; m < rows; m++) {
-                    float *cm = c + (int64_t)m * N;
-                    if (bias)
-                        memcpy(cm, bias + n0, sizeof(float) * cols);
-                    else
-                        memset(cm, 0, sizeof(float) * cols);
-                }
-                for (int k0 = 0; k0 < K; k0 += TILE_K) {
-                    const int depth = K - k0 < TILE_K ? K - k0 : TILE_K;
-                    widen_tile(w + (int64_t)k0 * N + n0, N, buf, depth, cols);
-                    tile_product(x + (int64_t)m0 * K + k0, K, buf, c, N, rows, depth, cols);
-                }
-            }
-        }
-#ifdef JANUS_WITH_MKL
-        MKL_Set_Num_Threads_Local(previous);
-#endif
-    }
+    return janus_linear_blocked_bf16(x, w, bias, y, M, K, N);
 }
 
 /* out [rows, dim] float32 = table [*, dim] bf16 at ids[rows]: an embedding lookup from bf16 storage. */

@@ -17,6 +17,7 @@ from model.checkpoint.loader import load_janus
 from model.kv_cache import RowBatch
 from model.layer_ops import BF16_ROWS_MAX, embedding, linear, matmul_weight
 from model.tiny_checkpoint import build_tiny_checkpoint
+from tests.model.bf16_values import assert_float32_close, bf16_bits, bf16_to_float32
 from tests.model.cached_loops import greedy_image, greedy_text, rows_of
 
 
@@ -25,33 +26,15 @@ def lib(kernel_build):
     return cpu_kernels.library()
 
 
-def _bf16_bits(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
-    """Random bf16 values as their bits (rounded to nearest even), like a published checkpoint stores them."""
-    bits = (rng.standard_normal(shape) * scale).astype(np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _widened(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def _bf16_linear(rng: np.random.Generator, K: int, N: int, bias: bool) -> tuple[nn.Linear, np.ndarray, np.ndarray]:
     """A Linear layer holding bf16 weights (as the loader leaves it), and its weight and bias in float32."""
     layer = nn.Linear(K, N, bias_attr=None if bias else False)
-    bits = _bf16_bits(rng, K, N, scale=K**-0.5)
+    bits = bf16_bits(rng, K, N, scale=K**-0.5)
     layer.weight = paddle.base.framework.EagerParamBase.from_tensor(paddle.to_tensor(bits, dtype="bfloat16"))
     b = rng.standard_normal(N).astype(np.float32)
     if bias:
         layer.bias.set_value(b)
-    return layer, _widened(bits), b if bias else np.zeros(N, np.float32)
-
-
-def _assert_float32_close(ours: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> None:
-    """Within float32 accumulation-order error of the exact product (float64 on the widened weights): a few units in
-    the last place of the largest |x| @ |w| term, far below any real mistake (a lost row moves results by ~1/K)."""
-    exact = x.astype(np.float64) @ w.astype(np.float64) + b
-    scale = (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64)).max()
-    np.testing.assert_allclose(ours, exact, rtol=0, atol=4e-6 * scale)
+    return layer, bf16_to_float32(bits), b if bias else np.zeros(N, np.float32)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17, 32, 300])
@@ -62,7 +45,7 @@ def test_bf16_projection_matches_the_float32_product_on_the_widened_weights(lib,
     x = rng.standard_normal((rows, K)).astype(np.float32)
     ours = linear(layer, paddle.to_tensor(x))
     assert ours.dtype == paddle.float32 and ours.shape == [rows, N]
-    _assert_float32_close(ours.numpy(), x, w, b)
+    assert_float32_close(ours.numpy(), x, w, b)
 
 
 def test_bf16_prefill_product_over_several_column_panels(lib):
@@ -71,7 +54,7 @@ def test_bf16_prefill_product_over_several_column_panels(lib):
     rng = np.random.default_rng(9)
     layer, w, b = _bf16_linear(rng, 2048, 4100, bias=True)
     x = rng.standard_normal((130, 2048)).astype(np.float32)
-    _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
+    assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
 
 
 def test_bf16_products_stay_exact_as_sizes_change_and_on_several_threads_at_once(lib):
@@ -85,7 +68,7 @@ def test_bf16_products_stay_exact_as_sizes_change_and_on_several_threads_at_once
     def run(order: list[int]) -> None:
         for i in order:
             (layer, w, b), x = cases[i]
-            _assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
+            assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, w, b)
 
     run([0, 1, 2, 1, 3, 0])
     errors: list[BaseException] = []
@@ -109,14 +92,14 @@ def test_each_bf16_kernel_directly_without_bias(lib, rows):
     """Both kernels at every row count (not only the one `linear` picks), prefill lengths included."""
     rng = np.random.default_rng(rows)
     K, N = 384, 136
-    bits = _bf16_bits(rng, K, N, scale=K**-0.5)
+    bits = bf16_bits(rng, K, N, scale=K**-0.5)
     weight = paddle.to_tensor(bits, dtype="bfloat16")
     x = rng.standard_normal((rows, K)).astype(np.float32)
     xt = paddle.to_tensor(x)
     for kernel in (lib.janus_linear_rows_bf16, lib.janus_linear_bf16):
         out = paddle.full([rows, N], float("nan"), "float32")
         kernel(xt.data_ptr(), weight.data_ptr(), None, out.data_ptr(), rows, K, N)
-        _assert_float32_close(out.numpy(), x, _widened(bits), np.zeros(N))
+        assert_float32_close(out.numpy(), x, bf16_to_float32(bits), np.zeros(N))
 
 
 def test_bf16_projection_of_a_batch_of_sequences_and_a_strided_input(lib):
@@ -125,9 +108,9 @@ def test_bf16_projection_of_a_batch_of_sequences_and_a_strided_input(lib):
     x = rng.standard_normal((3, 7, 48)).astype(np.float32)
     out = linear(layer, paddle.to_tensor(x))
     assert out.shape == [3, 7, 40]
-    _assert_float32_close(out.numpy().reshape(21, 40), x.reshape(21, 48), w, b)
+    assert_float32_close(out.numpy().reshape(21, 40), x.reshape(21, 48), w, b)
     last = paddle.to_tensor(x)[:, -1]  # a view of every row's last position, as the heads are given
-    _assert_float32_close(matmul_weight(last, layer.weight).numpy(), x[:, -1], w, b)
+    assert_float32_close(matmul_weight(last, layer.weight).numpy(), x[:, -1], w, b)
 
 
 def test_the_row_threshold_sends_rows_to_both_kernels(monkeypatch, lib):
@@ -149,13 +132,13 @@ def test_the_row_threshold_sends_rows_to_both_kernels(monkeypatch, lib):
 
 def test_bf16_embedding_lookup_widens_exactly_and_refuses_ids_outside_the_table():
     rng = np.random.default_rng(2)
-    bits = _bf16_bits(rng, 50, 24)
+    bits = bf16_bits(rng, 50, 24)
     layer = nn.Embedding(50, 24)
     layer.weight = paddle.base.framework.EagerParamBase.from_tensor(paddle.to_tensor(bits, dtype="bfloat16"))
     ids = np.array([[3, 0, 49], [7, 7, 12]])
     out = embedding(layer, paddle.to_tensor(ids))
     assert out.dtype == paddle.float32
-    np.testing.assert_array_equal(out.numpy(), _widened(bits)[ids])
+    np.testing.assert_array_equal(out.numpy(), bf16_to_float32(bits)[ids])
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 50\)"):
         embedding(layer, paddle.to_tensor([[50]]))
 

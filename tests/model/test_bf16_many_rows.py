@@ -1,0 +1,115 @@
+"""Products from bf16 weights at many rows (decode steps of several rows, speculative windows, short prompts): the
+register-blocked kernel against float64 products on the widened weights, at every row count from 1 to 40 and at
+63, 64, 65 and 127, on shapes that are not multiples of its blocking, in each build: the machine's own CPU with and
+without MKL, AVX2 without AVX-512, and the compiler's portable default (plain SSE2 on x86-64).
+
+Its blocking (see linear_blocked.c): tiles of up to 3 (portable), 6 (AVX2) or 8 (AVX-512) rows by 16 or 32
+columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows. K = 300 is one panel and a part one,
+N = 547 two tasks and a part one whose last strip is partly filled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from paddle import nn
+
+from model import cpu_kernels
+from model.layer_ops import linear
+from tests.model.bf16_values import assert_float32_close, bf16_bits, bf16_to_float32
+
+EVERY_ROW_COUNT = [*range(1, 41), 63, 64, 65, 127]
+
+
+def _has_avx2() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return {"avx2", "fma"} <= set(flags.split())
+
+
+@pytest.fixture(scope="module", params=["native", "native-without-mkl", "avx2", "portable"])
+def built(request, tmp_path_factory):
+    """The kernels of one build: (its name, the loaded library)."""
+    if request.param == "native":
+        return request.param, cpu_kernels._load(cpu_kernels.build())
+    if request.param == "avx2" and not _has_avx2():
+        pytest.skip("the CPU has no AVX2 and FMA")
+    arch = {"native-without-mkl": None, "avx2": ["-march=x86-64-v3"], "portable": []}[request.param]
+    path = cpu_kernels.build(tmp_path_factory.mktemp(f"kernels-{request.param}"),
+                             use_mkl=request.param != "native-without-mkl", arch=arch)
+    return request.param, cpu_kernels._load(path)
+
+
+def _product(lib, kernel: str, x: np.ndarray, bits: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """y = x @ widened(bits) + bias through one kernel, into an output that starts as NaN (a value it never writes
+    shows)."""
+    M, K = x.shape
+    N = bits.shape[1]
+    xt, weight = paddle.to_tensor(x), paddle.to_tensor(bits, dtype="bfloat16")
+    bias_t = None if bias is None else paddle.to_tensor(bias)
+    out = paddle.full([M, N], float("nan"), "float32")
+    done = getattr(lib, kernel)(xt.data_ptr(), weight.data_ptr(), None if bias_t is None else bias_t.data_ptr(),
+                                out.data_ptr(), M, K, N)
+    assert done == 1
+    return out.numpy()
+
+
+def _case(seed: int, M: int, K: int, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((M, K)).astype(np.float32), bf16_bits(rng, K, N, scale=K**-0.5),
+            rng.standard_normal(N).astype(np.float32))
+
+
+@pytest.mark.parametrize("rows", EVERY_ROW_COUNT)
+def test_blocked_kernel_matches_float64_at_every_row_count(built, rows):
+    _, lib = built
+    x, bits, bias = _case(rows, rows, 300, 547)
+    w = bf16_to_float32(bits)
+    assert_float32_close(_product(lib, "janus_linear_blocked_bf16", x, bits, bias), x, w, bias)
+    assert_float32_close(_product(lib, "janus_linear_blocked_bf16", x, bits, None), x, w, np.zeros(547))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 9, 16, 33, 127, 128, 129, 300])
+@pytest.mark.parametrize(("K", "N"), [(256, 512), (17, 5), (1, 40), (513, 33), (64, 2080)])
+def test_blocked_kernel_at_shapes_on_and_off_its_blocking(built, rows, K, N):
+    """Exact multiples of the blocking (no part panel, task or strip), fewer columns than one strip, a single weight
+    row, one row past a panel, a part task of a single strip; past 128 rows, more than one pass over the
+    weights."""
+    _, lib = built
+    x, bits, bias = _case(rows * K + N, rows, K, N)
+    assert_float32_close(_product(lib, "janus_linear_blocked_bf16", x, bits, bias), x, bf16_to_float32(bits), bias)
+
+
+@pytest.mark.parametrize("rows", [3, 8, 40, 127, 128, 200])
+def test_many_row_entry_matches_float64(built, rows):
+    """janus_linear_bf16, what `linear` calls past BF16_ROWS_MAX rows: the blocked kernel, or from 128 rows with MKL
+    widened panels through MKL's sgemm."""
+    _, lib = built
+    x, bits, bias = _case(rows + 7, rows, 300, 547)
+    assert_float32_close(_product(lib, "janus_linear_bf16", x, bits, bias), x, bf16_to_float32(bits), bias)
+
+
+def test_blocked_kernel_does_not_depend_on_the_rows_beside_a_row(built):
+    """A row's result is the same bits whatever block of rows it is computed in: each output is the bias plus the
+    products summed in order of k, in one tile."""
+    _, lib = built
+    x, bits, bias = _case(5, 40, 300, 547)
+    alone = np.stack([_product(lib, "janus_linear_blocked_bf16", x[i:i + 1], bits, bias)[0] for i in range(0, 40, 7)])
+    together = _product(lib, "janus_linear_blocked_bf16", x, bits, bias)[::7]
+    np.testing.assert_array_equal(alone, together)
+
+
+@pytest.mark.parametrize("rows", EVERY_ROW_COUNT)
+def test_linear_from_bf16_weights_matches_float64_at_every_row_count(kernel_build, rows):
+    """Through `linear`, which picks the few-row kernel up to BF16_ROWS_MAX rows and the blocked one above."""
+    x, bits, bias = _case(rows + 1000, rows, 300, 547)
+    layer = nn.Linear(300, 547)
+    layer.weight = paddle.base.framework.EagerParamBase.from_tensor(paddle.to_tensor(bits, dtype="bfloat16"))
+    layer.bias.set_value(bias)
+    out = linear(layer, paddle.to_tensor(x.reshape(rows, 1, 300)))
+    assert out.shape == [rows, 1, 547]
+    assert_float32_close(out.numpy().reshape(rows, 547), x, bf16_to_float32(bits), bias)
