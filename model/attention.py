@@ -17,6 +17,11 @@ import paddle.nn.functional as F
 from model import cpu_kernels
 from model.kv_cache import RowBatch
 
+# New positions per row up to which paged attention reads the pool in place, one query at a time (decode steps,
+# windows of drafted tokens, short prompt suffixes); longer prompts gather each row's keys and values and attend
+# 64 queries at a time with matrix products. Measured on Janus-Pro-1B's shape: see the README's bf16 section.
+WINDOW_MAX_POSITIONS = 16
+
 
 def prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, starts: np.ndarray | None,
                      causal: bool) -> paddle.Tensor:
@@ -46,7 +51,7 @@ def paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddl
 
     q [B, T, H, D] (left-padded per `rows.pad`; a padding query gives zeros); key/value pools
     [blocks, KVH, block_size, D]; rows: block tables and cached lengths (see `model.kv_cache.RowBatch`).
-    -> [B, T, H*D]. A prefill is T prompt positions; a decode step is T = 1.
+    -> [B, T, H*D]. A prefill is T prompt positions; a decode step is T = 1; a window of drafted tokens a few.
     """
     B, T, H, D = q.shape
     lib = _native(q, key_pool, value_pool, strided=True)
@@ -65,8 +70,14 @@ def paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddl
                                          B, H, KVH, D, block_size, tables.ctypes.data, tables.shape[1],
                                          lengths.ctypes.data, D**-0.5)
         return out
-    cached = np.ascontiguousarray(rows.cached, dtype=np.int64)
     pad = np.ascontiguousarray(rows.pad, dtype=np.int64)
+    if T <= WINDOW_MAX_POSITIONS:
+        ends = np.ascontiguousarray(rows.lengths(T), dtype=np.int64)
+        lib.janus_paged_window_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
+                                         B, T, H, KVH, D, q.strides[0], q.strides[1], block_size, tables.ctypes.data,
+                                         tables.shape[1], ends.ctypes.data, pad.ctypes.data, D**-0.5)
+        return out
+    cached = np.ascontiguousarray(rows.cached, dtype=np.int64)
     lib.janus_paged_prompt_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
                                      B, T, H, KVH, D, q.strides[0], q.strides[1], block_size, tables.ctypes.data,
                                      tables.shape[1], cached.ctypes.data, pad.ctypes.data, D**-0.5)

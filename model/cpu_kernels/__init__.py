@@ -49,6 +49,7 @@ _SIGNATURES = {
     "janus_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _L, _L, _P, _I, _F],
     "janus_paged_prompt_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _I, _P, _L, _P, _P, _F],
     "janus_paged_decode_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _L, _P, _F],
+    "janus_paged_window_attention": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _L, _L, _I, _P, _L, _P, _P, _F],
     "janus_rms_norm": [_P, _P, _P, _L, _I, _F],
     "janus_add_rms_norm": [_P, _P, _P, _P, _P, _L, _I, _F],
     "janus_rope": [_P, _P, _P, _P, _L, _I, _I],

@@ -308,7 +308,112 @@ void janus_paged_prompt_attention(const float *q, const float *k_pool, const flo
     free(zero);
 }
 
-/* One new query per row against the paged pool (see above), read in place.
+/* scores[i] = (q . krows[i]) * scale for n keys: eight keys at a time, so that eight independent sums are in flight
+ * (one at a time, each key waited on its own chain of D / 8 multiply-adds). Each key's sum runs over d in order
+ * and is reduced by hsum8, as for a single key. */
+static void dot_keys(const float *q, const float *const *krows, int n, int D, float scale, float *scores) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8 s[8];
+        for (int u = 0; u < 8; u++) s[u] = splat(0.0f);
+        for (int d = 0; d < D; d += 8) {
+            const v8 qd = load8(q + d);
+            for (int u = 0; u < 8; u++) s[u] += qd * load8(krows[i + u] + d);
+        }
+        for (int u = 0; u < 8; u++) scores[i + u] = hsum8(s[u]) * scale;
+    }
+    for (; i < n; i++) {
+        v8 s = splat(0.0f);
+        for (int d = 0; d < D; d += 8) s += load8(q + d) * load8(krows[i] + d);
+        scores[i] = hsum8(s) * scale;
+    }
+}
+
+/* dst[0..D) = inv * sum_i p[i] * vrows[i]: per eight floats of D, the even keys and the odd keys in two sums added
+ * at the end; four such pieces of D at a time, for eight sums in flight. */
+static void weigh_values(const float *p, const float *const *vrows, int n, int D, float inv, float *dst) {
+    int d = 0;
+    for (; d + 32 <= D; d += 32) {
+        v8 even[4], odd[4];
+        for (int u = 0; u < 4; u++) even[u] = odd[u] = splat(0.0f);
+        int i = 0;
+        for (; i + 1 < n; i += 2) {
+            const v8 p0 = splat(p[i]), p1 = splat(p[i + 1]);
+            for (int u = 0; u < 4; u++) {
+                even[u] += p0 * load8(vrows[i] + d + 8 * u);
+                odd[u] += p1 * load8(vrows[i + 1] + d + 8 * u);
+            }
+        }
+        if (i < n)
+            for (int u = 0; u < 4; u++) even[u] += splat(p[i]) * load8(vrows[i] + d + 8 * u);
+        for (int u = 0; u < 4; u++) store8(dst + d + 8 * u, (even[u] + odd[u]) * splat(inv));
+    }
+    for (; d < D; d += 8) {
+        v8 even = splat(0.0f), odd = splat(0.0f);
+        int i = 0;
+        for (; i + 1 < n; i += 2) {
+            even += splat(p[i]) * load8(vrows[i] + d);
+            odd += splat(p[i + 1]) * load8(vrows[i + 1] + d);
+        }
+        if (i < n) even += splat(p[i]) * load8(vrows[i] + d);
+        store8(dst + d, (even + odd) * splat(inv));
+    }
+}
+
+/* A few new positions per row (a decode step: one; a window of drafted tokens: several) against the paged pool, read
+ * in place: no copy of the rows' keys and values.
+ *   q    [B, T, H, D] strides q_b, q_t; left-padded: row b's real queries are t >= pad[b] (NULL: none padded);
+ *        padding queries give 0
+ *   ends[b]: positions row b's last query attends (its own, already written, included); query t attends
+ *        ends[b] - (T - 1 - t) of them
+ *   out  [B, T, H, D] contiguous
+ * Each query's scores and weighted sum are computed as the decode step always has been, one query at a time. */
+static void paged_rows_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int T,
+                                 int H, int KVH, int D, int64_t q_b, int64_t q_t, int block_size,
+                                 const int64_t *tables, int64_t table_stride, const int64_t *ends, const int64_t *pad,
+                                 float scale) {
+    const int G = H / KVH;
+    int longest = 1;
+    for (int b = 0; b < B; b++) longest = ends[b] > longest ? (int)ends[b] : longest;
+    const int padded = (longest + 7) / 8 * 8;
+#pragma omp parallel
+    {
+        float *scores = malloc(sizeof(float) * padded);
+        const float **krows = malloc(sizeof(float *) * padded), **vrows = malloc(sizeof(float *) * padded);
+        /* head-major: a thread takes every row of a head in turn, so the blocks its rows share (a generation's
+         * prompt) are read from memory once and then from L2 (one head's 300 positions of keys and values are
+         * 300 KiB; all heads' are 4.7 MiB per layer on Janus-Pro-1B) */
+#pragma omp for schedule(static)
+        for (int hb = 0; hb < H * B; hb++) {
+            const int h = hb / B, b = hb % B, kh = h / G, n_last = (int)ends[b], first = pad ? (int)pad[b] : 0;
+            const int64_t *table = tables + b * table_stride;
+            for (int j0 = 0; j0 < n_last; j0 += block_size) { /* the rows of this head, block by block */
+                const int64_t at = ((table[j0 / block_size] * KVH + kh) * block_size) * (int64_t)D;
+                for (int j = j0; j < n_last && j < j0 + block_size; j++) {
+                    krows[j] = k_pool + at + (int64_t)(j - j0) * D;
+                    vrows[j] = v_pool + at + (int64_t)(j - j0) * D;
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                const float *qrow = q + b * q_b + t * q_t + (int64_t)h * D;
+                float *dst = out + (((int64_t)b * T + t) * H + h) * D;
+                const int n = n_last - (T - 1 - t);
+                if (t < first || n <= 0) { /* padding (or, impossibly, a row with nothing): stay finite */
+                    memset(dst, 0, sizeof(float) * D);
+                    continue;
+                }
+                dot_keys(qrow, krows, n, D, scale, scores);
+                const float inv = 1.0f / exp_row(scores, n, (n + 7) / 8 * 8);
+                weigh_values(scores, vrows, n, D, inv, dst);
+            }
+        }
+        free(scores);
+        free(krows);
+        free(vrows);
+    }
+}
+
+/* One new query per row (a decode step):
  *   q       [B, H, D] contiguous
  *   lengths[b]: positions row b attends (its new one, already written, included)
  *   out     [B, H, D] contiguous
@@ -316,46 +421,15 @@ void janus_paged_prompt_attention(const float *q, const float *k_pool, const flo
 void janus_paged_decode_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int H,
                                   int KVH, int D, int block_size, const int64_t *tables, int64_t table_stride,
                                   const int64_t *lengths, float scale) {
-    const int G = H / KVH;
-    int longest = 1;
-    for (int b = 0; b < B; b++) longest = lengths[b] > longest ? (int)lengths[b] : longest;
-    const int padded = (longest + 7) / 8 * 8;
-#pragma omp parallel
-    {
-        float *scores = malloc(sizeof(float) * padded);
-        const float **vrows = malloc(sizeof(float *) * padded);
-#pragma omp for schedule(static)
-        for (int bh = 0; bh < B * H; bh++) {
-            const int b = bh / H, h = bh % H, kh = h / G, n = (int)lengths[b];
-            const int64_t *table = tables + b * table_stride;
-            const float *qrow = q + (int64_t)bh * D;
-            float *dst = out + (int64_t)bh * D;
-            if (n <= 0) { /* cannot happen for a running row (its own token is there); stay finite */
-                memset(dst, 0, sizeof(float) * D);
-                continue;
-            }
-            for (int j = 0; j < n; j++) {
-                const int64_t at = pool_row(table, j, KVH, kh, block_size, D);
-                const float *krow = k_pool + at;
-                vrows[j] = v_pool + at;
-                v8 s = splat(0.0f);
-                for (int d = 0; d < D; d += 8) s += load8(qrow + d) * load8(krow + d);
-                scores[j] = hsum8(s) * scale;
-            }
-            const int np = (n + 7) / 8 * 8;
-            const float inv = 1.0f / exp_row(scores, n, np);
-            for (int d = 0; d < D; d += 8) {
-                v8 a = splat(0.0f), b2 = splat(0.0f);
-                int i = 0;
-                for (; i + 1 < n; i += 2) {
-                    a += splat(scores[i]) * load8(vrows[i] + d);
-                    b2 += splat(scores[i + 1]) * load8(vrows[i + 1] + d);
-                }
-                if (i < n) a += splat(scores[i]) * load8(vrows[i] + d);
-                store8(dst + d, (a + b2) * splat(inv));
-            }
-        }
-        free(scores);
-        free(vrows);
-    }
+    paged_rows_attention(q, k_pool, v_pool, out, B, 1, H, KVH, D, (int64_t)H * D, (int64_t)H * D, block_size, tables,
+                         table_stride, lengths, NULL, scale);
+}
+
+/* A few new positions per row (see paged_rows_attention): ends[b] = cached[b] + T - pad[b]. */
+void janus_paged_window_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int T,
+                                  int H, int KVH, int D, int64_t q_b, int64_t q_t, int block_size,
+                                  const int64_t *tables, int64_t table_stride, const int64_t *ends, const int64_t *pad,
+                                  float scale) {
+    paged_rows_attention(q, k_pool, v_pool, out, B, T, H, KVH, D, q_b, q_t, block_size, tables, table_stride, ends, pad,
+                         scale);
 }

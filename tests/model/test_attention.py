@@ -10,7 +10,7 @@ import paddle
 import pytest
 
 from model import cpu_kernels
-from model.attention import paged_attention, prompt_attention
+from model.attention import WINDOW_MAX_POSITIONS, paged_attention, prompt_attention
 from model.kv_cache import RowBatch
 
 
@@ -148,6 +148,58 @@ def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, kerne
     assert fused.shape == (len(lengths), T, H * D)
     np.testing.assert_allclose(fused, expected, atol=2e-5, rtol=0)
     np.testing.assert_allclose(fallback, expected, atol=2e-5, rtol=0)
+
+
+def _shared_prompt_case(rng: np.random.Generator, rows: int, prompt: int, T: int, H: int, D: int, block_size: int,
+                        ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor, RowBatch, list[np.ndarray],
+                                   list[np.ndarray]]:
+    """Rows that share a prompt's whole blocks, as a generation's rows do, then hold blocks of their own (a copy of
+    the prompt's part-filled last block, the positions written since, and T new ones, of different counts per
+    row). Returns what `_paged_case` does."""
+    shared = prompt // block_size
+    own_positions = [prompt - shared * block_size + 3 * r + T for r in range(rows)]
+    own_blocks = [-(-n // block_size) for n in own_positions]
+    ids = rng.permutation(shared + sum(own_blocks) + 5)
+    pool_k = rng.standard_normal((len(ids), H, block_size, D)).astype(np.float32)
+    pool_v = rng.standard_normal((len(ids), H, block_size, D)).astype(np.float32)
+    prompt_table, ids = ids[:shared].tolist(), ids[shared:]
+    tables, cached, keys, values = [], [], [], []
+    for count, n_own in zip(own_blocks, own_positions, strict=True):
+        table, ids = prompt_table + ids[:count].tolist(), ids[count:]
+        n = shared * block_size + n_own
+        tables.append(table)
+        cached.append(n - T)
+        j = np.arange(n)
+        block, offset = np.asarray(table)[j // block_size], j % block_size
+        keys.append(pool_k[block, :, offset])
+        values.append(pool_v[block, :, offset])
+    width = max(len(t) for t in tables)
+    tables = [t + [0] * (width - len(t)) for t in tables]
+    q = rng.standard_normal((rows, T, H, D)).astype(np.float32)
+    return (paddle.to_tensor(q), paddle.to_tensor(pool_k), paddle.to_tensor(pool_v), RowBatch.of(tables, cached),
+            keys, values)
+
+
+@pytest.mark.parametrize("T", [1, 2, 4, 8, WINDOW_MAX_POSITIONS, WINDOW_MAX_POSITIONS + 1])
+def test_rows_sharing_a_prompt_and_appending_a_window_match_float64(paddle_ops, kernel_build, T):
+    """Decode steps (T = 1) and windows of drafted tokens (each row appends T positions, each attending causally
+    within the window) over blocks the rows share: in place up to WINDOW_MAX_POSITIONS, gathered above."""
+    rng = np.random.default_rng(T)
+    q, pool_k, pool_v, rows, keys, values = _shared_prompt_case(rng, 5, 37, T, 4, 32, 16)
+    expected = _numpy_paged(q.numpy(), rows, keys, values)
+    np.testing.assert_allclose(paged_attention(q, pool_k, pool_v, rows).numpy(), expected, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(paddle_ops(paged_attention, q, pool_k, pool_v, rows), expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_a_rows_attention_does_not_depend_on_the_other_rows(kernel_build, T):
+    """The same bits for a row attended alone and among others (threads split the rows and heads differently)."""
+    rng = np.random.default_rng(20 + T)
+    q, pool_k, pool_v, rows, _, _ = _shared_prompt_case(rng, 6, 50, T, 4, 64, 16)
+    together = paged_attention(q, pool_k, pool_v, rows).numpy()
+    for b in range(6):
+        alone = RowBatch.of([rows.tables[b].tolist()], [int(rows.cached[b])])
+        np.testing.assert_array_equal(paged_attention(q[b:b + 1], pool_k, pool_v, alone).numpy()[0], together[b])
 
 
 def test_paged_attention_reads_only_the_rows_own_positions(kernel_build):
