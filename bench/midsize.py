@@ -25,7 +25,7 @@ def main() -> None:
     from model.checkpoint.loader import load_janus
     from model.tiny_checkpoint import build_tiny_checkpoint
     from service.engine.block_manager import BlockManager
-    from service.engine.request import RequestHandle, RequestState
+    from service.engine.request import Request, RequestHandle
     from service.engine.runner import Runner
     from service.engine.scheduler import Scheduler
     from service.engine.types import GenerateParams
@@ -64,24 +64,18 @@ def main() -> None:
     scheduler = Scheduler(32, 0, BlockManager(32 * -(-(len(prompt) + 576) // 16), 16))
     runner = Runner(janus, scheduler.blocks.num_blocks, 16)
     loop = asyncio.new_event_loop()
-    requests = []
     for i in range(8):
         params = GenerateParams(prompt.tolist(), 0, 576, 2, 5.0, 1.0, i)
-        request = RequestState(params=params, handle=RequestHandle(f"r{i}", loop))
-        scheduler.add(request)
-        scheduler.admit()
-        runner.prefill(request)
-        scheduler.prefilled(request)
-        request.next_tokens = [0, 0]
-        for table in request.tables:  # as if 300 image tokens were done (their keys and values are moot)
-            scheduler.blocks.ensure(table, length)
-            table.length = length
-        requests.append(request)
-    scheduler.prepare_step(requests)
+        scheduler.add(Request(params=params, handle=RequestHandle(f"r{i}", loop)))
+    while (plan := scheduler.schedule()).prefill:  # each request's prompts, then the first decode step
+        scheduler.postprocess(plan, runner.run(plan))
+    for row in plan.rows:  # as if 300 image tokens were done (their keys and values are moot)
+        scheduler.blocks.ensure(row.table, length + 1)
+        row.table.length = length
     timings = []
     for _ in range(args.steps):
         started = time.perf_counter()
-        runner.decode(requests)
+        runner.forward(plan, {})
         timings.append(time.perf_counter() - started)
     engine_step = float(np.median(timings[1:]))
     print(json.dumps({

@@ -31,11 +31,10 @@ from model.image_processing import ImageProcessor
 from model.special_tokens import IMAGE_TOKEN
 from model.token_bytes import token_bytes
 from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
+from service.answer_text import AnswerDetokenizer
 from service.conversation import Conversation, Turn
-from service.engine.capacity import CONTEXT_SETTING, ROWS_SETTING, Capacity, Shortfall
-from service.engine.prompt_blocks import image_hash
+from service.engine.capacity import Capacity, Refusal, answer_refusal, image_refusal
 from service.engine.types import GenerateParams, UnderstandParams
-from service.stop_texts import StopTexts
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_IMAGES = 8  # per understanding request whatever the context: each image is a full vision-encoder pass
@@ -50,10 +49,10 @@ class InputError(ValueError):
 class DoesNotFit(InputError):
     """The request is larger than this server's settings allow; the message names the setting to raise."""
 
-    def __init__(self, message: str, shortfall: Shortfall, param: str | None = None) -> None:
-        super().__init__(f"{message}, or {shortfall.advice}")
-        self.shortfall = shortfall
-        self.param = param  # the request field to change, in the client's own terms
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.shortfall = refusal.shortfall
+        self.param = refusal.param  # the request field to change, in the client's own terms
 
 
 def check_image_tags(question: str, num_images: int, history: Sequence[tuple[str, str]] = ()) -> None:
@@ -172,12 +171,10 @@ class Preprocessor:
             except ValueError as err:  # an image PIL decoded but that cannot become RGB pixels
                 raise InputError(f"cannot use the image: {err}") from None
         tok = self.tokenizer
-        stop_watch = partial(StopTexts, tok, options.stop) if options.stop else None
         return UnderstandParams(prompt_ids=ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
                                 image_id=tok.image_id, temperature=options.temperature, top_p=options.top_p,
                                 seed=options.seed, stop_ids=(tok.eos_id,), timeout_s=timeout_s, n=options.n,
-                                stop_watch=stop_watch, logprobs=options.logprobs,
-                                image_hashes=() if pixels is None else tuple(image_hash(p) for p in pixels))
+                                answer_text=partial(AnswerDetokenizer, tok, options.stop), logprobs=options.logprobs)
 
     def _answer_length(self, prompt_tokens: int, options: AnswerOptions) -> int:
         """Unasked, answer as long as the context allows (up to the default), and at least one token."""
@@ -185,51 +182,27 @@ class Preprocessor:
 
     def _check_answer_fits(self, prompt_tokens: int, num_images: int, max_new_tokens: int,
                            options: AnswerOptions) -> None:
-        short = self.capacity.shortfall(prompt_tokens, max_new_tokens, rows=options.n)
-        if short is None:
-            return
-        if short.setting == ROWS_SETTING:
-            raise DoesNotFit(f"n {options.n} needs {options.n} rows (one per answer) but the server runs at most "
-                             f"{short.limit}: lower n", short, "n")
-        if short.setting != CONTEXT_SETTING:  # the KV memory
-            raise DoesNotFit(f"the prompt of {prompt_tokens} tokens with {options.n} answer(s) of up to "
-                             f"{max_new_tokens} tokens needs up to {short.needed} MiB of KV cache but the server's "
-                             f"whole cache is {short.limit} MiB: lower {options.length_field} or n, or send fewer "
-                             "images", short, options.length_field)
-        images = f" ({num_images} image(s) of {self.vision_tokens + 2} positions each)" if num_images else ""
-        shorten = "send fewer images or a shorter conversation" if num_images else "shorten the conversation"
-        room = self.capacity.room(prompt_tokens)
-        if options.max_new_tokens is None or room < 1:
-            raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and the server's context is "
-                             f"{short.limit} tokens, which leaves no room for an answer: {shorten}", short,
-                             options.prompt_field)
-        raise DoesNotFit(f"the prompt is {prompt_tokens} tokens{images} and {options.length_field} {max_new_tokens} "
-                         f"would take it to {short.needed}, but the server's context is {short.limit} tokens: lower "
-                         f"{options.length_field} to at most {room}, {shorten}", short, options.length_field)
+        refusal = answer_refusal(self.capacity, prompt_tokens, max_new_tokens, options.n, images=num_images,
+                                 image_positions=self.vision_tokens + 2,
+                                 length_asked=options.max_new_tokens is not None, length_field=options.length_field,
+                                 prompt_field=options.prompt_field)
+        if refusal is not None:
+            raise DoesNotFit(refusal)
 
     def generate(self, prompt: str, *, parallel_size: int, cfg_weight: float, temperature: float, seed: int,
-                 timeout_s: float | None, count_field: str = "parallel_size") -> GenerateParams:
-        """`count_field`: what the client's API calls parallel_size (for refusals)."""
+                 timeout_s: float | None, count_field: str = "parallel_size", previews: int = 0) -> GenerateParams:
+        """`count_field`: what the client's API calls parallel_size (for refusals); `previews`: partial images to
+        decode while drawing (streamed requests only)."""
         if not prompt.strip():
             raise InputError("the prompt is empty")
         ids = self.tokenizer.encode_prompt(generation_prompt(prompt, self.template))
-        guided = cfg_weight != 1.0
-        rows = parallel_size * (2 if guided else 1)
-        short = self.capacity.shortfall(len(ids), self.gen_tokens, rows=rows, prompts=2 if guided else 1)
-        if short is not None and short.setting == CONTEXT_SETTING:
-            raise DoesNotFit(f"the prompt is {len(ids)} tokens and an image {self.gen_tokens} more, but the server's "
-                             f"context is {short.limit} tokens: shorten the prompt", short, "prompt")
-        if short is not None and short.setting != ROWS_SETTING:  # the KV memory
-            raise DoesNotFit(f"{count_field} {parallel_size} needs up to {short.needed} MiB of KV cache but the "
-                             f"server's whole cache is {short.limit} MiB: lower {count_field}", short, count_field)
-        if short is not None:
-            per_image = "two per image with guidance" if guided else "one per image"
-            cure = f"lower {count_field} (or set cfg_weight 1: one row per image)" if guided else f"lower {count_field}"
-            raise DoesNotFit(f"{count_field} {parallel_size} needs {rows} rows ({per_image}) but the server runs at "
-                             f"most {short.limit}: {cure}", short, count_field)
+        refusal = image_refusal(self.capacity, len(ids), self.gen_tokens, parallel_size, cfg_weight != 1.0,
+                                count_field)
+        if refusal is not None:
+            raise DoesNotFit(refusal)
         return GenerateParams(prompt_ids=ids, pad_id=self.tokenizer.pad_id, image_tokens=self.gen_tokens,
                               parallel_size=parallel_size, cfg_weight=cfg_weight, temperature=temperature,
-                              seed=seed, timeout_s=timeout_s)
+                              seed=seed, timeout_s=timeout_s, previews=previews)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(token_ids)

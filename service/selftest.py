@@ -138,28 +138,14 @@ class RecordingRunner:
         trace.decisions.append(decisions)
         trace.tokens.append([int(t) for t in decisions.argmax(axis=-1)])
 
-    def prefill_understand(self, requests: list[Any]) -> list[np.ndarray]:
+    def run(self, plan: Any) -> Any:
+        failed: dict[Any, str] = {}
         started = time.perf_counter()
-        out = self._runner.prefill_understand(requests)
-        self.prefill_s.append(time.perf_counter() - started)
-        for request, logits in zip(requests, out, strict=True):
-            self._record(request, logits)
-        return out
-
-    def prefill(self, request: Any) -> np.ndarray:
-        started = time.perf_counter()
-        out = self._runner.prefill(request)
-        self.prefill_s.append(time.perf_counter() - started)
-        self._record(request, out)
-        return out
-
-    def decode(self, requests: list[Any]) -> Any:
-        started = time.perf_counter()
-        out = self._runner.decode(requests)
-        self.decode_s.append(time.perf_counter() - started)
-        for request in requests:
-            self._record(request, out.text[request.id] if request.id in out.text else out.image[request.id])
-        return out
+        logits = self._runner.forward(plan, failed)
+        (self.prefill_s if plan.prefill else self.decode_s).append(time.perf_counter() - started)
+        for request, values in logits.items():
+            self._record(request, values)
+        return self._runner.sample(plan, logits, failed)
 
 
 @dataclass

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """Base of the errors raised by the HTTP layer itself."""
 
+    def __init__(self, message: str = "", param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param  # the request field at fault, where the API has one (OpenAI's `param`)
+
 
 class BadInput(ApiError):
     """Malformed request content: invalid JSON or base64, an undecodable image."""

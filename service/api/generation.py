@@ -28,6 +28,5 @@ async def submit_generation(runtime: Runtime, body: GenerateRequest, previews: i
     API calls parallel_size, for the refusal."""
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     params = await asyncio.to_thread(body.to_params, runtime.preprocessor, seed, runtime.settings.request_timeout_s,
-                                     count_field)
-    params.previews = previews if body.stream else 0
+                                     count_field, previews if body.stream else 0)
     return Submitted(runtime.engine.submit(params, stream=body.stream), params)

@@ -73,6 +73,6 @@ def _naming(source: ImageInput) -> Iterator[None]:
     try:
         yield
     except ApiError as err:
-        if source.param is not None:
-            err.param = source.param  # type: ignore[attr-defined]
-        raise
+        if source.param is None:
+            raise
+        raise type(err)(str(err), param=source.param) from None

@@ -139,11 +139,13 @@ class GenerateRequest(_Request):
             raise ValueError("jpeg_quality applies only to format jpeg")
         return self
 
-    def to_params(self, prep: Preprocessor, seed: int, timeout_s: float | None,
-                  count_field: str = "parallel_size") -> GenerateParams:
-        """`count_field`: what the client's API calls parallel_size (`n` on /v1/images/generations)."""
+    def to_params(self, prep: Preprocessor, seed: int, timeout_s: float | None, count_field: str = "parallel_size",
+                  previews: int = 0) -> GenerateParams:
+        """`count_field`: what the client's API calls parallel_size (`n` on /v1/images/generations); `previews`:
+        partial images to decode while drawing (streamed requests only)."""
         return prep.generate(self.prompt, parallel_size=self.parallel_size, cfg_weight=self.cfg_weight,
-                             temperature=self.temperature, seed=seed, timeout_s=timeout_s, count_field=count_field)
+                             temperature=self.temperature, seed=seed, timeout_s=timeout_s, count_field=count_field,
+                             previews=previews)
 
 
 # responses

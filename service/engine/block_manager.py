@@ -192,8 +192,7 @@ class BlockManager:
                 self._release(block)
                 table.blocks[last] = copy
 
-    def register(self, table: BlockTable, ids: list[int], images: tuple[ImageSpan, ...] = (),
-                 token_kind: bytes = b"t") -> None:
+    def register(self, table: BlockTable, ids: list[int], images: tuple[ImageSpan, ...] = ()) -> None:
         """Enter the row's full blocks that are not in the prefix table yet. ids: the token ids of the row's
         positions from the start (at least `table.length` of them)."""
         if not self.prefix_caching:
@@ -202,8 +201,7 @@ class BlockManager:
         if full <= table.hashed:
             return
         start = table.hashed * self.block_size
-        hashes = chain_hashes(table.last_hash, ids[start:full * self.block_size], start, self.block_size, images,
-                              token_kind)
+        hashes = chain_hashes(table.last_hash, ids[start:full * self.block_size], start, self.block_size, images)
         for block, block_hash in zip(table.blocks[table.hashed:full], hashes, strict=True):
             if block_hash not in self._prefix and self._hash_of[block] is None:
                 self._prefix[block_hash] = block

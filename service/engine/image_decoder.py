@@ -37,7 +37,7 @@ import numpy as np
 
 from service.engine.cpu_threads import set_thread_budget
 from service.engine.errors import EngineError, ModelFailure, RequestCancelled, RequestTimeout
-from service.engine.request import RequestState, Status
+from service.engine.request import Request, Status
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ImageDecoding(Protocol):
 
 @dataclass(eq=False)
 class DecodeJob:
-    request: RequestState
+    request: Request
     tokens: np.ndarray  # int64 [images, image tokens]
     on_images: Callable[[np.ndarray], None]  # uint8 [images, S, S, 3]; called in the decoding thread
     on_error: Callable[[EngineError], None]  # called in the decoding thread, or in the one that stops the worker
@@ -205,11 +205,11 @@ class ImageDecoder:
             self._budget = budget
 
     @staticmethod
-    def _unwanted(request: RequestState) -> EngineError | None:
+    def _unwanted(request: Request) -> EngineError | None:
         if request.handle.cancelled:
             return RequestCancelled("the client went away")
         if time.perf_counter() > request.deadline:
-            return RequestTimeout(f"the request did not finish within {request.params.timeout_s} s")
+            return RequestTimeout(f"the request did not finish within {request.timeout_s} s")
         return None
 
     def _end(self, job: DecodeJob, images: np.ndarray | None = None, error: EngineError | None = None) -> None:

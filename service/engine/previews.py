@@ -15,10 +15,10 @@ GREY = 128
 PLACEHOLDER_CODE = 0
 
 
-def partial_tokens(tokens: np.ndarray, steps_done: int) -> np.ndarray:
-    """[P, T] token grids with positions from `steps_done` on set to the placeholder code (a copy)."""
-    out = np.array(tokens, np.int64, copy=True)
-    out[:, steps_done:] = PLACEHOLDER_CODE
+def partial_tokens(drawn: np.ndarray, total: int) -> np.ndarray:
+    """Token grids drawn so far [P, steps done] -> whole grids [P, total], the rest the placeholder code."""
+    out = np.full((len(drawn), total), PLACEHOLDER_CODE, np.int64)
+    out[:, :drawn.shape[1]] = drawn
     return out
 
 

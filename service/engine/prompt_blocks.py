@@ -67,16 +67,15 @@ class PromptBlocks:
 
 
 def chain_hashes(previous: BlockHash, ids: list[int], offset: int, block_size: int,
-                 images: tuple[ImageSpan, ...] = (), token_kind: bytes = b"t") -> list[BlockHash]:
+                 images: tuple[ImageSpan, ...] = ()) -> list[BlockHash]:
     """Hashes of the full blocks of `ids`, which start at position `offset` (a multiple of block_size) after a
-    block named `previous` (b"" at the start). token_kind keeps text ids apart from image-generation ids."""
+    block named `previous` (b"" at the start)."""
     assert offset % block_size == 0
     array = np.asarray(ids, np.int64)
     hashes = []
     for first in range(0, len(array) - block_size + 1, block_size):
         start = offset + first
         digest = hashlib.blake2b(previous, digest_size=16)
-        digest.update(token_kind)
         digest.update(array[first:first + block_size].tobytes())
         for image in images:
             if image.start < start + block_size and start < image.end:

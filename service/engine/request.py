@@ -1,4 +1,11 @@
-"""One request's state inside the engine, and the handle the asyncio side holds for it."""
+"""One request inside the engine: its rows, and the handle the asyncio side holds for it.
+
+A row is one KV row the backbone extends: an answer of an understanding request, or one of the rows of a generated
+image (the conditional row and, with guidance, the unconditional one, which is fed the same tokens). Requests and
+rows are written by the scheduler only (on the engine thread; `Scheduler.add` fills in the prompts before the
+request is queued); the runner reads them. Other threads never write them: the asyncio side cancels through the
+handle, which posts the cancellation to the engine thread.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,17 @@ import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
 from service.engine.block_manager import BlockTable
-from service.engine.errors import EngineError
 from service.engine.prompt_blocks import PromptBlocks
 from service.engine.types import (
     Answer,
+    AnswerText,
     ErrorEvent,
     Event,
     FinishedEvent,
@@ -27,7 +34,6 @@ from service.engine.types import (
     PreviewEvent,
     ProgressEvent,
     Result,
-    StopWatch,
     Timings,
     TokenEvent,
     TokenLogprob,
@@ -54,16 +60,19 @@ class Status(Enum):
 class RequestHandle:
     """The asyncio side's view of a request: its event stream and a way to cancel it."""
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, stream: bool = True) -> None:
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, stream: bool = True,
+                 on_cancel: Callable[[str], None] | None = None) -> None:
+        """on_cancel: tells the engine (called with the request id, in the cancelling thread)."""
         self.id = request_id
         self._loop = loop
         self.stream = stream  # False: only the final event is delivered (no per-token wake-ups, no previews)
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.cancelled = False  # read by the engine thread; a plain bool is enough (set once, never cleared)
+        self._on_cancel = on_cancel
+        self.cancelled = False  # set once, never cleared; the image decoder reads it between calls
         self._done = False
 
     def deliver(self, event: Event) -> None:
-        """Called from the engine thread."""
+        """Called from the engine thread (or the image decoder's)."""
         if not self.stream and isinstance(event, TokenEvent | ProgressEvent | PreviewEvent):
             return
         # RuntimeError: the event loop is gone (server shut down), so nobody is listening any more.
@@ -71,7 +80,11 @@ class RequestHandle:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        if not self._done and self._on_cancel is not None:  # an answered request has nothing left to stop
+            self._on_cancel(self.id)
 
     async def events(self) -> AsyncIterator[Event]:
         while not self._done:
@@ -90,68 +103,68 @@ class RequestHandle:
 
 
 @dataclass(eq=False)
-class AnswerState:
-    """One answer of an understanding request while it grows (its row is running until `finish_reason` is set)."""
+class Row:
+    """One KV row and what it has drawn. Its table holds the positions written; its last token is not fed yet."""
 
-    index: int
-    stop_watch: StopWatch | None = None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str = ""
+    request: Request
+    index: int  # the answer (understanding) or the image (generation) it belongs to
+    table: BlockTable = field(default_factory=BlockTable)  # empty until admission (or its prompt's prefill)
+    tokens: list[int] = field(default_factory=list)  # drawn so far: an answer's ids, or an image's tokens
+    drafts: list[int] = field(default_factory=list)  # tokens to verify after the last one in the next step
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the request asks for them
+    text: AnswerText | None = None  # the answer's text and stop texts
+    finish_reason: str = ""  # set when the answer ends
 
-    def result(self) -> Answer:
-        return Answer(list(self.token_ids), self.finish_reason, self.logprobs)
+    @property
+    def rng(self) -> np.random.Generator:
+        """Its request's generator: the rows of a request draw from it in row order."""
+        return self.request.rng
+
+    def answer(self) -> Answer:
+        text = self.text.final(self.finish_reason) if self.text is not None else ""
+        return Answer(list(self.tokens), self.finish_reason, self.logprobs, text)
 
 
 @dataclass(eq=False)
-class RequestState:
+class Request:
     """Everything the engine tracks for one request. Rows of a request share one length (no padding)."""
 
     params: Params
     handle: RequestHandle
+    timeout_s: float | None = None  # None: the params' own
     submitted_at: float = field(default_factory=time.perf_counter)
-    id: str = field(default_factory=new_request_id)
     status: Status = Status.WAITING
     prompts: list[PromptBlocks] = field(default_factory=list)  # understanding: one; generation: cond, uncond
-    # KV rows (the block manager's): one per prompt from admission to the end of its prefill, then one per row
-    # (understanding: row k = live[k]; generation: parallel_size conditional rows, then the unconditional ones)
-    tables: list[BlockTable] = field(default_factory=list)
     cached_tokens: int = 0  # prompt positions reused from the prefix cache
-    next_tokens: list[int] = field(default_factory=list)  # next input per image (generation) or per running answer
-    answers: list[AnswerState] = field(default_factory=list)  # understanding: all answers, finished or not
-    live: list[AnswerState] = field(default_factory=list)  # understanding: the running answers, row k = tables[k]
-    image_tokens: np.ndarray | None = None  # [parallel_size, image_tokens]
-    steps_done: int = 0
+    steps_done: int = 0  # generation: image tokens drawn per image
     timings: Timings = field(default_factory=Timings)
-    prefill_started: float = 0.0
     first_token_at: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.timeout_s is None:
+            self.timeout_s = self.params.timeout_s
+        self.deadline = self.submitted_at + self.timeout_s if self.timeout_s else float("inf")
         self.rng = np.random.default_rng(self.params.seed)
         self.preview_steps: frozenset[int] = frozenset()
         if isinstance(self.params, GenerateParams):
-            self.image_tokens = np.zeros((self.params.parallel_size, self.params.image_tokens), np.int64)
+            # parallel_size conditional rows, then (guided) as many unconditional ones
+            self.rows = [Row(self, i % self.params.parallel_size) for i in range(self.params.rows)]
+            self.answers: list[Row] = []
             if self.handle.stream:  # nobody would see the previews of a request that does not stream
                 self.preview_steps = frozenset(self.params.preview_steps)
         else:
-            watch = self.params.stop_watch
-            logprobs = self.params.logprobs is not None
-            self.answers = [AnswerState(i, watch() if watch else None, logprobs=[] if logprobs else None)
+            text, logprobs = self.params.answer_text, self.params.logprobs is not None
+            self.answers = [Row(self, i, logprobs=[] if logprobs else None, text=text() if text else None)
                             for i in range(self.params.n)]
-            self.live = list(self.answers)
-        timeout = self.params.timeout_s
-        self.deadline = self.submitted_at + timeout if timeout else float("inf")
+            self.rows = list(self.answers)  # the running ones: an answer that ends gives its row back
+
+    @property
+    def id(self) -> str:
+        return self.handle.id
 
     @property
     def kind(self) -> Kind:
         return self.params.kind
-
-    @property
-    def rows(self) -> int:
-        """Rows it needs (waiting) or holds (running: answers that ended have given theirs back)."""
-        if self.status is Status.RUNNING and self.kind is Kind.UNDERSTAND:
-            return len(self.live)
-        return self.params.rows
 
     @property
     def understand(self) -> UnderstandParams:
@@ -163,6 +176,14 @@ class RequestState:
         assert isinstance(self.params, GenerateParams)
         return self.params
 
-    def fail(self, error: EngineError) -> None:
-        self.status = Status.FINISHED
-        self.handle.deliver(ErrorEvent(error))
+    @property
+    def prompt_rows(self) -> list[Row]:
+        """The rows that hold the prompts from admission on (one per prompt); the others share them once prefilled."""
+        if self.kind is Kind.GENERATE:
+            return self.rows[::self.generate.parallel_size]
+        return self.rows[:1]
+
+    @property
+    def image_tokens(self) -> np.ndarray:
+        """Generation: the images' tokens so far, int64 [parallel_size, steps_done]."""
+        return np.array([row.tokens for row in self.rows[:self.generate.parallel_size]], np.int64)

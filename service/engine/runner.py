@@ -1,16 +1,17 @@
-"""The only serving code that makes tensors: prefill, the shared decode step, block copies, image decoding.
+"""The only serving code that makes tensors: the forward of each step, the sampling of its tokens, block copies,
+image decoding.
 
-Every decode step is ONE backbone forward over all running rows, whatever their kind: understanding rows feed
-their last text token through the text embedding, generation rows their last image token through gen_embed +
-gen_aligner. Afterwards text rows go through `lm_head`, image rows through `gen_head`. Keys and values live in a
-paged pool; each row is read and written through its block table, which the scheduler's block manager keeps. The
-runner reads request state and never writes it: what a forward means for the rows (lengths, blocks) is the
-scheduler's to record.
+`run(plan)` computes what the scheduler planned and returns the tokens aligned with the plan's rows. A decode step
+is ONE backbone forward over all running rows, whatever their kind: understanding rows feed their last text token
+through the text embedding, generation rows their last image token through gen_embed + gen_aligner. Afterwards text
+rows go through `lm_head`, image rows through `gen_head`. Keys and values live in a paged pool; each row is read
+and written through its block table. The runner reads rows and never writes them: what a step means for them
+(tokens, lengths, blocks) is the scheduler's to record.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
 import numpy as np
 import paddle
@@ -19,16 +20,12 @@ from model.host_memory import to_tensor
 from model.janus import JanusModel
 from model.kv_cache import RowBatch
 from service.engine.feature_cache import FeatureCache
-from service.engine.request import RequestState
+from service.engine.plan import Plan, StepOutput
+from service.engine.request import Request
+from service.engine.sampler import sample
 from service.engine.types import Kind
 
-
-@dataclass(slots=True)
-class StepLogits:
-    """Host-side logits of one decode step, per request."""
-
-    text: dict[str, np.ndarray]  # request id -> [rows of the request (its table order), vocab]
-    image: dict[str, np.ndarray]  # request id -> [rows of the request (its table order), image vocab]
+log = logging.getLogger(__name__)
 
 
 class Runner:
@@ -39,33 +36,76 @@ class Runner:
         self.cache = model.new_cache(num_blocks, block_size)
         self.features = features or FeatureCache(0)
 
+    def run(self, plan: Plan) -> StepOutput:
+        """The plan's forward, then each request's tokens. A request whose prefill or sampling fails is reported in
+        the output's `failed` (its rows draw nothing); the others go on."""
+        failed: dict[Request, str] = {}
+        return self.sample(plan, self.forward(plan, failed), failed)
+
+    def forward(self, plan: Plan, failed: dict[Request, str]) -> dict[Request, np.ndarray]:
+        """Each request's next-token logits [its rows, V] (text or image vocabulary); a request whose prefill fails
+        goes into `failed` instead."""
+        self.cache.copy_blocks(plan.copies)
+        if plan.prefill:
+            return self._prefill(plan.prefill, failed)
+        assert all(len(ids) == 1 for ids in plan.inputs), "several positions per row are not run yet"
+        return self._decode(plan)
+
+    def sample(self, plan: Plan, logits: dict[Request, np.ndarray], failed: dict[Request, str]) -> StepOutput:
+        """Each request's tokens from its rows' logits, aligned with the plan's rows."""
+        out = StepOutput([[] for _ in plan.rows], [[] for _ in plan.rows], failed)
+        for request, rows in plan.by_request():
+            if request in failed:
+                continue
+            try:
+                tokens, logprobs = sample(request, logits[request])
+            except Exception as err:  # noqa: BLE001 - fails this request only
+                log.exception("sampling failed for %s", request.id)
+                failed[request] = f"processing failed: {err}"
+                continue
+            for i, token in zip(rows, tokens.tolist(), strict=True):
+                out.tokens[i] = [token]
+            for i, entry in zip(rows, logprobs, strict=False):
+                out.logprobs[i] = [entry]
+        return out
+
     # prefill
 
-    def prefill(self, request: RequestState) -> np.ndarray:
-        """Run the prompt into the request's rows. Returns first-token logits [rows, V] (text or image)."""
-        if request.kind is Kind.UNDERSTAND:
-            return self.prefill_understand([request])[0]
-        return self._prefill_generate(request)
-
-    def prefill_understand(self, requests: list[RequestState]) -> list[np.ndarray]:
-        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass), each from
-        where its cached prefix ends, into its first row's blocks.
-
-        Returns each request's first-token logits [rows, V] (every answer starts from the same distribution)."""
-        suffixes, images = [], []
+    def _prefill(self, requests: list[Request], failed: dict[Request, str]) -> dict[Request, np.ndarray]:
+        """First-token logits [rows, V] of each request whose prompts ran (understanding prompts in one batch, a
+        generation's one or two prompts in another). A batch that fails is run again request by request, so that
+        only the request that breaks it fails."""
+        try:
+            if requests[0].kind is Kind.GENERATE:
+                return {requests[0]: self._prefill_generate(requests[0])}
+            return dict(zip(requests, self._prefill_understand(requests), strict=True))
+        except Exception as err:  # noqa: BLE001 - fails these requests only
+            if len(requests) == 1:
+                log.exception("prefill failed for %s", requests[0].id)
+                failed[requests[0]] = f"prefill failed: {err}"
+                return {}
+        logits: dict[Request, np.ndarray] = {}
         for request in requests:
-            params, prompt, table = request.understand, request.prompts[0], request.tables[0]
+            logits.update(self._prefill([request], failed))
+        return logits
+
+    def _prefill_understand(self, requests: list[Request]) -> list[np.ndarray]:
+        """Several understanding prompts in one left-padded batch (one vision pass, one backbone pass), each from
+        where its cached prefix ends, into its first row's blocks. Every answer starts from the same logits."""
+        suffixes, images, tables = [], [], [request.rows[0].table for request in requests]
+        for request, table in zip(requests, tables, strict=True):
+            params, prompt = request.understand, request.prompts[0]
             suffixes.append(params.prompt_ids[table.length:])
             for index, first in prompt.images_from(table.length):
                 images.append((prompt.images[index].content, params.pixel_values[index], first))
         features = self._image_features(images)
         ids, pad = _left_padded(suffixes)
         embeds = self.model.embed_prompt(self._tensor(ids), features, image_id=requests[0].understand.image_id)
-        rows = RowBatch.of([r.tables[0].blocks for r in requests], [r.tables[0].length for r in requests], pad)
+        rows = RowBatch.of([t.blocks for t in tables], [t.length for t in tables], pad)
         hidden = self.model.extend(embeds, self.cache, rows, last_only=True)
         logits = self.model.text_logits(hidden[:, -1]).astype("float32").numpy()  # [requests, V]
-        return [np.repeat(row[None], request.understand.n, axis=0)
-                for row, request in zip(logits, requests, strict=True)]
+        return [np.repeat(row[None], len(request.rows), axis=0) for row, request in zip(logits, requests,
+                                                                                      strict=True)]
 
     def _image_features(self, images: list[tuple[bytes, np.ndarray, int]]) -> paddle.Tensor | None:
         """Aligned features [positions, hidden] of (content hash, pixels, first position) images in order, each
@@ -82,67 +122,50 @@ class Runner:
         parts = [f if first == 0 else f[first:] for f, (_, _, first) in zip(found, images, strict=True)]
         return paddle.concat(parts, axis=0) if len(parts) > 1 else parts[0]
 
-    def _prefill_generate(self, request: RequestState) -> np.ndarray:
+    def _prefill_generate(self, request: Request) -> np.ndarray:
         """The conditional prompt and (guided) the unconditional one, each once, into their first rows' blocks;
-        the other rows of each share them after `Scheduler.prefilled`."""
-        ids, pad = _left_padded([p.ids[t.length:] for p, t in zip(request.prompts, request.tables, strict=True)])
-        rows = RowBatch.of([t.blocks for t in request.tables], [t.length for t in request.tables], pad)
+        the other rows of each share them once the scheduler has recorded the prefill."""
+        tables = [row.table for row in request.prompt_rows]
+        ids, pad = _left_padded([p.ids[t.length:] for p, t in zip(request.prompts, tables, strict=True)])
+        rows = RowBatch.of([t.blocks for t in tables], [t.length for t in tables], pad)
         hidden = self.model.extend(self.model.embed_text(self._tensor(ids)), self.cache, rows, last_only=True)
         logits = self.model.image_logits(hidden[:, -1]).astype("float32").numpy()  # [1 or 2, V]
         return np.repeat(logits, request.generate.parallel_size, axis=0)  # P conditional, then P unconditional
 
-    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        """Apply the block manager's copies (source, destination): rows that split off a shared prompt."""
-        self.cache.copy_blocks(copies)
-
     # decode
 
-    def decode(self, requests: list[RequestState]) -> StepLogits:
-        """One backbone forward over every row of every request; each row writes one position (its table has a
-        block for it) and gives the logits of the next token."""
-        kind_of, token_of, tables, lengths = [], [], [], []
-        for request in requests:
-            image = request.kind is Kind.GENERATE
-            # every row of a generation pair takes the token sampled for its image
-            tokens = request.next_tokens * (2 if image and request.generate.guided else 1)
-            for table, token in zip(request.tables, tokens, strict=True):
-                kind_of.append(image)
-                token_of.append(token)
-                tables.append(table.blocks)
-                lengths.append(table.length)
-        is_image, token_array = np.asarray(kind_of, bool), np.asarray(token_of, np.int64)
-        B = len(token_of)
+    def _decode(self, plan: Plan) -> dict[Request, np.ndarray]:
+        """One backbone forward over every row of the plan; each row writes one position (its table has a block
+        for it) and gives the logits [rows, V] of its request's next tokens."""
+        is_image = np.array([row.request.kind is Kind.GENERATE for row in plan.rows], bool)
+        tokens = np.array([ids[0] for ids in plan.inputs], np.int64)
         text_rows, image_rows = np.flatnonzero(~is_image), np.flatnonzero(is_image)
         parts = []
         if len(text_rows):
-            parts.append(self.model.embed_text(self._tensor(token_array[text_rows][:, None])))
+            parts.append(self.model.embed_text(self._tensor(tokens[text_rows][:, None])))
         if len(image_rows):
-            parts.append(self.model.embed_image_tokens(self._tensor(token_array[image_rows])).unsqueeze(1))
+            parts.append(self.model.embed_image_tokens(self._tensor(tokens[image_rows])).unsqueeze(1))
         embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
         if len(parts) > 1:  # back to row order
             order = np.argsort(np.concatenate([text_rows, image_rows]), kind="stable")
             embeds = paddle.index_select(embeds, self._tensor(order))
-        hidden = self.model.extend(embeds, self.cache, RowBatch.of(tables, lengths))[:, 0]  # [B, hidden]
-
-        row_in_kind = np.zeros(B, np.int64)
+        batch = RowBatch.of([row.table.blocks for row in plan.rows], [row.table.length for row in plan.rows])
+        hidden = self.model.extend(embeds, self.cache, batch)[:, 0]  # [B, hidden]
+        # each kind's logits in row order; a request's rows are consecutive in its kind's
+        by_kind: dict[bool, np.ndarray] = {}
+        if len(text_rows):
+            logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_rows)))
+            by_kind[False] = logits.astype("float32").numpy()
+        if len(image_rows):
+            logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_rows)))
+            by_kind[True] = logits.astype("float32").numpy()
+        row_in_kind = np.zeros(len(plan.rows), np.int64)
         row_in_kind[text_rows] = np.arange(len(text_rows))
         row_in_kind[image_rows] = np.arange(len(image_rows))
-        text_logits = image_logits = None
-        if len(text_rows):
-            text_logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_rows)))
-            text_logits = text_logits.astype("float32").numpy()
-        if len(image_rows):
-            image_logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_rows)))
-            image_logits = image_logits.astype("float32").numpy()
-        out = StepLogits({}, {})
-        first = 0
-        for request in requests:
-            rows = row_in_kind[first:first + len(request.tables)]
-            first += len(request.tables)
-            if request.kind is Kind.UNDERSTAND:
-                out.text[request.id] = text_logits[rows]
-            else:
-                out.image[request.id] = image_logits[rows]
+        out: dict[Request, np.ndarray] = {}
+        for request, rows in plan.by_request():
+            first = row_in_kind[rows.start]
+            out[request] = by_kind[bool(is_image[rows.start])][first:first + len(rows)]
         return out
 
     # images

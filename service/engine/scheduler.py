@@ -1,248 +1,199 @@
-"""Which requests run: admission by free rows and free KV blocks, a bounded waiting queue, and the KV bookkeeping of
-running rows through the block manager (the one owner of KV memory).
+"""What runs in each step, and what a step means for the rows: the plan (a group of prompts to prefill, or one
+decode step of every running row) and its postprocessing (tokens appended, ends checked, rows and blocks given
+back). With admission (`admission.py`, its base) the one writer of requests and rows; the block manager, the one
+owner of KV memory, works for it.
 
-Pure Python: it never touches a tensor. Thread-safe where the asyncio side calls it (`add`, `counts`). Request state
-that concerns rows and blocks (status, block tables, lengths) is written here and nowhere else; the runner only
-reads it.
-
-Admission refuses at once (Overloaded, with a Retry-After estimate) a request that would find the waiting queue full,
-or that would wait for free rows longer than its own timeout: it could only time out.
+Pure Python: it never touches a tensor. Engine thread only, but for the queue's `add` and `counts`. A step is
+`plan = schedule()`, `out = runner.run(plan)`, `postprocess(plan, out)`: the requests admitted together are
+prefilled, a few at a time, then every running row decodes once, then the next requests are admitted.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
-from service.engine.block_manager import BlockManager, BlockTable
-from service.engine.errors import Overloaded
-from service.engine.prompt_blocks import PromptBlocks, image_hash, image_spans
-from service.engine.request import RequestState, Status
-from service.engine.types import GenerateParams, Kind, Params
-from service.engine.wait_estimate import HoldTimes, Running, admission_times, remaining_s
+from service.engine.admission import Admission
+from service.engine.block_manager import BlockManager
+from service.engine.errors import EngineError, ModelFailure, RequestTimeout
+from service.engine.plan import Plan, StepOutput
+from service.engine.postprocess import StepReport, record_answer_tokens, record_image_tokens
+from service.engine.request import Request, Row, Status
+from service.engine.types import ErrorEvent, FinishedEvent, Kind, TokenLogprob, UnderstandResult
 
-# Retry-After bounds: at least a second, and no longer than a client will wait before retrying (a longer wait is
-# better found out by asking again than by sleeping on an estimate that the next minutes will change).
-MIN_RETRY_AFTER_S = 1.0
-MAX_RETRY_AFTER_S = 60.0
-DEFAULT_BLOCK_SIZE = 16
+log = logging.getLogger(__name__)
 
 
-class Scheduler:
+class Scheduler(Admission):
     def __init__(self, max_rows: int, max_waiting: int, clock: Callable[[], float] = time.perf_counter,
-                 blocks: BlockManager | None = None) -> None:
-        """blocks: the KV pool's manager; None: one large enough never to bind (tests of rows alone)."""
-        self.max_rows = max_rows
-        self.max_waiting = max_waiting
-        self.blocks = blocks or BlockManager(max_rows * 4096 // DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
-        self._lock = threading.Lock()
-        self._waiting: deque[RequestState] = deque()
-        self.running: list[RequestState] = []
-        self.used = 0  # rows running
-        self.hold = HoldTimes()  # learned row-holding time per kind, for the wait estimates
-        self._clock = clock
-        self._admitted_at: dict[RequestState, float] = {}
+                 blocks: BlockManager | None = None, *, prefill_batch: int = 4, prefill_tokens: int = 4096,
+                 progress_every: int = 16, on_failure: Callable[[str], None] = lambda kind: None) -> None:
+        """blocks: the KV pool's manager (None: one large enough never to bind, for tests of rows alone);
+        prefill_batch / prefill_tokens: understanding prompts prefilled together at most, and their (padded)
+        tokens; progress_every: generation progress events every this many steps; on_failure: counts a request
+        that fails, by kind."""
+        super().__init__(max_rows, max_waiting, clock, blocks)
+        self.prefill_batch = prefill_batch
+        self.prefill_tokens = prefill_tokens
+        self.progress_every = progress_every
+        self.on_failure = on_failure
+        # tests: called once per request per step, before its tokens are recorded (raising fails the request)
+        self.fault_hook: Callable[[Request], None] | None = None
+        self._prefills: deque[list[Request]] = deque()  # admitted, prompts still to run, in groups
+        self._decode_due = False  # every running row decodes once between two admissions
 
-    def add(self, request: RequestState, also_queued: int = 0) -> None:
-        """Queue a request; `also_queued`: requests ahead of it elsewhere (a generation request waits for the
-        images still being decoded too)."""
-        request.prompts = self.prompt_blocks(request)
-        with self._lock:
-            starts = self._admission_times([*self._waiting, request])
-            if self._queued_beyond_free_rows(request) + also_queued > self.max_waiting:
-                raise Overloaded(f"the server is at capacity ({self.max_rows} rows running, {len(self._waiting)} "
-                                 "requests waiting); retry later", retry_after_s=self._retry_after(request, starts))
-            timeout = request.params.timeout_s
-            if timeout is not None and starts[-1] > timeout:
-                raise Overloaded(f"the server is at capacity: this request would wait about {starts[-1]:.0f} s for "
-                                 f"{request.rows} free row(s), longer than its {timeout:g} s time limit; retry later",
-                                 retry_after_s=self._retry_after(request, starts))
-            self._waiting.append(request)
+    # plan
 
-    def _admission_times(self, queue: list[RequestState]) -> list[float]:
-        now = self._clock()
-        running = [Running(r.rows, remaining_s(r, now - self._admitted_at.get(r, now), self.hold))
-                   for r in list(self.running)]
-        return admission_times(self.max_rows - self.used, running, queue, self.hold)
+    def schedule(self) -> Plan:
+        """The next step: the next group of prompts to prefill, else a decode step of every running row (empty when
+        nothing runs). Requests are admitted (and expired ones dropped) before the decode step that follows the
+        prefills of the requests admitted before."""
+        if not self._prefills and not self._decode_due:
+            self._drop_expired()
+            self._prefills.extend(self._prefill_groups(self.admit()))
+        while self._prefills:
+            group = [r for r in self._prefills.popleft() if r.status is Status.RUNNING]  # not cancelled since
+            if group:
+                self._decode_due = True
+                for request in group:
+                    request.timings.queued_s = time.perf_counter() - request.submitted_at
+                return Plan([row for r in group for row in r.rows], [[] for r in group for _ in r.rows], group,
+                            self.blocks.take_copies())
+        self._decode_due = False
+        rows = [row for request in self.running for row in request.rows]
+        inputs = [[row.tokens[-1], *row.drafts] for row in rows]
+        for row, ids in zip(rows, inputs, strict=True):
+            self.blocks.ensure(row.table, row.table.length + len(ids))
+        return Plan(rows, inputs, copies=self.blocks.take_copies())
 
-    def _retry_after(self, request: RequestState, starts: list[float]) -> float:
-        """When the same request, sent again (and nothing else arriving), would be accepted: once enough of the
-        queue ahead of it has been admitted, and once its own wait fits its timeout."""
-        *ahead, own = starts
-        at = own - request.params.timeout_s if request.params.timeout_s is not None else 0.0
-        if self.max_waiting == 0:
-            at = max(at, own)
-        elif len(ahead) >= self.max_waiting:
-            at = max(at, ahead[len(ahead) - self.max_waiting])
-        return min(max(at, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
+    def _prefill_groups(self, admitted: list[Request]) -> list[list[Request]]:
+        """Understanding prompts are prefilled together, a few at a time (the prompt mask is batch x T x T);
+        a generation request already batches its own rows."""
+        groups: list[list[Request]] = []
+        text: list[Request] = []
+        for request in admitted:
+            if request.kind is Kind.GENERATE:
+                groups.append([request])
+                continue
+            if text and (len(text) == self.prefill_batch or
+                         max(len(r.params.prompt_ids) for r in [*text, request]) * (len(text) + 1)
+                         > self.prefill_tokens):
+                groups.append(text)
+                text = []
+            text.append(request)
+        return groups + ([text] if text else [])
 
-    def prompt_blocks(self, request: RequestState) -> list[PromptBlocks]:
-        """The prompt(s) of a request cut into hashed blocks (generation: the conditional and, when guided, the
-        unconditional prompt)."""
-        size = self.blocks.block_size
-        params = request.params
+    # postprocess
+
+    def postprocess(self, plan: Plan, out: StepOutput) -> StepReport:
+        """Record what the step drew: each row's tokens (its events go out), its length, and the end of answers,
+        images and requests. Returns the generation requests whose images are drawn, the previews due, and the
+        tokens drawn."""
+        if plan.prefill:
+            self._prefilled([r for r in plan.prefill if r not in out.failed])
+        report = StepReport()
+        for request, rows in plan.by_request():
+            if request in out.failed:
+                self.abort(request, ModelFailure(out.failed[request]))
+                continue
+            try:
+                if self.fault_hook is not None:
+                    self.fault_hook(request)
+                self._record(request, [plan.rows[i] for i in rows], [plan.inputs[i] for i in rows],
+                             [out.tokens[i] for i in rows], [out.logprobs[i] for i in rows], report)
+            except Exception as err:  # noqa: BLE001 - fails this request only
+                log.exception("processing failed for %s", request.id)
+                self.abort(request, ModelFailure(f"processing failed: {err}"))
+        return report
+
+    def _prefilled(self, requests: list[Request]) -> None:
+        """The prompts are written: enter their blocks in the prefix table and give each row sharing a prompt its
+        own table (full blocks shared, the partly filled last one copied before the next forward)."""
+        now = time.perf_counter()
+        for request in requests:
+            sharing = len(request.rows) // len(request.prompt_rows)
+            for first, prompt in zip(range(0, len(request.rows), sharing), request.prompts, strict=True):
+                table = request.rows[first].table
+                table.length = len(prompt)
+                self.blocks.register_prompt(table, prompt)
+                for row, fork in zip(request.rows[first + 1:first + sharing], self.blocks.fork(table, sharing - 1),
+                                     strict=True):
+                    row.table = fork
+            request.timings.prefill_s = now - request.submitted_at - request.timings.queued_s
+            request.first_token_at = now
+
+    def _record(self, request: Request, rows: list[Row], inputs: list[list[int]], tokens: list[list[int]],
+                logprobs: list[list[TokenLogprob]], report: StepReport) -> None:
+        """One request's tokens of this step: appended, sent, and the rows cut back to the positions whose tokens
+        were kept; rows and requests that end leave."""
+        lengths = [row.table.length for row in rows]
+        for row, fed in zip(rows, inputs, strict=True):
+            row.table.length += len(fed)
+            row.drafts = []  # verified now
         if request.kind is Kind.GENERATE:
-            cond = list(params.prompt_ids)
-            prompts = [PromptBlocks(cond, size)]
-            if request.generate.guided:
-                prompts.append(PromptBlocks([cond[0], *[request.generate.pad_id] * (len(cond) - 2), cond[-1]], size))
-            return prompts
-        understand = request.understand
-        hashes = understand.image_hashes
-        if not hashes and understand.pixel_values is not None:
-            hashes = tuple(image_hash(pixels) for pixels in understand.pixel_values)
-        return [PromptBlocks(list(params.prompt_ids), size, image_spans(params.prompt_ids, understand.image_id,
-                                                                         hashes))]
-
-    def worst_case_blocks(self, params: Params) -> int:
-        """Blocks a request could hold at once with nothing reused."""
-        if isinstance(params, GenerateParams):
-            prompts, per_prompt = (2 if params.guided else 1), params.parallel_size
+            kept = record_image_tokens(request, rows, tokens, self.progress_every, report)
         else:
-            prompts, per_prompt = 1, params.rows
-        return prompts * self.blocks.worst_case(len(params.prompt_ids), per_prompt, params.max_len)
-
-    def _queued_beyond_free_rows(self, newcomer: RequestState) -> int:
-        """How many requests would wait with the newcomer added: those the next step cannot admit into the free
-        rows and blocks (first come first served, so once one does not fit, all after it wait too)."""
-        spare, spare_blocks = self.max_rows - self.used, self.blocks.available
-        queue = [*self._waiting, newcomer]
-        for position, request in enumerate(queue):
-            blocks = self.worst_case_blocks(request.params)
-            if request.rows > spare or blocks > spare_blocks:
-                return len(queue) - position
-            spare -= request.rows
-            spare_blocks -= blocks
-        return 0
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            waiting = len(self._waiting)
-        rows = {"understand": 0, "generate": 0}
-        for request in list(self.running):
-            rows[request.kind.value] += request.rows
-        return {"waiting": waiting, "running_understand_rows": rows["understand"],
-                "running_generate_rows": rows["generate"], "free_rows": self.max_rows - self.used}
-
-    def has_work(self) -> bool:
-        return bool(self.running) or bool(self._waiting)
-
-    def drop_abandoned(self, now: float) -> list[RequestState]:
-        """Remove cancelled or expired requests, waiting or running; their rows become free at once."""
-        dropped = [r for r in self.running if r.handle.cancelled or now > r.deadline]
-        for request in dropped:
+            kept = record_answer_tokens(request, rows, tokens, logprobs)
+            report.text_tokens += len(rows)
+        for row, length, fed, used in zip(rows, lengths, inputs, kept, strict=True):
+            if fed and used < len(fed):  # drafts past the first rejected one: their positions are not kept
+                self.blocks.truncate(row.table, length + used)
+        if request.kind is Kind.GENERATE:
+            if request.steps_done == request.generate.image_tokens:
+                self.finish(request)
+                report.images.append(request)
+            return
+        ended = [row for row in rows if row.finish_reason]
+        if len(ended) == len(request.rows):
             self.finish(request)
-        with self._lock:
-            stale = [r for r in self._waiting if r.handle.cancelled or now > r.deadline]
-            for request in stale:
-                self._waiting.remove(request)
-        return dropped + stale
-
-    # admission
-
-    def admit(self) -> list[RequestState]:
-        """Move waiting requests into free rows and blocks, first come first served (no overtaking, so none
-        starves). Each takes the cached blocks of its prompt's longest known prefix; what it could still need is
-        reserved, cached blocks of finished requests counting as free. A request whose prompt goes on with a block
-        that a request admitted in the same call is about to compute waits one step (with those behind it) and
-        then reuses that block: requests arriving together with a common prefix compute it once."""
-        admitted: list[RequestState] = []
-        computing: set[bytes] = set()  # full blocks that the prefills of the requests admitted here will write
-        now = self._clock()
-        with self._lock:
-            while self._waiting and self._waiting[0].rows <= self.max_rows - self.used:
-                request = self._waiting[0]
-                params = request.params
-                rows = params.parallel_size if request.kind is Kind.GENERATE else params.rows
-                matches = [self.blocks.match(prompt) for prompt in request.prompts]
-                if any(len(m) < len(p.hashes) and p.hashes[len(m)] in computing
-                       for p, m in zip(request.prompts, matches, strict=True)):
-                    break  # one admitted just now computes its next block: a step later it reuses it instead
-                if self.blocks.cost(request.prompts, matches, rows, params.max_len) > self.blocks.available:
-                    break
-                self._waiting.popleft()
-                request.tables = [self.blocks.admit(prompt, matched, rows, params.max_len)
-                                  for prompt, matched in zip(request.prompts, matches, strict=True)]
-                if self.blocks.prefix_caching:
-                    computing.update(h for p, m in zip(request.prompts, matches, strict=True)
-                                     for h in p.hashes[len(m):])
-                request.cached_tokens = request.tables[0].length
-                request.status = Status.RUNNING
-                self.used += request.rows
-                self._admitted_at[request] = now
-                admitted.append(request)
-        self.running.extend(admitted)
-        return admitted
-
-    def prefilled(self, request: RequestState) -> list[tuple[int, int]]:
-        """The prefill wrote the request's prompt(s): enter their blocks in the prefix table and split each prompt
-        into its rows. Returns the block copies the runner owes before the next forward."""
-        rows = request.generate.parallel_size if request.kind is Kind.GENERATE else request.understand.n
-        tables: list[BlockTable] = []
-        for prompt, table in zip(request.prompts, request.tables, strict=True):
-            table.length = len(prompt)
-            self.blocks.register_prompt(table, prompt)
-            tables += [table, *self.blocks.fork(table, rows - 1)]
-        request.tables = tables
-        return self.blocks.take_copies()
-
-    # decoding
-
-    def prepare_step(self, requests: list[RequestState]) -> None:
-        """Every row gets a block for the position the next step writes."""
-        for request in requests:
-            for table in request.tables:
-                self.blocks.ensure(table, table.length + 1)
-
-    def stepped(self, requests: list[RequestState]) -> None:
-        """The step wrote one position for every row."""
-        for request in requests:
-            for table in request.tables:
-                table.length += 1
+            request.handle.deliver(FinishedEvent(UnderstandResult(
+                [answer.answer() for answer in request.answers], len(request.params.prompt_ids), request.timings,
+                request.cached_tokens)))
+            return
+        for row in reversed(ended):  # the rows after it move up
+            self._free_row(request, row)
+            request.rows.remove(row)
+            self.used -= 1
 
     # leaving
 
-    def finish(self, request: RequestState) -> None:
-        if request in self.running:
-            self.running.remove(request)
-            self.used -= request.rows
-            for index in range(len(request.tables)):
-                self._free_row(request, index)
-            request.tables = []
-            admitted_at = self._admitted_at.pop(request, None)
-            if admitted_at is not None and _ran_to_its_end(request):
-                self.hold.observe(request.kind, self._clock() - admitted_at)
+    def finish(self, request: Request) -> None:
+        """The request leaves: its rows and blocks are freed (full blocks stay cached for later prompts)."""
+        running = request.status is Status.RUNNING
+        self.leave(request)
+        if running:
+            for row in request.rows:
+                self._free_row(request, row)
         request.status = Status.FINISHED
+        now = time.perf_counter()
+        request.timings.decode_s = now - request.first_token_at if request.first_token_at else 0.0
+        request.timings.total_s = now - request.submitted_at
 
-    def release_row(self, request: RequestState, index: int) -> None:
-        """Row `index` of a running request is done while its others go on (one of several answers ended): its
-        blocks go back at once, and the rows after it move up one index. Call it before dropping `live[index]`."""
-        assert request in self.running and len(request.tables) > 1
-        self._free_row(request, index)
-        request.tables.pop(index)
-        self.used -= 1
-
-    def _free_row(self, request: RequestState, index: int) -> None:
+    def _free_row(self, request: Request, row: Row) -> None:
         """Give a row's blocks back; an understanding row first enters its full blocks (prompt and answer) in the
         prefix table, for a later turn of the conversation."""
-        table = request.tables[index]
         prompt = request.prompts[0]
-        if request.kind is Kind.UNDERSTAND and table.length >= len(prompt):
-            fed = request.live[index].token_ids[:table.length - len(prompt)]  # the last one drawn is not fed yet
-            self.blocks.register(table, prompt.ids + fed, prompt.images)
-        self.blocks.free(table)
+        if request.kind is Kind.UNDERSTAND and row.table.length >= len(prompt):
+            fed = row.tokens[:row.table.length - len(prompt)]  # the last one drawn is not fed yet
+            self.blocks.register(row.table, prompt.ids + fed, prompt.images)
+        self.blocks.free(row.table)
 
-    def drain_waiting(self) -> list[RequestState]:
-        with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
-        return waiting
+    def abort(self, request: Request | str, error: EngineError) -> None:
+        """End a waiting or running request with an error (given by id: if it is still here)."""
+        found = self.find(request) if isinstance(request, str) else request
+        if found is None or found.status is Status.FINISHED:
+            return
+        self.finish(found)
+        self.on_failure(error.kind)
+        found.handle.deliver(ErrorEvent(error))
 
+    def abort_all(self, error: EngineError) -> None:
+        for request in [*self.running, *self.waiting()]:
+            self.abort(request, error)
 
-def _ran_to_its_end(request: RequestState) -> bool:
-    """Cancelled and failed requests say nothing about how long a request holds its rows."""
-    if request.kind is Kind.GENERATE:
-        return request.steps_done >= request.generate.image_tokens
-    return all(answer.finish_reason for answer in request.answers)
+    def _drop_expired(self) -> None:
+        now = time.perf_counter()
+        for request in [r for r in [*self.running, *self.waiting()] if now > r.deadline]:
+            self.abort(request, RequestTimeout(f"the request did not finish within {request.timeout_s} s"))

@@ -1,7 +1,8 @@
 """What goes into the engine and what comes out of it: plain dataclasses, no pydantic, no tensors.
 
 The API layer turns HTTP requests into `UnderstandParams` / `GenerateParams` (tokenized, images preprocessed)
-and reads `Event`s back; the engine never sees HTTP and never tokenizes.
+and reads `Event`s back; the engine never sees HTTP and never tokenizes: an answer's text comes from an `AnswerText`
+that the API side builds (it knows the tokenizer and the stop texts) and the engine feeds token by token.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ from typing import Protocol
 
 import numpy as np
 
+from service.engine.prompt_blocks import image_hash
+
 
 class Kind(StrEnum):
     UNDERSTAND = "understand"
     GENERATE = "generate"
 
 
-class StopWatch(Protocol):
-    """Watches one answer's tokens for a stop text (built by the API side, which knows the tokenizer)."""
+class AnswerText(Protocol):
+    """One answer's text as its tokens come: the only detokenizer of the answer, and the one place that looks for its
+    stop texts."""
 
-    def push(self, token_id: int) -> bool:
-        """Add the next token; True once the answer's text contains a stop text."""
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Add the next token: (the text that can be sent now, never any part of a stop text; whether the text now
+        contains a stop text)."""
+        ...
+
+    def final(self, finish_reason: str) -> str:
+        """The answer's whole text once it has ended (an answer ended by a stop text ends before it)."""
         ...
 
 
@@ -37,15 +46,18 @@ class UnderstandParams:
     top_p: float = 1.0
     seed: int = 0
     stop_ids: tuple[int, ...] = ()
-    timeout_s: float | None = None
+    timeout_s: float | None = None  # None: the engine's default
     n: int = 1  # answers to the one prompt: a row each, all sharing one prefill
-    stop_watch: Callable[[], StopWatch] | None = None  # one watcher per answer, for stop texts
+    answer_text: Callable[[], AnswerText] | None = None  # one per answer (None: token ids only, no text)
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's log-probability and the k likeliest
-    # content hash of each image's pixels (prompt_blocks.image_hash), for the prefix and image-feature caches;
-    # empty: the engine hashes them at submission
+    # content hash of each image's pixels, for the prefix and image-feature caches (computed here when not given)
     image_hashes: tuple[bytes, ...] = ()
 
     kind = Kind.UNDERSTAND
+
+    def __post_init__(self) -> None:
+        if not self.image_hashes and self.pixel_values is not None:
+            self.image_hashes = tuple(image_hash(pixels) for pixels in self.pixel_values)
 
     @property
     def rows(self) -> int:
@@ -65,7 +77,7 @@ class GenerateParams:
     cfg_weight: float = 5.0
     temperature: float = 1.0  # 0 = greedy
     seed: int = 0
-    timeout_s: float | None = None
+    timeout_s: float | None = None  # None: the engine's default
     previews: int = 0  # partial images decoded while drawing (streamed requests), at evenly spaced steps
 
     kind = Kind.GENERATE
@@ -114,6 +126,7 @@ class Answer:
     token_ids: list[int]  # new tokens, excluding the stop token (but including those that complete a stop text)
     finish_reason: str  # "stop" (a stop id or stop text came) or "length" (max_new_tokens)
     logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
+    text: str = ""  # the answer's text, cut before a stop text that ended it ("" without an `answer_text`)
 
 
 @dataclass(slots=True)
@@ -126,6 +139,10 @@ class UnderstandResult:
     @property
     def token_ids(self) -> list[int]:
         return self.answers[0].token_ids
+
+    @property
+    def text(self) -> str:
+        return self.answers[0].text
 
     @property
     def finish_reason(self) -> str:
@@ -154,6 +171,7 @@ class TokenEvent:
     token_id: int
     index: int = 0
     logprob: TokenLogprob | None = None
+    text: str = ""  # the text it lets the answer send (held back while it may still become a stop text)
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.engine.request import RequestState
+from service.engine.request import Request
 from service.engine.types import Kind
 
 SMOOTHING = 0.2  # weight of the newest observation
@@ -41,7 +41,7 @@ class Running:
     remaining_s: float
 
 
-def remaining_s(request: RequestState, running_for_s: float, hold: HoldTimes) -> float:
+def remaining_s(request: Request, running_for_s: float, hold: HoldTimes) -> float:
     """A running request's rows are free in about this long. A generation request knows its progress (its steps
     all take about as long); an understanding request is at most its usual time in (its answer may stop early)."""
     if request.kind is Kind.GENERATE and request.steps_done > 0:
@@ -50,7 +50,7 @@ def remaining_s(request: RequestState, running_for_s: float, hold: HoldTimes) ->
     return max(hold.get(request.kind) - running_for_s, 0.0)
 
 
-def admission_times(free_rows: int, running: Sequence[Running], waiting: Sequence[RequestState],
+def admission_times(free_rows: int, running: Sequence[Running], waiting: Sequence[Request],
                     hold: HoldTimes) -> list[float]:
     """Seconds from now until each waiting request is admitted, in queue order (first come first served: a
     request waits for the one before it even when it would fit sooner). `inf` for one that can never fit."""
@@ -58,13 +58,14 @@ def admission_times(free_rows: int, running: Sequence[Running], waiting: Sequenc
     heapq.heapify(releases)
     clock, free, starts = 0.0, free_rows, []
     for request in waiting:
-        while request.rows > free and releases:
+        needs = len(request.rows)
+        while needs > free and releases:
             at, rows = heapq.heappop(releases)
             clock, free = max(clock, at), free + rows
-        if request.rows > free:
+        if needs > free:
             starts.append(float("inf"))
             continue
         starts.append(clock)
-        free -= request.rows
-        heapq.heappush(releases, (clock + hold.get(request.kind), request.rows))
+        free -= needs
+        heapq.heappush(releases, (clock + hold.get(request.kind), needs))
     return starts

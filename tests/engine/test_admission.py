@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
+from service.engine.admission import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S
 from service.engine.errors import Overloaded
-from service.engine.request import RequestHandle, RequestState
-from service.engine.scheduler import MAX_RETRY_AFTER_S, MIN_RETRY_AFTER_S, Scheduler
+from service.engine.request import Request, RequestHandle
+from service.engine.scheduler import Scheduler
 from service.engine.types import GenerateParams, Kind, UnderstandParams
 
 _LOOP = asyncio.new_event_loop()
@@ -30,18 +31,18 @@ class Clock:
         return self.now
 
 
-def _understand(timeout_s: float = 600.0) -> RequestState:
+def _understand(timeout_s: float = 600.0) -> Request:
     params = UnderstandParams(prompt_ids=[1, 2], pixel_values=None, max_new_tokens=4, timeout_s=timeout_s)
-    return RequestState(params=params, handle=RequestHandle("u", _LOOP))
+    return Request(params=params, handle=RequestHandle("u", _LOOP))
 
 
-def _generate(parallel_size: int = 16, timeout_s: float = 600.0) -> RequestState:
+def _generate(parallel_size: int = 16, timeout_s: float = 600.0) -> Request:
     params = GenerateParams(prompt_ids=[1, 2], pad_id=0, image_tokens=STEPS, parallel_size=parallel_size,
                             timeout_s=timeout_s)
-    return RequestState(params=params, handle=RequestHandle("g", _LOOP))
+    return Request(params=params, handle=RequestHandle("g", _LOOP))
 
 
-def _run_to_end(scheduler: Scheduler, clock: Clock, request: RequestState, seconds: float) -> None:
+def _run_to_end(scheduler: Scheduler, clock: Clock, request: Request, seconds: float) -> None:
     scheduler.add(request)
     assert scheduler.admit() == [request]
     clock.now += seconds
@@ -141,7 +142,7 @@ def test_cancelled_and_failed_requests_teach_nothing():
     assert scheduler.hold.known() == {Kind.UNDERSTAND: 2.0}
 
 
-def _refusal(scheduler: Scheduler, request: RequestState) -> Overloaded:
+def _refusal(scheduler: Scheduler, request: Request) -> Overloaded:
     with pytest.raises(Overloaded) as refused:
         scheduler.add(request)
     return refused.value

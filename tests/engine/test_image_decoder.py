@@ -282,7 +282,7 @@ def test_generations_queued_for_the_decoder_count_as_waiting(make_engine, genera
 def test_preview_jobs_queue_behind_every_final_one(generate_params):
     """The queue alone, over a decoder that records what it is given: finished grids go first, in arrival order."""
     from service.engine.image_decoder import DecodeJob, DecodeKind, ImageDecoder
-    from service.engine.request import RequestHandle, RequestState
+    from service.engine.request import Request, RequestHandle
 
     release, decoded, answered = threading.Event(), [], []
 
@@ -295,7 +295,7 @@ def test_preview_jobs_queue_behind_every_final_one(generate_params):
     loop = asyncio.new_event_loop()
     try:
         def job(tag: int, kind: DecodeKind) -> DecodeJob:
-            request = RequestState(params=generate_params(seed=tag), handle=RequestHandle("r", loop))
+            request = Request(params=generate_params(seed=tag), handle=RequestHandle("r", loop))
             return DecodeJob(request, np.full((1, 4), tag), kind=kind,
                              on_images=lambda images: answered.append(tag), on_error=lambda error: None)
 
@@ -319,7 +319,7 @@ def test_preview_jobs_queue_behind_every_final_one(generate_params):
 def test_inline_decoding_answers_before_submit_returns(generate_params):
     """The GPU's mode: the same job code, run in the submitting thread, all of a request's images in one call."""
     from service.engine.image_decoder import DecodeJob, ImageDecoder
-    from service.engine.request import RequestHandle, RequestState
+    from service.engine.request import Request, RequestHandle
 
     calls: list[tuple[int, str]] = []
     answered: list[np.ndarray] = []
@@ -331,7 +331,7 @@ def test_inline_decoding_answers_before_submit_returns(generate_params):
 
     loop = asyncio.new_event_loop()
     try:
-        request = RequestState(params=generate_params(parallel_size=3), handle=RequestHandle("r", loop))
+        request = Request(params=generate_params(parallel_size=3), handle=RequestHandle("r", loop))
         decoder = ImageDecoder(Recording(), images_per_call=16, threaded=False)
         decoder.start()
         decoder.submit(DecodeJob(request, np.zeros((3, 4), np.int64), on_images=answered.append,

@@ -221,14 +221,15 @@ def test_parallel_rows_share_their_prompt_blocks(make_engine, generate_params, t
                                                  parallel_size):
     engine = make_engine(block_size=BLOCK)
     shared: list[list[list[int]]] = []
-    prefilled = engine.scheduler.prefilled
+    postprocess = engine.scheduler.postprocess
 
-    def spy(request):
-        copies = prefilled(request)
-        shared.append([list(t.blocks) for t in request.tables])
-        return copies
+    def spy(plan, out):  # the rows' tables right after their prompts' prefill
+        report = postprocess(plan, out)
+        if plan.prefill:
+            shared.append([list(row.table.blocks) for row in plan.rows])
+        return report
 
-    engine.scheduler.prefilled = spy
+    engine.scheduler.postprocess = spy
     params = generate_params(seed=9, parallel_size=parallel_size, temperature=temperature)
     params.prompt_ids.insert(1, 7)  # 9 positions: two full blocks and one position of a third
     (result,) = run(_results(engine, [params]))

@@ -9,7 +9,7 @@ from model.chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE, conversation_promp
 from model.special_tokens import EOS_TOKEN
 from service.conversation import join_parts
 from service.processing import InputError, question_conversation
-from service.stop_texts import StopTexts, cut_at_stop, releasable
+from service.answer_text import AnswerDetokenizer, cut_at_stop, releasable
 
 U, A, IMG = "<|User|>", "<|Assistant|>", "<image_placeholder>"
 
@@ -71,8 +71,8 @@ def test_native_tags_must_match_the_images():
 def test_the_watch_fires_on_the_token_that_completes_a_stop_text_spread_over_several(tiny_tokenizer):
     text = "The quick brown fox jumps over the lazy dog."
     ids = tiny_tokenizer.encode(text, add_bos=False)
-    watch = StopTexts(tiny_tokenizer, ["zzz", "fox jumps"])
-    fired = [watch.push(token) for token in ids]
+    watch = AnswerDetokenizer(tiny_tokenizer, ["zzz", "fox jumps"])
+    fired = [watch.push(token)[1] for token in ids]
     first = fired.index(True)
     assert "fox jumps" in tiny_tokenizer.decode(ids[:first + 1])
     assert "fox jumps" not in tiny_tokenizer.decode(ids[:first])

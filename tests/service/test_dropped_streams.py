@@ -46,7 +46,7 @@ def held_until_the_client_leaves(live: LiveServer) -> Iterator[None]:
             wait_until(lambda: engine.images.idle, "the previews to be decoded")
             near_the_end = request.steps_done == params.image_tokens - 1
         else:
-            near_the_end = len(request.answers[0].token_ids) == params.max_new_tokens - 1
+            near_the_end = len(request.answers[0].tokens) == params.max_new_tokens - 1
         deadline = time.monotonic() + 30
         while near_the_end and not request.handle.cancelled:
             if time.monotonic() > deadline:

@@ -41,7 +41,6 @@ from service.engine.request import RequestHandle
 from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, UnderstandParams, UnderstandResult
 from service.processing import AnswerOptions, DoesNotFit
 from service.runtime import Runtime
-from service.stop_texts import cut_at_stop, releasable
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
 
@@ -54,7 +53,6 @@ class _Reply:
     created: int
     model: str
     fingerprint: str
-    stops: tuple[str, ...]
     logprobs: bool
 
 
@@ -74,7 +72,7 @@ async def create_chat_completion(request: Request, response: Response,
         raise ContextLengthExceeded.check(err) from None
     handle = runtime.engine.submit(params, stream=bool(body.stream))
     reply = _Reply(completion_id(handle.id), int(time.time()), runtime.info.name, fingerprint(runtime),
-                   body.stop_texts, bool(body.logprobs))
+                   bool(body.logprobs))
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(_stream(runtime, handle, reply, params.n, usage), media_type="text/event-stream",
@@ -135,16 +133,13 @@ def _completion(runtime: Runtime, reply: _Reply, result: UnderstandResult) -> Ch
     prep = runtime.preprocessor
     choices = []
     for index, answer in enumerate(result.answers):
-        text = prep.decode(answer.token_ids)
-        if answer.finish_reason == "stop" and reply.stops:
-            text = cut_at_stop(text, reply.stops)
         logprobs = None
         if reply.logprobs:
             tokens = ContentLogprobs(prep)
             for token_id, entry in zip(answer.token_ids, answer.logprobs or [], strict=True):
                 tokens.push(token_id, entry)
-            logprobs = ChoiceLogprobs(content=tokens.release(text, final=True))
-        choices.append(Choice(index=index, message=AssistantMessage(content=text), logprobs=logprobs,
+            logprobs = ChoiceLogprobs(content=tokens.release(answer.text, final=True))
+        choices.append(Choice(index=index, message=AssistantMessage(content=answer.text), logprobs=logprobs,
                               finish_reason=answer.finish_reason))  # type: ignore[arg-type]
     return ChatCompletion(id=reply.id, created=reply.created, model=reply.model, system_fingerprint=reply.fingerprint,
                           choices=choices, usage=_usage(result))
@@ -163,8 +158,7 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
                   include_usage: bool) -> AsyncIterator[bytes]:
     """`chat.completion.chunk` events: the role, text pieces as they come (never any part of a stop text), each
     answer's finish reason, with include_usage a last chunk with the usage; then `[DONE]`."""
-    detokenizers = [runtime.preprocessor.detokenizer() for _ in range(n)]
-    sent = [0] * n  # characters of each answer's text already sent
+    sent = [""] * n  # each answer's text sent so far
     tokens = [ContentLogprobs(runtime.preprocessor) for _ in range(n)]  # each token's entry goes with its text
 
     def chunk(choices: list[dict[str, Any]], usage: CompletionUsage | None = None) -> bytes:
@@ -183,15 +177,12 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
         yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
         async for event in handle.events():
             if isinstance(event, TokenEvent):
-                detokenizer = detokenizers[event.index]
-                detokenizer.push(event.token_id)
-                end = releasable(detokenizer.text, reply.stops) if reply.stops else len(detokenizer.text)
-                piece = detokenizer.text[sent[event.index]:end]
-                sent[event.index] = max(sent[event.index], end)
+                piece = event.text
+                sent[event.index] += piece
                 logprobs = None
                 if reply.logprobs and event.logprob is not None:
                     tokens[event.index].push(event.token_id, event.logprob)
-                    entries = tokens[event.index].release(detokenizer.text[:sent[event.index]])
+                    entries = tokens[event.index].release(sent[event.index])
                     logprobs = ChoiceLogprobs(content=entries) if entries else None
                 if piece or logprobs is not None:
                     yield chunk([choice(event.index, {"content": piece}, logprobs)])
@@ -199,12 +190,8 @@ async def _stream(runtime: Runtime, handle: RequestHandle, reply: _Reply, n: int
                 result = event.result
                 assert isinstance(result, UnderstandResult)
                 for index, answer in enumerate(result.answers):
-                    detokenizers[index].flush()
-                    text = detokenizers[index].text
-                    if answer.finish_reason == "stop" and reply.stops:
-                        text = cut_at_stop(text, reply.stops)
-                    rest = text[sent[index]:]
-                    entries = tokens[index].release(text, final=True) if reply.logprobs else []
+                    rest = answer.text[len(sent[index]):]
+                    entries = tokens[index].release(answer.text, final=True) if reply.logprobs else []
                     logprobs = ChoiceLogprobs(content=entries) if entries else None
                     yield chunk([choice(index, {"content": rest} if rest else {}, logprobs, answer.finish_reason)])
                 if include_usage:

@@ -29,16 +29,14 @@ class UnsupportedParameter(BadInput):
     """An OpenAI request field asking for something this server does not do (tools, a JSON schema, audio, ...)."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param)
 
 
 class InvalidContent(BadInput):
     """Content of a /v1 request that cannot be used (a remote image URL, an undecodable image, ...), at `param`."""
 
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
+        super().__init__(f"{param}: {message}", param)
 
 
 class ContextLengthExceeded(BadInput):
@@ -52,8 +50,7 @@ class ContextLengthExceeded(BadInput):
     def __init__(self, err: DoesNotFit) -> None:
         short = err.shortfall
         super().__init__(f"This model's maximum context length is {short.limit} tokens, and this request needs "
-                         f"{short.needed}: {err}")
-        self.param = "messages"
+                         f"{short.needed}: {err}", "messages")
 
     @classmethod
     def check(cls, err: DoesNotFit) -> DoesNotFit | ContextLengthExceeded:

@@ -113,23 +113,24 @@ async def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> Unders
 
 def _response(runtime: Runtime, request_id: str, result: UnderstandResult, seed: int) -> UnderstandResponse:
     return UnderstandResponse(
-        id=request_id, model=runtime.info.name, text=runtime.preprocessor.decode(result.token_ids),
+        id=request_id, model=runtime.info.name, text=result.text,
         finish_reason=result.finish_reason,  # type: ignore[arg-type]
         usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
         seed=seed, timings=RequestTimings.of(result.timings), random_weights=runtime.info.random_weights)
 
 
 async def _stream(runtime: Runtime, handle: RequestHandle, seed: int) -> AsyncIterator[bytes]:
-    detokenizer = runtime.preprocessor.detokenizer()
+    sent = 0  # characters of the answer sent
     try:
         async for event in handle.events():
             if isinstance(event, TokenEvent):
-                if text := detokenizer.push(event.token_id):
-                    yield sse("delta", TextDelta(id=handle.id, text=text))
+                if event.text:
+                    sent += len(event.text)
+                    yield sse("delta", TextDelta(id=handle.id, text=event.text))
             elif isinstance(event, FinishedEvent):
-                if text := detokenizer.flush():
-                    yield sse("delta", TextDelta(id=handle.id, text=text))
                 assert isinstance(event.result, UnderstandResult)
+                if rest := event.result.text[sent:]:
+                    yield sse("delta", TextDelta(id=handle.id, text=rest))
                 yield sse("done", _response(runtime, handle.id, event.result, seed))
             elif isinstance(event, ErrorEvent):
                 body = error_body(event.error)
