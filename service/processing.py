@@ -30,7 +30,7 @@ from model.config import JanusConfig
 from model.image_processing import ImageProcessor
 from model.special_tokens import IMAGE_TOKEN
 from model.token_bytes import token_bytes
-from model.tokenizer import IncrementalDetokenizer, JanusTokenizer
+from model.tokenizer import JanusTokenizer
 from service.answer_text import AnswerDetokenizer
 from service.conversation import Conversation, Turn
 from service.engine.capacity import Capacity, Refusal, answer_refusal, image_refusal
@@ -149,12 +149,6 @@ class Preprocessor:
         ids = self._prompt_ids(conversation)
         self._check_answer_fits(len(ids), conversation.num_images, self._answer_length(len(ids), options), options)
 
-    def check_question_fits(self, question: str, num_images: int, *, system_prompt: str | None,
-                            max_new_tokens: int | None, history: Sequence[tuple[str, str]] = ()) -> None:
-        """`check_fits` for what `understand` would be given with this many images (its tags checked too)."""
-        conversation = question_conversation(question, num_images, system_prompt, history)
-        self.check_fits(conversation, AnswerOptions(max_new_tokens=max_new_tokens))
-
     def chat(self, conversation: Conversation, images: Sequence[Image.Image], options: AnswerOptions,
              timeout_s: float | None) -> UnderstandParams:
         """A conversation (its images in the order they stand) -> the engine's parameters for answering it."""
@@ -206,9 +200,6 @@ class Preprocessor:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(token_ids)
-
-    def detokenizer(self) -> IncrementalDetokenizer:
-        return self.tokenizer.detokenizer()
 
     def token_bytes(self, token_id: int) -> bytes:
         return token_bytes(self.tokenizer, token_id)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
+from service.api.openai.errors import OpenAIErrorResponse, error_type
 from service.api.openai.image_protocol import ImageGenerationRequest
 from service.api.protocol import (
     MAX_IMAGES,
@@ -25,11 +28,14 @@ from service.api.protocol import (
 
 REF = "#/components/schemas/{model}"
 
+# status -> (what it means, the error type, an example message): the service's errors, on every route
 _ERRORS: dict[int, tuple[str, str, str]] = {
     400: ("Malformed content: invalid JSON or base64, an image that cannot be decoded, a bad multipart form.",
           "bad_request", "image 1 is truncated or corrupt (PNG): image file is truncated"),
     401: ("The server has an API key and the request did not carry it.",
           "unauthorized", "the API key is missing: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"),
+    404: ("No such model on this server.", "not_found", "the model 'gpt-4o' does not exist; this server serves "
+                                                          "'Janus-Pro-1B'"),
     408: ("The body did not arrive within the server's body-read deadline; the connection is closed.",
           "request_timeout", "the request body did not arrive within 60 s (3 bytes came); send it faster or ask for "
                              "a longer JANUS_BODY_TIMEOUT_S"),
@@ -54,30 +60,76 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
     504: ("The request did not finish within the server's per-request timeout.",
           "timeout", "the request did not finish within 600.0 s"),
 }
+# where /v1 says it otherwise
+_OPENAI = {
+    400: ("Malformed content (invalid JSON or base64, an image that cannot be decoded) or a field asking for "
+          "something the server does not do.", "bad_request", "image 1 is truncated or corrupt (PNG): image file is "
+          "truncated"),
+    422: ("A field is missing, of the wrong type or out of range (`param` names it as the request spells it), or "
+          "the request cannot fit the server's rows or KV memory, or (images) its context; the message names the "
+          "setting to raise.", "validation_error", "temperature: must be less than or equal to 2"),
+}
+# chat completions: a conversation longer than the context is OpenAI's context_length_exceeded
+_OPENAI_CHAT = {
+    **_OPENAI,
+    400: ("Malformed content (invalid JSON or base64, an image that cannot be decoded), a field asking for something "
+          "the server does not do, or a conversation longer than the server's context: `code` "
+          "`context_length_exceeded`, as OpenAI answers; its message names what to shorten and the setting to raise.",
+          "context_length_exceeded", "This model's maximum context length is 4096 tokens, and this request needs "
+          "4170: the prompt is 3914 tokens and max_tokens 256 would take it to 4170, but the server's context is "
+          "4096 tokens: lower max_tokens to at most 182, shorten the conversation, or raise JANUS_MAX_SEQ_LEN to at "
+          "least 4170"),
+}
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 
 
-def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
-    """`by_reference`: the schema as a reference rather than as `model`, for routes whose own media type is not
-    JSON (FastAPI documents a `model` in the route's media type; errors are JSON everywhere)."""
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How a family of routes says its errors: the body's model, its example, and what it says otherwise."""
+
+    model: type[BaseModel]
+    example: Callable[[int, str, str], dict[str, Any]]  # (status, error type, message) -> the body's `error`
+    says: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+
+
+def _native_example(status: int, kind: str, message: str) -> dict[str, Any]:
+    example: dict[str, Any] = {"type": kind, "message": message, "status": status}
+    if kind == "validation_error":
+        example["details"] = [{"loc": "body.max_new_tokens", "message": message.split(": ", 1)[1]}]
+    return example
+
+
+def _openai_example(status: int, kind: str, message: str) -> dict[str, Any]:
+    param = {"validation_error": "temperature", "context_length_exceeded": "messages"}.get(kind)
+    return {"message": message, "type": error_type(status), "param": param, "code": kind}
+
+
+NATIVE = Dialect(ErrorResponse, _native_example)
+OPENAI = Dialect(OpenAIErrorResponse, _openai_example, _OPENAI)
+OPENAI_CHAT = Dialect(OpenAIErrorResponse, _openai_example, _OPENAI_CHAT)
+
+
+def error_responses(*statuses: int, dialect: Dialect = NATIVE,
+                    by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of a route, in its dialect. `by_reference`: the schema as a reference rather
+    than as `model`, for routes whose own media type is not JSON (FastAPI documents a `model` in the route's media
+    type; errors are JSON everywhere)."""
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        description, kind, message = _ERRORS[status]
-        example: dict[str, Any] = {"type": kind, "message": message, "status": status}
-        if kind == "validation_error":
-            example["details"] = [{"loc": "body.max_new_tokens", "message": message.split(": ", 1)[1]}]
-        entry: dict[str, Any] = {"description": description,
-                                 "content": {"application/json": {"example": {"error": example}}}}
+        description, kind, message = {**_ERRORS, **dialect.says}[status]
+        entry: dict[str, Any] = {"description": description, "content": {"application/json": {
+            "example": {"error": dialect.example(status, kind, message)}}}}
         if by_reference:
-            entry["content"]["application/json"]["schema"] = {"$ref": REF.format(model=ErrorResponse.__name__)}
+            entry["content"]["application/json"]["schema"] = {"$ref": REF.format(model=dialect.model.__name__)}
         else:
-            entry["model"] = ErrorResponse
+            entry["model"] = dialect.model
         if status in (429, 503):
             entry["headers"] = _RETRY_AFTER
         out[status] = entry
     return out
 
 
+# what an inference route can answer, on either API (the body limits' 408 and 411 included)
 INFERENCE_ERRORS = (400, 401, 408, 411, 413, 415, 422, 429, 500, 503, 504)
 
 

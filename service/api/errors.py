@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.api.protocol import ErrorResponse
 from service.engine.errors import (
     EngineError,
     EngineStopped,
@@ -127,6 +128,11 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     if details is not None:
         error["details"] = details
     return {"error": error}
+
+
+def error_model(exc: BaseException) -> ErrorResponse:
+    """`error_body` as the model a stream's error event carries."""
+    return ErrorResponse.model_validate(error_body(exc))
 
 
 def _phrase(status: int) -> str:

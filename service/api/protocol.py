@@ -1,16 +1,16 @@
-"""HTTP request and response models. Limits live on the fields; `to_params()` hands the engine its own dataclasses."""
+"""HTTP request and response models. Limits live on the fields; `to_params()` and friends turn them into what the
+preprocessor and the engine take (plain dataclasses: the engine never sees pydantic)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.special_tokens import IMAGE_TOKEN
-from service.engine.types import GenerateParams, Timings, UnderstandParams
-from service.processing import MAX_IMAGES, Preprocessor, check_image_tags
+from service.conversation import Conversation
+from service.engine.types import GenerateParams, Timings
+from service.processing import MAX_IMAGES, AnswerOptions, Preprocessor, check_image_tags, question_conversation
 
 MAX_SEED = 2**32 - 1
 MAX_HISTORY = 64
@@ -60,11 +60,13 @@ class UnderstandOptions(_Request):
             raise ValueError(f"must not contain {IMAGE_TOKEN}: images are placed only in the question")
         return value
 
-    def to_params(self, prep: Preprocessor, images: Sequence[Image.Image], seed: int,
-                  timeout_s: float | None) -> UnderstandParams:
-        return prep.understand(self.question, images, system_prompt=self.system_prompt,
-                               max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                               seed=seed, timeout_s=timeout_s, history=self.turns())
+    def conversation(self, num_images: int) -> Conversation:
+        """The question (and history) with its images placed, as the preprocessor reads it."""
+        return question_conversation(self.question, num_images, self.system_prompt, self.turns())
+
+    def answer_options(self, seed: int) -> AnswerOptions:
+        return AnswerOptions(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                             seed=seed)
 
     def turns(self) -> list[tuple[str, str]]:
         """Earlier (question, answer) turns; the multipart form has none."""

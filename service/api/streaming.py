@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import Request
@@ -17,9 +16,11 @@ from service.engine.types import Result
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
-def sse(event: str, data: BaseModel | dict[str, Any]) -> bytes:
-    payload = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, ensure_ascii=False)
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+def sse(event: str | None, data: BaseModel, **dump: Any) -> bytes:
+    """One event: its name (none: a `data:`-only event, as OpenAI's chat chunks are) and the model's JSON (`dump`:
+    options of `model_dump_json`)."""
+    head = f"event: {event}\n" if event is not None else ""
+    return f"{head}data: {data.model_dump_json(**dump)}\n\n".encode()
 
 
 async def _disconnected(request: Request) -> None:

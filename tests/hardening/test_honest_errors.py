@@ -186,6 +186,15 @@ def test_an_http_1_0_post_without_content_length_is_told_to_send_one(server, pat
     assert "Content-Length" in error["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/images/generations"])
+def test_a_v1_http_1_0_post_without_content_length_gets_the_documented_411_in_openai_shape(server, path):
+    reply = _raw_exchange(server.port, f"POST {path} HTTP/1.0\r\nContent-Type: application/json\r\n\r\n".encode()
+                          + b'{"prompt": "a fox"}')
+    status, error = _status_and_json(reply)
+    assert status == 411 and error["error"]["code"] == "length_required", error
+    assert error["error"]["type"] == "invalid_request_error" and "Content-Length" in error["error"]["message"]
+
+
 def test_an_empty_json_body_says_it_is_empty(client):
     reply = client.post("/generate", content=b"", headers=JSON)
     assert "empty" in assert_error_body(reply, 400, "bad_request")["message"]

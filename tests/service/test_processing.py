@@ -137,8 +137,3 @@ def test_the_check_before_decoding_refuses_what_chat_refuses_with_the_same_error
     checked = outcome(lambda: prep.check_fits(conversation, options))
     assert checked == outcome(lambda: prep.chat(conversation, [IMAGE] * images, options, timeout_s=None))
     assert (checked is None) == (max_seq_len == 512 and options.n == 1)
-    question = outcome(lambda: prep.check_question_fits(
-        "<image_placeholder>" * images + "What are these?", images, system_prompt=None,
-        max_new_tokens=options.max_new_tokens))
-    if options.n == 1 and options.length_field == "max_new_tokens":  # what a native request can ask
-        assert question == checked

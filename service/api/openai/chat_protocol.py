@@ -227,8 +227,10 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+    """What a chunk adds to an answer; fields it does not add are left out."""
+
+    role: Literal["assistant"] | None = Field(None, exclude_if=lambda value: value is None)
+    content: str | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class ChunkChoice(BaseModel):

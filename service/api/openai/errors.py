@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.api.errors import ApiError, BadInput
+from service.api.errors import ApiError, BadInput, error_body
 from service.engine.capacity import CONTEXT_SETTING
 from service.processing import DoesNotFit
 
@@ -77,6 +77,11 @@ def openai_error(native: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     code = getattr(exc, "code", None) if isinstance(exc, ContextLengthExceeded) else None
     return {"error": {"message": message, "type": error_type(error["status"]), "param": param,
                       "code": code or error["type"]}}
+
+
+def openai_error_model(exc: BaseException) -> OpenAIErrorResponse:
+    """The error body of a /v1 stream's error event."""
+    return OpenAIErrorResponse.model_validate(openai_error(error_body(exc), exc))
 
 
 def loc_to_param(loc: str) -> str | None:

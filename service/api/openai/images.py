@@ -6,20 +6,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.api import docs
 from service.api.auth import Authenticated
 from service.api.deps import ReadyRuntimeDep
-from service.api.errors import error_body
-from service.api.generation import Submitted, submit_generation
 from service.api.images import encode_images
-from service.api.openai.docs import INFERENCE_ERRORS, openai_error_responses
-from service.api.openai.errors import openai_error
+from service.api.openai.errors import openai_error_model
 from service.api.openai.image_protocol import (
     CompletedEvent,
-    Encoding,
     ImageData,
     ImageGenerationRequest,
     ImagesResponse,
@@ -27,9 +24,9 @@ from service.api.openai.image_protocol import (
     PartialImageEvent,
 )
 from service.api.openai.validation import read_openai_json
-from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
-from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, PreviewEvent
-from service.runtime import Runtime
+from service.api.serving import Replies, generation_params, seed_or_random, serve
+from service.api.streaming import sse
+from service.engine.types import Event, FinishedEvent, GenerateParams, GenerateResult, PreviewEvent, Result
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Authenticated])
 
@@ -81,7 +78,7 @@ BODY_EXAMPLES = {
     response_model=ImagesResponse,
     responses={200: docs.ok_response("The images (JSON), or with `stream: true` an event stream.",
                                      RESPONSE_EXAMPLE, STREAM_EXAMPLE),
-               **openai_error_responses(*INFERENCE_ERRORS)},
+               **docs.error_responses(*docs.INFERENCE_ERRORS, dialect=docs.OPENAI)},
     openapi_extra={"requestBody": docs.json_body(ImageGenerationRequest, BODY_EXAMPLES)},
 )
 async def create_image(request: Request, response: Response,
@@ -89,65 +86,55 @@ async def create_image(request: Request, response: Response,
     body = await read_openai_json(request, ImageGenerationRequest)
     body.check_supported(runtime.info.output_image_size)
     created = int(time.time())
-    submitted = await submit_generation(runtime, body.to_native(), previews=body.partial_images or 0,
-                                        count_field="n")
-    handle = submitted.handle
-    if body.stream:
-        return StreamingResponse(_stream(runtime, submitted, body, created), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, "X-Request-Id": handle.id})
-    response.headers["X-Request-Id"] = handle.id
-    result = await result_or_cancel(handle, request)
-    assert isinstance(result, GenerateResult)
-    encoded = await asyncio.to_thread(_encode, result, body.encoding)
-    return ImagesResponse(created=created, data=[ImageData(b64_json=data) for data in encoded],
-                          output_format=body.encoding.format, size=_size(result), usage=_usage(submitted),
-                          safety_identifier=body.effective_safety_identifier, seed=result.seed)
+    native = body.to_native()
+    params = await generation_params(runtime, native, seed_or_random(native.seed), count_field="n",
+                                     previews=body.partial_images or 0)
+    return await serve(request, response, runtime, params, native.stream,
+                       lambda handle: _Replies(body, params, created))
 
 
-async def _stream(runtime: Runtime, submitted: Submitted, body: ImageGenerationRequest,
-                  created: int) -> AsyncIterator[bytes]:
-    handle, encoding = submitted.handle, body.encoding
-    previews_sent = 0
-    try:
-        async for event in handle.events():
-            if isinstance(event, PreviewEvent):
-                encoded = await asyncio.to_thread(encode_images, event.images, encoding.format, encoding.quality)
-                size = f"{event.images.shape[2]}x{event.images.shape[1]}"
-                for index, data in enumerate(encoded):
-                    yield _event(PartialImageEvent(b64_json=data, created_at=int(time.time()),
-                                                   output_format=encoding.format, size=size,
-                                                   partial_image_index=previews_sent, image_index=index))
-                previews_sent += 1
-            elif isinstance(event, FinishedEvent):
-                assert isinstance(event.result, GenerateResult)
-                encoded = await asyncio.to_thread(_encode, event.result, encoding)
-                for index, data in enumerate(encoded):
-                    yield _event(CompletedEvent(b64_json=data, created_at=int(time.time()),
-                                                output_format=encoding.format, size=_size(event.result),
-                                                usage=_usage(submitted), image_index=index, seed=event.result.seed,
-                                                safety_identifier=body.effective_safety_identifier))
-            elif isinstance(event, ErrorEvent):
-                native = error_body(event.error)
-                runtime.metrics.count_error(native["error"]["type"])
-                yield sse("error", openai_error(native, event.error))
-    finally:
-        # Reached early only when the client went away mid-stream: free the rows at the next step.
-        handle.cancel()
+class _Replies(Replies):
+    """The images, or OpenAI's stream events: a partial image per image at each preview point, then a completed
+    event per image."""
+
+    def __init__(self, body: ImageGenerationRequest, params: GenerateParams, created: int) -> None:
+        self.body, self.encoding, self.created = body, body.encoding, created
+        self.usage = ImageUsage.of(len(params.prompt_ids), params.parallel_size * params.image_tokens)
+        self.previews_sent = 0
+
+    async def response(self, result: Result) -> ImagesResponse:
+        assert isinstance(result, GenerateResult)
+        encoded = await asyncio.to_thread(encode_images, result.images, self.encoding.format, self.encoding.quality)
+        return ImagesResponse(created=self.created, data=[ImageData(b64_json=data) for data in encoded],
+                              output_format=self.encoding.format, size=_size(result.images), usage=self.usage,
+                              safety_identifier=self.body.effective_safety_identifier, seed=result.seed)
+
+    async def events(self, event: Event) -> AsyncIterator[bytes]:
+        if isinstance(event, PreviewEvent):
+            encoded = await asyncio.to_thread(encode_images, event.images, self.encoding.format, self.encoding.quality)
+            for index, data in enumerate(encoded):
+                yield _event(PartialImageEvent(b64_json=data, created_at=int(time.time()),
+                                               output_format=self.encoding.format, size=_size(event.images),
+                                               partial_image_index=self.previews_sent, image_index=index))
+            self.previews_sent += 1
+        elif isinstance(event, FinishedEvent):
+            result = event.result
+            assert isinstance(result, GenerateResult)
+            encoded = await asyncio.to_thread(encode_images, result.images, self.encoding.format, self.encoding.quality)
+            for index, data in enumerate(encoded):
+                yield _event(CompletedEvent(b64_json=data, created_at=int(time.time()),
+                                            output_format=self.encoding.format, size=_size(result.images),
+                                            usage=self.usage, image_index=index, seed=result.seed,
+                                            safety_identifier=self.body.effective_safety_identifier))
+
+    def error(self, error: Exception) -> bytes:
+        return sse("error", openai_error_model(error))
 
 
 def _event(event: PartialImageEvent | CompletedEvent) -> bytes:
     return sse(event.type, event)
 
 
-def _encode(result: GenerateResult, encoding: Encoding) -> list[str]:
-    return encode_images(result.images, encoding.format, encoding.quality)
-
-
-def _size(result: GenerateResult) -> str:
-    _, height, width, _ = result.images.shape
+def _size(images: np.ndarray) -> str:
+    _, height, width, _ = images.shape
     return f"{width}x{height}"
-
-
-def _usage(submitted: Submitted) -> ImageUsage:
-    params = submitted.params
-    return ImageUsage.of(len(params.prompt_ids), params.parallel_size * params.image_tokens)

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from service.api import docs
 from service.api.auth import Authenticated
 from service.api.deps import RuntimeDep
-from service.api.openai.docs import openai_error_responses
 
 OWNER = "janus-serve"
 
@@ -63,7 +63,7 @@ CARD_EXAMPLE = {"id": "Janus-Pro-1B", "object": "model", "created": 1767225600, 
             responses={200: {"description": "The model list.",
                              "content": {"application/json": {"example": {"object": "list",
                                                                           "data": [CARD_EXAMPLE]}}}},
-                       **openai_error_responses(401)})
+                       **docs.error_responses(401, dialect=docs.OPENAI)})
 async def list_models(request: Request, runtime: RuntimeDep) -> ModelList:
     return ModelList(data=[_card(request, runtime)])
 
@@ -73,7 +73,7 @@ async def list_models(request: Request, runtime: RuntimeDep) -> ModelList:
             description="The served model's card; any other name is a 404.", response_model=ModelCard,
             responses={200: {"description": "The model card.",
                              "content": {"application/json": {"example": CARD_EXAMPLE}}},
-                       **openai_error_responses(401, 404)},
+                       **docs.error_responses(401, 404, dialect=docs.OPENAI)},
             # read from the path by hand: a typed parameter would add a 422 in FastAPI's own error shape
             openapi_extra={"parameters": [{"name": "model", "in": "path", "required": True,
                                            "schema": {"type": "string"}, "description": "The model's id."}]})

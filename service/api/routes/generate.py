@@ -12,8 +12,7 @@ from service.api import docs
 from service.api.auth import Authenticated
 from service.api.bodies import read_json
 from service.api.deps import ReadyRuntimeDep
-from service.api.errors import error_body
-from service.api.generation import submit_generation
+from service.api.errors import error_model
 from service.api.images import MEDIA_TYPES, encode_images
 from service.api.protocol import (
     DEFAULT_JPEG_QUALITY,
@@ -25,9 +24,9 @@ from service.api.protocol import (
     Progress,
     RequestTimings,
 )
-from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
-from service.engine.request import RequestHandle
-from service.engine.types import ErrorEvent, FinishedEvent, GenerateResult, PreviewEvent, ProgressEvent
+from service.api.serving import Replies, generation_params, seed_or_random, serve
+from service.api.streaming import sse
+from service.engine.types import Event, FinishedEvent, GenerateResult, PreviewEvent, ProgressEvent, Result
 from service.runtime import Runtime
 
 router = APIRouter(tags=["inference"], dependencies=[Authenticated])
@@ -76,14 +75,7 @@ STREAM_EXAMPLE = (
 async def generate_images(request: Request, response: Response,
                           runtime: ReadyRuntimeDep) -> GenerateResponse | StreamingResponse:
     body = await read_json(request, GenerateRequest)
-    handle = (await submit_generation(runtime, body, previews=body.previews)).handle
-    if body.stream:
-        return docs.EventStreamResponse(_stream(runtime, handle, body),
-                                        headers={**SSE_HEADERS, "X-Request-Id": handle.id})
-    response.headers["X-Request-Id"] = handle.id
-    result = await result_or_cancel(handle, request)
-    assert isinstance(result, GenerateResult)
-    return await _response(runtime, handle.id, result, body)
+    return await _draw(request, response, runtime, body)
 
 
 @router.post(
@@ -98,52 +90,46 @@ async def generate_images(request: Request, response: Response,
                **docs.error_responses(*docs.INFERENCE_ERRORS, by_reference=True)},
     openapi_extra=docs.generate_body(),
 )
-async def generate_images_stream(request: Request, runtime: ReadyRuntimeDep) -> StreamingResponse:
+async def generate_images_stream(request: Request, response: Response, runtime: ReadyRuntimeDep) -> StreamingResponse:
     body = (await read_json(request, GenerateRequest)).model_copy(update={"stream": True})
-    handle = (await submit_generation(runtime, body, previews=body.previews)).handle
-    return docs.EventStreamResponse(_stream(runtime, handle, body), headers={**SSE_HEADERS, "X-Request-Id": handle.id})
+    return await _draw(request, response, runtime, body)
 
 
-def _quality(body: GenerateRequest) -> int:
-    return DEFAULT_JPEG_QUALITY if body.jpeg_quality is None else body.jpeg_quality
+async def _draw(request: Request, response: Response, runtime: Runtime,
+                body: GenerateRequest) -> GenerateResponse | StreamingResponse:
+    params = await generation_params(runtime, body, seed_or_random(body.seed), previews=body.previews)
+    return await serve(request, response, runtime, params, body.stream,
+                       lambda handle: _Replies(runtime, handle.id, body))
 
 
-async def _response(runtime: Runtime, request_id: str, result: GenerateResult,
-                    body: GenerateRequest) -> GenerateResponse:
-    encoded = await asyncio.to_thread(encode_images, result.images, body.format, _quality(body))
-    _, height, width, _ = result.images.shape
-    return GenerateResponse(
-        id=request_id, model=runtime.info.name,
-        images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)],
-        format=body.format, media_type=MEDIA_TYPES[body.format], width=width, height=height, seed=result.seed,
-        timings=RequestTimings.of(result.timings), random_weights=runtime.info.random_weights)
+class _Replies(Replies):
+    def __init__(self, runtime: Runtime, request_id: str, body: GenerateRequest) -> None:
+        self.runtime, self.id, self.body = runtime, request_id, body
+        self.quality = DEFAULT_JPEG_QUALITY if body.jpeg_quality is None else body.jpeg_quality
 
+    async def response(self, result: Result) -> GenerateResponse:
+        assert isinstance(result, GenerateResult)
+        encoded = await asyncio.to_thread(encode_images, result.images, self.body.format, self.quality)
+        _, height, width, _ = result.images.shape
+        return GenerateResponse(
+            id=self.id, model=self.runtime.info.name,
+            images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)], format=self.body.format,
+            media_type=MEDIA_TYPES[self.body.format], width=width, height=height, seed=result.seed,
+            timings=RequestTimings.of(result.timings), random_weights=self.runtime.info.random_weights)
 
-async def _preview(request_id: str, event: PreviewEvent, body: GenerateRequest) -> Preview:
-    # the encoding of /v1's partial images, in the request's own format
-    encoded = await asyncio.to_thread(encode_images, event.images, body.format, _quality(body))
-    return Preview(id=request_id, steps_done=event.steps_done, steps_total=event.steps_total, format=body.format,
-                   media_type=MEDIA_TYPES[body.format],
-                   images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)])
+    async def events(self, event: Event) -> AsyncIterator[bytes]:
+        if isinstance(event, ProgressEvent):
+            yield sse("progress", Progress(id=self.id, steps_done=event.steps_done, steps_total=event.steps_total))
+            if event.steps_done == event.steps_total:  # the last step: the images go to the decoder now
+                yield sse("decoding", Decoding(id=self.id, images=self.body.parallel_size))
+        elif isinstance(event, PreviewEvent):
+            # the encoding of /v1's partial images, in the request's own format
+            encoded = await asyncio.to_thread(encode_images, event.images, self.body.format, self.quality)
+            yield sse("preview", Preview(id=self.id, steps_done=event.steps_done, steps_total=event.steps_total,
+                                         format=self.body.format, media_type=MEDIA_TYPES[self.body.format],
+                                         images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)]))
+        elif isinstance(event, FinishedEvent):
+            yield sse("done", await self.response(event.result))
 
-
-async def _stream(runtime: Runtime, handle: RequestHandle, body: GenerateRequest) -> AsyncIterator[bytes]:
-    try:
-        async for event in handle.events():
-            if isinstance(event, ProgressEvent):
-                yield sse("progress", Progress(id=handle.id, steps_done=event.steps_done,
-                                               steps_total=event.steps_total))
-                if event.steps_done == event.steps_total:  # the last step: the images go to the decoder now
-                    yield sse("decoding", Decoding(id=handle.id, images=body.parallel_size))
-            elif isinstance(event, PreviewEvent):
-                yield sse("preview", await _preview(handle.id, event, body))
-            elif isinstance(event, FinishedEvent):
-                assert isinstance(event.result, GenerateResult)
-                yield sse("done", await _response(runtime, handle.id, event.result, body))
-            elif isinstance(event, ErrorEvent):
-                error = error_body(event.error)
-                runtime.metrics.count_error(error["error"]["type"])
-                yield sse("error", error)
-    finally:
-        # Reached early only when the client went away mid-stream: free the rows at the next step.
-        handle.cancel()
+    def error(self, error: Exception) -> bytes:
+        return sse("error", error_model(error), exclude_none=True)

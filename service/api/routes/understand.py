@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
@@ -13,12 +11,12 @@ from service.api import docs
 from service.api.auth import Authenticated
 from service.api.bodies import UnderstandInput, read_understand
 from service.api.deps import ReadyRuntimeDep
-from service.api.errors import error_body
-from service.api.image_inputs import ImageInput, decode_images
-from service.api.protocol import MAX_SEED, RequestTimings, TextDelta, UnderstandResponse, Usage
-from service.api.streaming import SSE_HEADERS, result_or_cancel, sse
-from service.engine.request import RequestHandle
-from service.engine.types import ErrorEvent, FinishedEvent, TokenEvent, UnderstandParams, UnderstandResult
+from service.api.errors import error_model
+from service.api.image_inputs import ImageInput
+from service.api.protocol import RequestTimings, TextDelta, UnderstandResponse, Usage
+from service.api.serving import Replies, answer_params, seed_or_random, serve
+from service.api.streaming import sse
+from service.engine.types import Event, FinishedEvent, Result, TokenEvent, UnderstandResult
 from service.runtime import Runtime
 
 router = APIRouter(tags=["inference"], dependencies=[Authenticated])
@@ -57,23 +55,42 @@ async def understand_image(request: Request, response: Response,
 
 async def understand_image_stream(request: Request, response: Response,
                                   runtime: ReadyRuntimeDep) -> StreamingResponse:
-    answer = await _answer(request, response, runtime, await read_understand(request), stream=True)
-    assert isinstance(answer, StreamingResponse)
-    return answer
+    return await _answer(request, response, runtime, await read_understand(request), stream=True)
 
 
 async def _answer(request: Request, response: Response, runtime: Runtime, body: UnderstandInput,
                   stream: bool) -> UnderstandResponse | StreamingResponse:
-    seed = body.options.seed if body.options.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    params = await _prepare(runtime, body, seed)
-    handle = runtime.engine.submit(params, stream=stream)
-    if stream:
-        return docs.EventStreamResponse(_stream(runtime, handle, seed),
-                                        headers={**SSE_HEADERS, "X-Request-Id": handle.id})
-    response.headers["X-Request-Id"] = handle.id
-    result = await result_or_cancel(handle, request)
-    assert isinstance(result, UnderstandResult)
-    return _response(runtime, handle.id, result, seed)
+    options, seed = body.options, seed_or_random(body.options.seed)
+    images = [ImageInput(raw, f"image {number}") for number, raw in enumerate(body.images, start=1)]
+    params = await answer_params(runtime, options.conversation(len(images)), images, options.answer_options(seed))
+    return await serve(request, response, runtime, params, stream, lambda handle: _Replies(runtime, handle.id, seed))
+
+
+class _Replies(Replies):
+    def __init__(self, runtime: Runtime, request_id: str, seed: int) -> None:
+        self.runtime, self.id, self.seed = runtime, request_id, seed
+        self.sent = 0  # characters of the answer sent
+
+    async def response(self, result: Result) -> UnderstandResponse:
+        assert isinstance(result, UnderstandResult)
+        info = self.runtime.info
+        return UnderstandResponse(
+            id=self.id, model=info.name, text=result.text, finish_reason=result.finish_reason,  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+            seed=self.seed, timings=RequestTimings.of(result.timings), random_weights=info.random_weights)
+
+    async def events(self, event: Event) -> AsyncIterator[bytes]:
+        if isinstance(event, TokenEvent) and event.text:
+            self.sent += len(event.text)
+            yield sse("delta", TextDelta(id=self.id, text=event.text))
+        elif isinstance(event, FinishedEvent):
+            assert isinstance(event.result, UnderstandResult)
+            if rest := event.result.text[self.sent:]:
+                yield sse("delta", TextDelta(id=self.id, text=rest))
+            yield sse("done", await self.response(event.result))
+
+    def error(self, error: Exception) -> bytes:
+        return sse("error", error_model(error), exclude_none=True)
 
 
 RESPONSES = {200: docs.ok_response("The answer.", docs.UNDERSTAND_EXAMPLE),
@@ -97,45 +114,3 @@ router.add_api_route("/understand/upload/stream", understand_image_stream, metho
                      summary="Answer a question about uploaded images (multipart form), streamed",
                      description=DESCRIPTION, response_class=docs.EventStreamResponse, response_model=None,
                      responses=STREAM_RESPONSES, openapi_extra=docs.understand_upload_body())
-
-
-async def _prepare(runtime: Runtime, body: UnderstandInput, seed: int) -> UnderstandParams:
-    """Check that the request fits before any image is decoded, decode its images within the server's pixel
-    budget, then preprocess them and tokenize the prompt (CPU work, off the event loop)."""
-    options, prep = body.options, runtime.preprocessor
-    await asyncio.to_thread(prep.check_question_fits, options.question, len(body.images),
-                            system_prompt=options.system_prompt, max_new_tokens=options.max_new_tokens,
-                            history=options.turns())
-    images = await decode_images(runtime, [ImageInput(raw, f"image {number}")
-                                           for number, raw in enumerate(body.images, start=1)])
-    return await asyncio.to_thread(options.to_params, prep, images, seed, runtime.settings.request_timeout_s)
-
-
-def _response(runtime: Runtime, request_id: str, result: UnderstandResult, seed: int) -> UnderstandResponse:
-    return UnderstandResponse(
-        id=request_id, model=runtime.info.name, text=result.text,
-        finish_reason=result.finish_reason,  # type: ignore[arg-type]
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
-        seed=seed, timings=RequestTimings.of(result.timings), random_weights=runtime.info.random_weights)
-
-
-async def _stream(runtime: Runtime, handle: RequestHandle, seed: int) -> AsyncIterator[bytes]:
-    sent = 0  # characters of the answer sent
-    try:
-        async for event in handle.events():
-            if isinstance(event, TokenEvent):
-                if event.text:
-                    sent += len(event.text)
-                    yield sse("delta", TextDelta(id=handle.id, text=event.text))
-            elif isinstance(event, FinishedEvent):
-                assert isinstance(event.result, UnderstandResult)
-                if rest := event.result.text[sent:]:
-                    yield sse("delta", TextDelta(id=handle.id, text=rest))
-                yield sse("done", _response(runtime, handle.id, event.result, seed))
-            elif isinstance(event, ErrorEvent):
-                body = error_body(event.error)
-                runtime.metrics.count_error(body["error"]["type"])
-                yield sse("error", body)
-    finally:
-        # Reached early only when the client went away mid-stream: free the rows at the next step.
-        handle.cancel()
