@@ -7,9 +7,9 @@ import pytest
 
 from model.chat_template import DEFAULT_SYSTEM_PROMPT, IMAGE, conversation_prompt, understanding_prompt
 from model.special_tokens import EOS_TOKEN
+from service.answer_text import AnswerDetokenizer, cut_at_stop, releasable
 from service.conversation import join_parts
 from service.processing import InputError, question_conversation
-from service.answer_text import AnswerDetokenizer, cut_at_stop, releasable
 
 U, A, IMG = "<|User|>", "<|Assistant|>", "<image_placeholder>"
 
