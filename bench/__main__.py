@@ -2,6 +2,7 @@
 
     python -m bench --quick      # tiny model, a few minutes; last line: one JSON object
     python -m bench              # + a mid-size model's decode step and the Janus-Pro-1B shape
+    python -m bench --quick --before /path/to/old   # the service of an older checkout too, in the same run
 
 Throughputs are measured one after the other on the same machine in the same run, and reported as ratios.
 """
@@ -33,7 +34,10 @@ def _stats(latencies: list[float], wall_s: float, units: int) -> dict:
 
 
 def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int], base_gen: int, base_und: int,
-                       rounds: int, workloads: tuple[str, ...] = ("generate", "understand")) -> list[dict]:
+                       rounds: int, workloads: tuple[str, ...] = ("generate", "understand"),
+                       before: Path | None = None, logs: Path = RESULTS) -> list[dict]:
+    """`before`: an older checkout whose server serves the same load right before this one's (its rows are labelled
+    `code: before`); `logs`: the folder of the servers' logs."""
     import paddle
 
     from model.checkpoint.loader import load_janus
@@ -65,22 +69,25 @@ def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int]
             halves[name].append((latencies, time.perf_counter() - started))
 
     run_baseline_half(first=True)
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[dict]] = {name: [] for name in workloads}
     max_rows = 2 * 2 * max(levels_gen) if "generate" in workloads else max(levels_und)
-    with running_server(directory, max(max_rows, max(levels_und)), max_seq_len,
-                        RESULTS / f"server-{preset}.log") as base_url:
-        for name in workloads:
-            route, _, make_jobs, _, levels, _, per_request = specs[name]
-            drive(base_url, route, make_jobs(1), 1)  # warm the HTTP path
-            runs[name] = []
-            for level in levels:
-                jobs = make_jobs(level * rounds)
-                run = drive(base_url, route, jobs, level)
-                stats = _stats(run["latencies"], run["wall_s"], len(jobs) * per_request)
-                stats["concurrency"] = level
-                model_s = np.array(run["server_model_s"])
-                stats["http_queue_overhead"] = float(np.mean((np.array(run["latencies"]) - model_s) / model_s))
-                runs[name].append(stats)
+    sources = ([("before", before)] if before is not None else []) + [("after" if before else "", None)]
+    for label, source in sources:
+        with running_server(directory, max(max_rows, max(levels_und)), max_seq_len,
+                            logs / f"server-{preset}{'-' + label if label else ''}.log", source) as base_url:
+            for name in workloads:
+                route, _, make_jobs, _, levels, _, per_request = specs[name]
+                drive(base_url, route, make_jobs(1), 1)  # warm the HTTP path
+                for level in levels:
+                    jobs = make_jobs(level * rounds)
+                    run = drive(base_url, route, jobs, level)
+                    stats = _stats(run["latencies"], run["wall_s"], len(jobs) * per_request)
+                    stats["concurrency"] = level
+                    if label:
+                        stats["code"] = label
+                    model_s = np.array(run["server_model_s"])
+                    stats["http_queue_overhead"] = float(np.mean((np.array(run["latencies"]) - model_s) / model_s))
+                    runs[name].append(stats)
     run_baseline_half(first=False)
 
     for name in workloads:
@@ -94,8 +101,8 @@ def serving_comparison(preset: str, levels_gen: list[int], levels_und: list[int]
               f"(before {rate_first:.3f}, after {rate_second:.3f})", file=sys.stderr)
         for stats in runs[name]:
             stats["speedup"] = stats["throughput"] / baseline_stats["throughput"]
-            print(f"[{preset}] service {name} c{stats['concurrency']}: {stats['throughput']:.3f} {unit} "
-                  f"({stats['speedup']:.2f}x)", file=sys.stderr)
+            print(f"[{preset}] service {stats.get('code', '')} {name} c{stats['concurrency']}: "
+                  f"{stats['throughput']:.3f} {unit} ({stats['speedup']:.2f}x)", file=sys.stderr)
         sections.append({"workload": name, "model": preset, "unit": unit, "baseline": baseline_stats,
                          "service": runs[name]})
     return sections
@@ -105,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model only, a few minutes")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--before", type=Path, help="an older checkout whose service to measure in the same run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [1, 4, 8, 16]
@@ -112,9 +120,11 @@ def main() -> None:
     # Each concurrency level serves `rounds` requests per client, so that it measures sustained throughput rather
     # than one burst.
     if args.quick:
-        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=16, rounds=2)
+        serving = serving_comparison("bench", levels, levels, base_gen=4, base_und=16, rounds=2, before=args.before,
+                                     logs=args.out)
     else:
-        serving = serving_comparison("bench", levels, levels, base_gen=6, base_und=24, rounds=3)
+        serving = serving_comparison("bench", levels, levels, base_gen=6, base_und=24, rounds=3, before=args.before,
+                                     logs=args.out)
     results: dict = {"quick": args.quick, "serving": serving}
     if not args.quick:
         # each in its own process: clean memory accounting, and the 1B model needs most of the machine
@@ -125,12 +135,13 @@ def main() -> None:
 
     def speedup(workload: str, level: int) -> float:
         section = next(s for s in serving if s["workload"] == workload and s["model"] == "bench")
-        return next(s["speedup"] for s in section["service"] if s["concurrency"] == level)
+        return next(s["speedup"] for s in section["service"] if s["concurrency"] == level and s.get("code") != "before")
 
+    generate_c1 = next(s for s in next(s for s in serving if s["workload"] == "generate")["service"]
+                       if s.get("code") != "before")
     summary = {"generate_speedup_c8": round(speedup("generate", 8), 2),
                "understand_speedup_c16": round(speedup("understand", 16), 2),
-               "http_queue_overhead_c1": round(next(s for s in serving if s["workload"] == "generate")
-                                               ["service"][0]["http_queue_overhead"], 4),
+               "http_queue_overhead_c1": round(generate_c1["http_queue_overhead"], 4),
                "elapsed_s": round(results["elapsed_s"], 1)}
     tag = "quick" if args.quick else "full"
     (args.out / f"{tag}.json").write_text(json.dumps(results, indent=2))

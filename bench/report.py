@@ -14,7 +14,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {section['workload']} | {section['model']} | baseline (one request at a time) | 1 | "
                      f"{base['throughput']:.3f} {unit} | {base['p50_s']:.2f} | {base['p95_s']:.2f} | 1.00x |")
         for level in section["service"]:
-            lines.append(f"| {section['workload']} | {section['model']} | service | {level['concurrency']} | "
+            mode = f"service ({level['code']})" if "code" in level else "service"
+            lines.append(f"| {section['workload']} | {section['model']} | {mode} | {level['concurrency']} | "
                          f"{level['throughput']:.3f} {unit} | {level['p50_s']:.2f} | {level['p95_s']:.2f} | "
                          f"{level['speedup']:.2f}x |")
     drifts = [f"{s['workload']} {s['baseline']['drift'] * 100:+.0f}%" for s in results["serving"]
@@ -53,8 +54,11 @@ def plot(results: dict, path: Path) -> None:
     sections = results["serving"]
     fig, axes = plt.subplots(1, len(sections), figsize=(5 * len(sections), 4), squeeze=False)
     for ax, section in zip(axes[0], sections, strict=True):
-        levels = [s["concurrency"] for s in section["service"]]
-        ax.plot(levels, [s["throughput"] for s in section["service"]], marker="o", label="janus-serve")
+        for code in dict.fromkeys(s.get("code", "") for s in section["service"]):
+            runs = [s for s in section["service"] if s.get("code", "") == code]
+            levels = [s["concurrency"] for s in runs]
+            ax.plot(levels, [s["throughput"] for s in runs], marker="o",
+                    label=f"janus-serve ({code})" if code else "janus-serve")
         ax.axhline(section["baseline"]["throughput"], color="grey", linestyle="--", label="baseline (sequential)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
 import sys
 import tempfile
@@ -25,26 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
 import model  # noqa: F401
 from bench.service_load import server_process
+from bench.workload import test_image
 from model.runtime_env import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = {"id", "created", "created_at", "timings"}  # differ between any two runs of the same checkout
 
 
-def _image(seed: int, size: int = 64) -> str:
+def _image(seed: int) -> str:
     """A noisy photo-like PNG (a gradient with noise), as a data URL."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size]
-    pixels = np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1)
-    pixels = np.clip(pixels + rng.integers(-40, 40, pixels.shape), 0, 255).astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(test_image(seed, size=64)).decode()
 
 
 def _understand(question: str, image: int | None, **options: Any) -> dict:
