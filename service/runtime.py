@@ -9,6 +9,7 @@ from pathlib import Path
 
 from model.config import JanusConfig
 from service.api.image_budget import PixelBudget
+from service.device import gpu_properties
 from service.engine import Engine, EngineConfig
 from service.metrics import Metrics
 from service.processing import Preprocessor
@@ -49,12 +50,15 @@ class ModelInfo:
     output_image_size: int
     output_image_tokens: int  # decoding steps per generated image
     context_length: int  # the model's own limit (positions)
+    dtype_reason: str = ""  # why this dtype (auto: the device's choice)
 
     @classmethod
-    def describe(cls, cfg: JanusConfig, dtype: str, weights: str, device: str, random_weights: bool) -> ModelInfo:
+    def describe(cls, cfg: JanusConfig, dtype: str, weights: str, device: str, random_weights: bool,
+                 dtype_reason: str = "") -> ModelInfo:
         return cls(cfg.name, dtype, weights, device, random_weights, cfg.description, cfg.vision.image_size,
                    cfg.vision.num_tokens,
-                   cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings)
+                   cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings,
+                   dtype_reason)
 
 
 @dataclass(slots=True)
@@ -78,7 +82,10 @@ class Runtime:
             raise RuntimeError("device gpu was requested but this Paddle build has no CUDA support")
         paddle.set_device(settings.device)
         directory = settings.model_dir or default_model_dir()
-        dtype = settings.compute_dtype
+        gpu = gpu_properties() if settings.device == "gpu" else None
+        choice = settings.dtype_choice(gpu)
+        dtype = choice.dtype
+        log.info("dtype %s: %s", dtype, choice.reason)
         model, report = load_janus(directory, dtype, keep_bf16=settings.keep_bf16_weights)
         random_weights = model.cfg.random_weights
         if settings.model_dir is None:
@@ -95,7 +102,7 @@ class Runtime:
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, engine.max_seq_len, settings.chat_template,
                                              capacity=engine.capacity)
-        info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights)
+        info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights, choice.reason)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
         log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
                  report.weights, settings.device, report.seconds, report.source, preprocessor.template.name)

@@ -232,6 +232,8 @@ class Report:
     weights: str
     comparisons: list[Comparison]
     timings: dict[str, dict[str, float]]  # "device" / "reference" -> load_s, warmup_s, prefill_ms, step_ms
+    dtype_reason: str = ""  # why this dtype (auto: the device's choice)
+    setup: dict[str, str] = field(default_factory=dict)  # the device, its KV pool and kernels, as the server sets up
 
     @property
     def passed(self) -> bool:
@@ -242,6 +244,9 @@ class Report:
         lines = [f"janus-serve self-test: {self.device} {self.dtype}{held} against cpu float32 (the reference), "
                  f"tiny random checkpoint, {UNDERSTAND_TOKENS} understanding tokens and {GENERATE_IMAGES} guided "
                  "images served together, greedy"]
+        if self.dtype_reason:
+            lines.append(f"  dtype: {self.dtype_reason}")
+        lines += [f"  {name}: {value}" for name, value in self.setup.items()]
         lines += [f"  {c.describe()}" for c in self.comparisons]
         for name, t in self.timings.items():
             lines.append(f"  {name}: load {t['load_s']:.2f} s, warm-up {t['warmup_s']:.2f} s, prefill "
@@ -250,8 +255,8 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "weights": self.weights, "passed": self.passed,
-                "timings": self.timings,
+        return {"device": self.device, "dtype": self.dtype, "dtype_reason": self.dtype_reason,
+                "weights": self.weights, "passed": self.passed, "setup": self.setup, "timings": self.timings,
                 "comparisons": [{**asdict(c), "passed": c.passed} for c in self.comparisons]}
 
 
@@ -280,7 +285,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="janus-serve self-test", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None, help="[env JANUS_DEVICE; default cpu]")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
-                        help="[env JANUS_DTYPE; default auto: float32 on cpu, bfloat16 on gpu]")
+                        help="[env JANUS_DTYPE; default auto: float32 on cpu; on gpu bfloat16 from compute "
+                             "capability 8.0, float16 below]")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
     given = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
@@ -300,6 +306,11 @@ def main(argv: list[str]) -> int:
     if settings.device == "gpu" and not paddle.is_compiled_with_cuda():
         print("error: device gpu was requested but this Paddle build has no CUDA support", file=sys.stderr)
         return 1
-    report = run_selftest(settings.device, settings.compute_dtype, keep_bf16=settings.keep_bf16_weights)
+    from service.device import gpu_properties
+
+    gpu = gpu_properties() if settings.device == "gpu" else None
+    choice = settings.dtype_choice(gpu)
+    report = run_selftest(settings.device, choice.dtype, keep_bf16=settings.keep_bf16_weights)
+    report.dtype_reason = choice.reason
     print(json.dumps(report.to_json()) if args.json else report.describe())
     return 0 if report.passed else 1

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.device import DeviceProperties, DtypeChoice, choose_dtype
+
 MiB = 1024 * 1024
 
 
@@ -19,9 +21,9 @@ class Settings(BaseSettings):
         None, description="Local checkpoint folder. Unset: the embedded demo checkpoint with RANDOM weights.")
     device: Literal["cpu", "gpu"] = Field("cpu", description="Where the model runs.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype; auto = bfloat16 on gpu; on cpu float32 arithmetic, with a bf16 "
-                            "checkpoint's projection and embedding weights kept bf16 (half the memory); float32 on "
-                            "cpu widens every weight.")
+        "auto", description="Compute dtype; auto on gpu = bfloat16 at compute capability 8.0 and up, float16 below "
+                            "(V100, T4); on cpu float32 arithmetic, with a bf16 checkpoint's projection and "
+                            "embedding weights kept bf16 (half the memory); float32 on cpu widens every weight.")
     chat_template: Literal["deepseek", "legacy"] | None = Field(
         None, description="Prompt roles; unset: read from the checkpoint (Janus-Pro: deepseek, Janus-1.3B: legacy).")
 
@@ -40,7 +42,13 @@ class Settings(BaseSettings):
     max_seq_len: int | None = Field(None, ge=16, description="Longest request: prompt + new tokens (or image "
                                                              "tokens); unset: the model's context.")
     kv_cache_mb: int = Field(8192, ge=1, description="KV cache budget in MiB: one pool of blocks shared by all "
-                                                     "requests (never more than max_rows x max_seq_len need).")
+                                                     "requests (never more than max_rows x max_seq_len need). On "
+                                                     "gpu only when set: otherwise sized from the card "
+                                                     "(JANUS_GPU_MEMORY_FRACTION).")
+    gpu_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="gpu: the share of the card the server may use; after the weights are loaded and "
+                                     "a warm-up at the largest batch has run, the KV pool takes what is left of it "
+                                     "(unless JANUS_KV_CACHE_MB is set).")
     kv_block_size: int = Field(16, ge=1, le=1024, description="Positions per KV cache block.")
     prefix_cache: Literal["on", "off"] = Field(
         "on", description="Reuse the KV blocks of known prompt prefixes (system prompt, earlier turns, the same "
@@ -80,9 +88,21 @@ class Settings(BaseSettings):
 
     @property
     def compute_dtype(self) -> str:
+        """The dtype where it does not depend on the card (see `dtype_choice` for the gpu with auto)."""
         if self.dtype != "auto":
             return self.dtype
-        return "float32" if self.device == "cpu" else "bfloat16"
+        if self.device == "gpu":
+            raise ValueError("dtype auto on the gpu depends on the card: use dtype_choice(gpu properties)")
+        return "float32"
+
+    def dtype_choice(self, gpu: DeviceProperties | None = None) -> DtypeChoice:
+        """The compute dtype and why (the gpu's properties are needed on the gpu)."""
+        return choose_dtype(self.dtype, self.device, gpu)
+
+    @property
+    def kv_cache_from_card(self) -> bool:
+        """gpu without an explicit JANUS_KV_CACHE_MB: the pool is sized from the card's memory."""
+        return self.device == "gpu" and "kv_cache_mb" not in self.model_fields_set
 
     @property
     def keep_bf16_weights(self) -> bool:

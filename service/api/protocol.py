@@ -272,6 +272,8 @@ class Examples(BaseModel):
 class InfoResponse(BaseModel):
     model: str
     dtype: str = Field(description="The arithmetic's dtype.")
+    dtype_reason: str = Field("", description="Why this dtype: with JANUS_DTYPE=auto, the device's choice (on a gpu "
+                                              "bfloat16 from compute capability 8.0, float16 below).")
     weights: str = Field(description="How the weights are held: bfloat16 (on the cpu, a bf16 checkpoint with dtype "
                                      "auto: computed in float32 from bf16, half the memory) or the dtype.")
     device: str

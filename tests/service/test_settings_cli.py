@@ -56,9 +56,10 @@ def test_bad_values_stop_the_cli_with_usage_error(argv, capsys):
     assert "janus-serve: error" in capsys.readouterr().err
 
 
-def test_half_precision_is_allowed_on_gpu_and_auto_picks_bfloat16_there():
-    assert Settings(device="gpu").compute_dtype == "bfloat16"
+def test_half_precision_is_allowed_on_gpu_and_auto_waits_for_the_card_there():
     assert Settings(device="gpu", dtype="float16").compute_dtype == "float16"
+    with pytest.raises(ValueError, match="depends on the card"):
+        Settings(device="gpu").compute_dtype  # noqa: B018 - the property raises
 
 
 def test_auto_on_cpu_computes_in_float32_keeping_bf16_weights_and_float32_widens_them():
