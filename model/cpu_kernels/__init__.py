@@ -38,7 +38,8 @@ from model.runtime_env import cache_root
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("attention.c", "layer_ops.c", "linear.c", "linear_blocked.c", "conv.c")]
+           for name in ("attention.c", "layer_ops.c", "linear.c", "linear_blocked.c", "conv.c", "int8_rows.c",
+                        "int8_blocked.c")]
 HEADERS = [Path(__file__).with_name(name) for name in ("vec.h", "scratch.h")]
 LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B)
 MODES = ("auto", "off", "require")
@@ -65,9 +66,13 @@ _SIGNATURES = {
     "janus_pack_conv_weight": [_P, _P, _I, _I, _I],
     "janus_conv2d_nhwc": [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I],
     "janus_group_norm_nhwc": [_P, _P, _P, _P, _I, _L, _I, _I, _F, _I],
+    # int8 weights with a scale per group of weight rows (model.cpu_kernels.int8)
+    **{name: [_P, _P, _P, _I, _P, _P, _I, _I, _I]
+       for name in ("janus_linear_rows_int8", "janus_linear_blocked_int8", "janus_linear_int8")},
 }
 # 0: no memory for the kernel's buffers (the output is untouched)
-_RETURNS = {"janus_linear_bf16": _I, "janus_linear_blocked_bf16": _I}
+_RETURNS = {"janus_linear_bf16": _I, "janus_linear_blocked_bf16": _I, "janus_linear_rows_int8": _I,
+            "janus_linear_blocked_int8": _I, "janus_linear_int8": _I}
 
 
 class KernelBuildError(RuntimeError):

@@ -1,0 +1,93 @@
+"""Weight-only int8: quantizing a Linear weight and the CPU products from it.
+
+A weight [K, N] (Paddle's Linear layout: rows are the layer's inputs) is held as q [K, N] int8 and a float32 scale
+per output column for each group of `group` weight rows, scales [ceil(K / group), N]: W[k, n] ~ q[k, n] *
+scales[k // group, n]. Symmetric, round to nearest: scale = max |W| over the group / 127, so every q lies in
+[-127, 127] and the largest weight of each group is kept exactly (up to float32 rounding of the scale).
+
+The group is a multiple of 8 (the few-row kernel sums eight weight rows before it applies their scale); a group of
+at least K is one scale per output column (per channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import paddle
+
+from model import cpu_kernels
+
+GROUP_SIZE = 64  # weight rows per scale
+ROWS_MAX = 4  # rows up to which the streaming kernel runs; the blocked one above
+_CHUNK_GROUPS = 16  # groups quantized at a time: the float32 copy of a weight never exists whole
+
+
+def check_group(group: int) -> None:
+    if group <= 0 or group % 8:
+        raise ValueError(f"the int8 group size must be a positive multiple of 8, got {group}")
+
+
+def scale_rows(K: int, group: int) -> int:
+    return math.ceil(K / group) if K else 0
+
+
+def quantize(weight: np.ndarray, group: int = GROUP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """weight [K, N] (float32, float64, or bf16 bits as uint16) -> (q [K, N] int8, scales [ceil(K / group), N]
+    float32), a few groups of rows at a time."""
+    check_group(group)
+    K, N = weight.shape
+    q = np.empty((K, N), np.int8)
+    scales = np.empty((scale_rows(K, group), N), np.float32)
+    step = group * _CHUNK_GROUPS
+    for k0 in range(0, K, step):
+        chunk = _as_float32(weight[k0:k0 + step])
+        for g0 in range(0, chunk.shape[0], group):
+            block = chunk[g0:g0 + group]
+            peak = np.abs(block).max(axis=0)
+            scale = (peak / np.float32(127)).astype(np.float32)
+            inverse = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+            np.clip(np.rint(block * inverse), -127, 127, out=block)
+            q[k0 + g0:k0 + g0 + block.shape[0]] = block
+            scales[(k0 + g0) // group] = scale
+    return q, scales
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
+    """The float32 weights the int8 ones stand for (each q * its scale, rounded once to float32 as the kernels do)."""
+    return (q.astype(np.float32) * np.repeat(scales, group, axis=0)[:q.shape[0]]).astype(np.float32)
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    if block.dtype == np.uint16:  # bf16 bits: the top half of a float32
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32)  # a copy: quantize() overwrites it in place
+
+
+def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int,
+           bias: paddle.Tensor | None) -> paddle.Tensor:
+    """float32 x [..., K] @ int8 weight (q [K, N], scales) (+ float32 bias) -> float32 [..., N], in float32.
+
+    Without the kernels (off, or not on the CPU) the weight is dequantized through Paddle per call: correct, slow."""
+    K, N = q.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
+    lib = cpu_kernels.library() if x.place.is_cpu_place() and x.dtype == paddle.float32 else None
+    if lib is None or (bias is not None and bias.dtype != paddle.float32):
+        weight = (q.astype("float32").reshape([-1, group, N]) if K % group == 0 else None)
+        if weight is None:
+            full = paddle.repeat_interleave(scales, group, axis=0)[:K]
+            dequantized = q.astype("float32") * full
+        else:
+            dequantized = (weight * scales.unsqueeze(1)).reshape([K, N])
+        out = paddle.matmul(x, dequantized.astype(x.dtype))
+        return out if bias is None else out + bias.astype(x.dtype)
+    x = x if x.is_contiguous() else x.contiguous()
+    rows = math.prod(x.shape[:-1])
+    out = paddle.empty([*x.shape[:-1], N], "float32")
+    args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), group, None if bias is None else bias.data_ptr(),
+            out.data_ptr(), rows, K, N)
+    kernel = lib.janus_linear_rows_int8 if rows <= ROWS_MAX else lib.janus_linear_int8
+    if not kernel(*args):
+        raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} int8 product")
+    return out

@@ -1,0 +1,150 @@
+"""Products from int8 weights (a scale per output column for each group of weight rows) against float64 products on
+the dequantized weights, in each build of the kernels: the machine's own CPU with and without MKL, AVX2 without
+AVX-512, and the compiler's portable default.
+
+The kernels' blocking: the streaming kernel (int8_rows.c) sums 8 weight rows before applying their scale, splits
+the rows among threads and handles up to 8 rows of x per pass; the blocked one (int8_blocked.c) has tiles of 3, 6
+or 8 rows by 16 or 32 columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows; from 128 rows
+with MKL, sgemm on dequantized panels. K = 300 is one panel and a part one and not a multiple of 8 or of the group,
+N = 547 two tasks and a part one whose last strip is partly filled, and not a multiple of 8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from model import cpu_kernels
+from model.cpu_kernels import int8
+
+ROW_COUNTS = [1, 2, 3, 8, 9, 17, 32, 300, 600]
+KERNELS = ["janus_linear_rows_int8", "janus_linear_blocked_int8", "janus_linear_int8"]
+
+
+def _has_avx2() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return {"avx2", "fma"} <= set(flags.split())
+
+
+@pytest.fixture(scope="module", params=["native", "native-without-mkl", "avx2", "portable"])
+def built(request, tmp_path_factory):
+    """The kernels of one build: (its name, the loaded library)."""
+    if request.param == "native":
+        return request.param, cpu_kernels._load(cpu_kernels.build())
+    if request.param == "avx2" and not _has_avx2():
+        pytest.skip("the CPU has no AVX2 and FMA")
+    arch = {"native-without-mkl": None, "avx2": ["-march=x86-64-v3"], "portable": []}[request.param]
+    path = cpu_kernels.build(tmp_path_factory.mktemp(f"kernels-{request.param}"),
+                             use_mkl=request.param != "native-without-mkl", arch=arch)
+    return request.param, cpu_kernels._load(path)
+
+
+def _weights(rng: np.random.Generator, K: int, N: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """q [K, N] over the whole int8 range (both signs, -127..127) and scales that differ from group to group by up
+    to 8x, so that a scale taken from the wrong group or a byte read without its sign moves the result."""
+    q = rng.integers(-127, 128, size=(K, N), dtype=np.int8)
+    scales = (rng.uniform(0.125, 1.0, size=(int8.scale_rows(K, group), N)) / (127 * K**0.5)).astype(np.float32)
+    return q, scales
+
+
+def _dequantized(q: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
+    """Independent of the code under test: each weight times its group's scale, in float64."""
+    rows = np.arange(q.shape[0]) // group
+    return q.astype(np.float64) * scales.astype(np.float64)[rows]
+
+
+def _assert_close(ours: np.ndarray, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> None:
+    """Within float32 accumulation-order error of the exact product: a few units in the last place of the largest
+    |x| @ |w| term, far below any real mistake (one weight row lost or one scale wrong moves results by ~1/K)."""
+    exact = x.astype(np.float64) @ w + (0 if bias is None else bias)
+    scale = (np.abs(x).astype(np.float64) @ np.abs(w)).max()
+    np.testing.assert_allclose(ours, exact, rtol=0, atol=4e-6 * scale)
+
+
+def _product(lib, kernel: str, x: np.ndarray, q: np.ndarray, scales: np.ndarray, group: int,
+             bias: np.ndarray | None) -> np.ndarray:
+    """y through one kernel, into an output that starts as NaN (a value it never writes shows)."""
+    M, K = x.shape
+    N = q.shape[1]
+    xt, qt, st = paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scales)
+    bias_t = None if bias is None else paddle.to_tensor(bias)
+    out = paddle.full([M, N], float("nan"), "float32")
+    done = getattr(lib, kernel)(xt.data_ptr(), qt.data_ptr(), st.data_ptr(), group,
+                                None if bias_t is None else bias_t.data_ptr(), out.data_ptr(), M, K, N)
+    assert done == 1
+    return out.numpy()
+
+
+def _case(seed: int, M: int, K: int, N: int, group: int):
+    rng = np.random.default_rng(seed)
+    q, scales = _weights(rng, K, N, group)
+    return rng.standard_normal((M, K)).astype(np.float32), q, scales, rng.standard_normal(N).astype(np.float32)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+@pytest.mark.parametrize("group", [8, 64, 304])  # 304 >= K: one scale per output column
+def test_int8_kernel_matches_float64_on_dequantized_weights(built, kernel, rows, group):
+    _, lib = built
+    x, q, scales, bias = _case(rows * 7 + group, rows, 300, 547, group)
+    w = _dequantized(q, scales, group)
+    _assert_close(_product(lib, kernel, x, q, scales, group, bias), x, w, bias)
+    _assert_close(_product(lib, kernel, x, q, scales, group, None), x, w, None)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rows", [1, 2, 9, 130])
+@pytest.mark.parametrize(("K", "N"), [(256, 512), (17, 5), (7, 40), (513, 33), (64, 2080), (1000, 9)])
+def test_int8_kernel_at_shapes_on_and_off_its_blocking(built, kernel, rows, K, N):
+    """Exact multiples of the blocking, fewer columns than a vector, fewer weight rows than one step of 8, one row
+    past two panels, a part task of a single strip, many groups over few columns."""
+    _, lib = built
+    group = 32
+    x, q, scales, bias = _case(rows * K + N, rows, K, N, group)
+    _assert_close(_product(lib, kernel, x, q, scales, group, bias), x, _dequantized(q, scales, group), bias)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_kernel_refuses_a_group_it_cannot_step_through(built, kernel):
+    """A group that is not a multiple of 8 would let the streaming kernel's steps straddle two scales: refused (0),
+    the output untouched, by every entry alike."""
+    _, lib = built
+    x, q, scales, bias = _case(3, 2, 40, 16, 12)
+    out = paddle.full([2, 16], float("nan"), "float32")
+    xt, qt, st = paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scales)
+    if kernel == "janus_linear_rows_int8":
+        assert getattr(lib, kernel)(xt.data_ptr(), qt.data_ptr(), st.data_ptr(), 12, None, out.data_ptr(),
+                                    2, 40, 16) == 0
+    assert getattr(lib, kernel)(xt.data_ptr(), qt.data_ptr(), st.data_ptr(), 0, None, out.data_ptr(), 2, 40, 16) == 0
+    assert np.isnan(out.numpy()).all()
+
+
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+def test_int8_linear_matches_float64_through_the_wrapper(kernel_build, rows):
+    """int8.linear, what the layers call: the streaming kernel up to ROWS_MAX rows, the many-row entry above, on
+    [rows, 1, K] activations."""
+    x, q, scales, bias = _case(rows + 1000, rows, 300, 547, 64)
+    out = int8.linear(paddle.to_tensor(x.reshape(rows, 1, 300)), paddle.to_tensor(q), paddle.to_tensor(scales), 64,
+                      paddle.to_tensor(bias))
+    assert out.shape == [rows, 1, 547]
+    _assert_close(out.numpy().reshape(rows, 547), x, _dequantized(q, scales, 64), bias)
+
+
+@pytest.mark.parametrize("K", [300, 256])  # a part group at the end; whole groups only
+def test_int8_linear_without_the_kernels_computes_the_same_product(monkeypatch, K):
+    """With the kernels off, Paddle's ops on the dequantized weight: the same product."""
+    monkeypatch.setenv("JANUS_CPU_KERNELS", "off")
+    x, q, scales, bias = _case(K, 3, K, 40, 64)
+    out = int8.linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scales), 64, paddle.to_tensor(bias))
+    _assert_close(out.numpy(), x, _dequantized(q, scales, 64), bias)
+
+
+def test_int8_linear_refuses_an_input_of_the_wrong_width(kernel_build):
+    _, q, scales, _ = _case(1, 1, 40, 16, 8)
+    with pytest.raises(ValueError, match="input width 39"):
+        int8.linear(paddle.zeros([2, 39]), paddle.to_tensor(q), paddle.to_tensor(scales), 8, None)
