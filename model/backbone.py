@@ -56,6 +56,8 @@ class Backbone:
                             host_views)
 
     def text_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        if self.lm.lm_head.weight.dtype == paddle.int8:  # JANUS_QUANTIZATION=int8
+            return linear(self.lm.lm_head, hidden)
         return matmul_weight(hidden, self.lm.lm_head.weight, transpose_y=self.lm.lm_head.transpose_y)
 
     def extend(self, embeds: paddle.Tensor, cache: PagedKVCache, rows: RowBatch,

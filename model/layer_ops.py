@@ -22,6 +22,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from model import cpu_kernels
+from model.cpu_kernels import int8
 
 # rows up to which the bf16 register-widening kernel beats widened tiles through MKL (measured on Janus-Pro-1B)
 BF16_ROWS_MAX = 8
@@ -31,6 +32,8 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
     """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias.
 
     A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
+    if layer.weight.dtype == paddle.int8:  # JANUS_QUANTIZATION=int8
+        return int8.layer_linear(layer, x)
     weight, bias = layer.weight, layer.bias
     if weight.dtype == paddle.bfloat16 and x.dtype == paddle.float32:
         return bf16_linear(x, weight, bias)

@@ -52,3 +52,18 @@ def bf16_storable_names(model: nn.Layer) -> set[str]:
     if embeddings in dict(model.named_parameters()):
         names.add(embeddings)
     return names
+
+
+QUANTIZABLE_PREFIXES = ("language_model.", "gen_head.")
+SCALE_SUFFIX = "_scale"  # `<layer>.weight` held as int8 has its scales under `<layer>.weight_scale`
+
+
+def int8_names(model: nn.Layer) -> set[str]:
+    """Weights held as int8 with JANUS_QUANTIZATION=int8: every projection of the language model (attention, MLP,
+    the text head) and the generation head. Embeddings, norms, biases, the aligners, the vision encoder and the VQ
+    decoder stay as they are."""
+    return {name for name in transposed_names(model) if name.startswith(QUANTIZABLE_PREFIXES)}
+
+
+def scale_name(weight_name: str) -> str:
+    return weight_name + SCALE_SUFFIX

@@ -16,7 +16,7 @@ from paddlenlp.transformers.model_utils import no_init_weights
 from model import cpu_kernels
 from model.checkpoint import keys
 from model.checkpoint.errors import CheckpointError
-from model.checkpoint.native_cache import CachedWeights, load_native, widen_bf16
+from model.checkpoint.native_cache import CachedWeights, Int8Plan, load_native, widen_bf16
 from model.config import JanusConfig
 from model.janus import JanusModel
 from model.runtime_env import cache_root
@@ -24,6 +24,7 @@ from model.runtime_env import cache_root
 log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class LoadReport:
     parameters: int
     dtype: str  # the compute dtype
     weights: str = "float32"  # how the projections' weights are held: "bfloat16" (CPU, computed in float32) or dtype
+    quantization: str = "none"  # "int8": the language model's projections and the generation head held as int8
 
 
 def build_lazy(cfg: JanusConfig, dtype: str = "float32") -> JanusModel:
@@ -47,17 +49,24 @@ def build_lazy(cfg: JanusConfig, dtype: str = "float32") -> JanusModel:
 
 
 def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | None | bool = True,
-               keep_bf16: bool = False) -> tuple[JanusModel, LoadReport]:
+               keep_bf16: bool = False, quantization: str = "none") -> tuple[JanusModel, LoadReport]:
     """Load a local checkpoint directory. `cache_dir=True` uses the default cache, `False`/`None` disables it.
 
     keep_bf16 (float32 on the CPU): weights that the checkpoint stores as bf16 stay bf16 where the CPU kernels
     compute from bf16 (`keys.bf16_storable_names`: the projections and token embeddings), half the memory of
     float32; everything else is widened. Without the kernels (switched off or unbuildable) every weight is
-    widened, as Paddle's CPU build cannot multiply bf16."""
+    widened, as Paddle's CPU build cannot multiply bf16.
+
+    quantization "int8" (float32 on the CPU): `keys.int8_names` are quantized while converting and held as int8
+    with their scales (`model.cpu_kernels.int8`), the rest as without it."""
     started = time.perf_counter()
     directory = Path(directory)
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(SUPPORTED_DTYPES)}")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "int8" and dtype != "float32":
+        raise ValueError(f"int8 weights on the CPU are computed in float32, not {dtype}")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if cache_dir is True:
@@ -67,11 +76,17 @@ def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | 
     params = dict(model.named_parameters())
     expected = {name: list(p.shape) for name, p in params.items()}
     keep = _bf16_storable(model) if keep_bf16 and dtype == "float32" else set()
+    quantized = Int8Plan(frozenset(keys.int8_names(model))) if quantization == "int8" else None
+    if quantized is not None and cpu_kernels.library() is None:
+        log.warning("int8 weights are dequantized by Paddle at every product: the CPU kernels are unavailable")
     native, source = load_native(directory, expected, keys.transposed_names(model), cache_dir or None,
-                                 widen=dtype == "float32" and not keep)
+                                 widen=dtype == "float32" and not keep, quantized=quantized)
     kept = 0
-    sublayers = dict(model.named_sublayers()) if keep else {}
+    sublayers = dict(model.named_sublayers()) if keep or quantized else {}
     for name, param in params.items():
+        if quantized is not None and name in quantized.names:
+            _hold_int8(sublayers, name, native, expected[name], quantized.group)
+            continue
         if name in keep and isinstance(native, CachedWeights) and native.dtype_code(name) == "BF16":
             _replace_parameter(sublayers, name, _read_bf16(native, name, expected[name]))
             kept += 1
@@ -89,10 +104,36 @@ def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | 
         param.set_value(weights if dtype == "float32" else paddle.to_tensor(weights).astype(dtype))
     model.eval()
     report = LoadReport(time.perf_counter() - started, source, sum(int(np.prod(s)) for s in expected.values()),
-                        dtype, "bfloat16" if kept else dtype)
-    log.info("loaded %s (%d parameters, %s, weights %s) in %.2f s from %s", directory, report.parameters, dtype,
-             report.weights, report.seconds, source)
+                        dtype, "bfloat16" if kept else dtype, quantization)
+    held = f", {len(quantized.names)} projections int8 (a scale per {quantized.group} rows)" if quantized else ""
+    log.info("loaded %s (%d parameters, %s, weights %s%s) in %.2f s from %s", directory, report.parameters, dtype,
+             report.weights, held, report.seconds, source)
     return model, report
+
+
+def _hold_int8(sublayers: dict[str, paddle.nn.Layer], name: str, native: CachedWeights | dict, shape: list[int],
+               group: int) -> None:
+    """The layer's weight as int8 (read straight into its tensor from the cache) with its scales beside it as
+    `weight_scale` and the group size as `int8_group`: what `layer_ops.linear` looks for."""
+    scale_name = keys.scale_name(name)
+    if isinstance(native, CachedWeights):
+        q = _read_into(native, name, shape, "int8", ctypes.c_int8)
+        scales = _read_into(native, scale_name, native.shapes()[scale_name], "float32", ctypes.c_float)
+    else:
+        q = paddle.to_tensor(native[name][0])
+        scales = paddle.to_tensor(native[scale_name][0])
+    _replace_parameter(sublayers, name, q)
+    owner = sublayers[name.rpartition(".")[0]]
+    owner.weight_scale = scales
+    owner.int8_group = group
+
+
+def _read_into(cached: CachedWeights, name: str, shape: list[int], dtype: str, ctype: type) -> paddle.Tensor:
+    tensor = paddle.empty(shape, dtype)
+    count = int(np.prod(shape))
+    if count:
+        cached.read_into(name, np.ctypeslib.as_array((ctype * count).from_address(tensor.data_ptr())))
+    return tensor
 
 
 def _bf16_storable(model: JanusModel) -> set[str]:

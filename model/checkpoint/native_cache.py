@@ -7,6 +7,11 @@ starts read it tensor by tensor. For a network that holds float32 weights, bf16 
 conversion (exact), so later starts only copy; for one that keeps bf16 (on the GPU, or the CPU's bf16 weights)
 they stay bf16, half the size. Either way the cache is lossless.
 
+With JANUS_QUANTIZATION=int8 the language model's projections and the generation head are quantized while
+converting (`Int8Plan`: int8 values and a float32 scale per output column for each group of weight rows, a few
+groups at a time) and the cache holds them so; its metadata names the quantization, and a cache whose metadata,
+names, shapes or dtypes differ from what the network expects is refused and rebuilt.
+
 Conversion streams: each tensor is read, checked, laid out and appended to the cache file before the next is
 read, so the first start holds no more than one weight file's tensors in memory (the torch reader loads a whole
 `.bin` shard; safetensors are read tensor by tensor), and the network is then filled from the cache.
@@ -22,17 +27,42 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.checkpoint import keys, safetensors_io, sources
 from model.checkpoint.errors import CheckpointError
+from model.cpu_kernels import int8
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 Native = dict[str, tuple[np.ndarray, str]]  # paddle name -> (array in paddle layout, safetensors dtype code)
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Plan:
+    """Which weights are quantized to int8 while converting, and their group size."""
+
+    names: frozenset[str]
+    group: int = int8.GROUP_SIZE
+
+    @property
+    def tag(self) -> str:
+        return f"int8-g{self.group}"
+
+    def expected(self, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+        """The cache's tensors: the network's, plus each quantized weight's scales."""
+        out = dict(shapes)
+        for name in self.names:
+            K, N = shapes[name]
+            out[keys.scale_name(name)] = [int8.scale_rows(K, self.group), N]
+        return out
+
+    def dtype_codes(self) -> dict[str, str]:
+        return {**{name: "I8" for name in self.names}, **{keys.scale_name(name): "F32" for name in self.names}}
 
 
 class CachedWeights:
@@ -50,14 +80,20 @@ class CachedWeights:
     def dtype_code(self, name: str) -> str:
         return self.file.header[name]["dtype"]
 
+    def metadata(self) -> dict[str, str]:
+        return safetensors_io.read_metadata(self.file.path)
+
     def read_into(self, name: str, out: np.ndarray) -> None:
         """Read a tensor straight into `out` (e.g. a view of a parameter's memory): no second copy in memory."""
         self.file.read_into(name, out)
 
 
-def cache_key(directory: Path, files: list[Path], widen_bf16: bool) -> str:
+def cache_key(directory: Path, files: list[Path], widen_bf16: bool, quantization: str = "none") -> str:
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    blob = json.dumps([FORMAT_VERSION, str(directory.resolve()), stats, widen_bf16])
+    key: list[object] = [FORMAT_VERSION, str(directory.resolve()), stats, widen_bf16]
+    if quantization != "none":  # unquantized caches keep the keys they had
+        key.append(quantization)
+    blob = json.dumps(key)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -68,15 +104,16 @@ def widen_bf16(bits: np.ndarray) -> np.ndarray:
     return out.view(np.float32)
 
 
-def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool = False) -> Native:
+def convert(files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool = False,
+            quantized: Int8Plan | None = None) -> Native:
     """Read every weight file, keep what the network uses, in its layout; fail on anything that does not fit."""
-    return {name: (arr, code) for name, arr, code in iter_converted(files, expected, transposed, widen)}
+    return {name: (arr, code) for name, arr, code in iter_converted(files, expected, transposed, widen, quantized)}
 
 
-def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed: set[str],
-                   widen: bool = False) -> Iterator[tuple[str, np.ndarray, str]]:
+def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool = False,
+                   quantized: Int8Plan | None = None) -> Iterator[tuple[str, np.ndarray, str]]:
     """(paddle name, array in paddle layout, dtype code) for every weight the network uses, one at a time; fails
-    (after the last file) when any is missing."""
+    (after the last file) when any is missing. `quantized` weights come as int8 followed by their scales."""
     origin: dict[str, Path] = {}
     for path in files:
         for key, arr, is_bf16 in sources.iter_tensors(path):
@@ -95,7 +132,11 @@ def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed
                 want = expected[name][::-1] if name in transposed else expected[name]
                 raise CheckpointError(f"{path.name}: key {key!r} has shape {found}, expected {want}")
             origin[name] = path
-            if is_bf16 and widen:
+            if quantized is not None and name in quantized.names:
+                q, scales = int8.quantize(arr, quantized.group)  # bf16 arrives as uint16 bits, read as such
+                yield name, q, "I8"
+                yield keys.scale_name(name), scales, "F32"
+            elif is_bf16 and widen:
                 yield name, widen_bf16(np.ascontiguousarray(arr)), "F32"
             else:
                 yield name, np.ascontiguousarray(arr), "BF16" if is_bf16 else safetensors_io.dtype_code(arr)
@@ -108,42 +149,64 @@ def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed
 
 
 def load_native(directory: Path, expected: dict[str, list[int]], transposed: set[str], cache_dir: Path | None,
-                widen: bool = False) -> tuple[Native | CachedWeights, str]:
+                widen: bool = False, quantized: Int8Plan | None = None) -> tuple[Native | CachedWeights, str]:
     """The network's weights from the cache when it is current, else converted (and cached when possible).
 
-    `widen`: store bf16 as float32 (for a float32 network). Returns the weights (indexable by parameter name) and
-    how they were obtained: "cache", "converted" or "converted (not cached)".
+    `widen`: store bf16 as float32 (for a float32 network). `quantized`: the weights to hold as int8 (with their
+    scales beside them). Returns the weights (indexable by parameter name, scales included) and how they were
+    obtained: "cache", "converted" or "converted (not cached)".
     """
     files = sources.weight_files(directory)
-    target = cache_dir / cache_key(directory, files, widen) / "weights.safetensors" if cache_dir else None
+    tag = quantized.tag if quantized else "none"
+    target = cache_dir / cache_key(directory, files, widen, tag) / "weights.safetensors" if cache_dir else None
     if target is not None and target.exists():
         try:
             cached = CachedWeights(target)
-            if cached.shapes() == expected:
+            mismatch = _mismatch(cached, expected, quantized)
+            if mismatch is None:
                 return cached, "cache"
-            log.warning("converted-weights cache %s does not match the network; converting again", target)
+            log.warning("converted-weights cache %s does not match the network (%s); converting again", target,
+                        mismatch)
         except CheckpointError as err:
             log.warning("ignoring unreadable converted-weights cache: %s", err)
     if target is None:
-        return convert(files, expected, transposed, widen), "converted (not cached)"
+        return convert(files, expected, transposed, widen, quantized), "converted (not cached)"
     try:
-        _convert_into(target, files, expected, transposed, widen, directory)
+        _convert_into(target, files, expected, transposed, widen, directory, quantized)
     except OSError as err:
         log.warning("could not cache converted weights in %s: %s", target.parent, err)
-        return convert(files, expected, transposed, widen), "converted (not cached)"
+        return convert(files, expected, transposed, widen, quantized), "converted (not cached)"
     return CachedWeights(target), "converted"
 
 
+def _mismatch(cached: CachedWeights, expected: dict[str, list[int]], quantized: Int8Plan | None) -> str | None:
+    """Why a cache file cannot serve this network (None: it can): other tensors or shapes, another quantization,
+    or tensors of other dtypes than the quantization makes."""
+    if cached.shapes() != (quantized.expected(expected) if quantized else expected):
+        return "other tensors or shapes"
+    found = cached.metadata().get("quantization", "none")
+    if found != (quantized.tag if quantized else "none"):
+        return f"quantization {found}"
+    for name, code in (quantized.dtype_codes() if quantized else {}).items():
+        if cached.dtype_code(name) != code:
+            return f"{name} is {cached.dtype_code(name)}, not {code}"
+    return None
+
+
 def _convert_into(target: Path, files: list[Path], expected: dict[str, list[int]], transposed: set[str], widen: bool,
-                  source: Path) -> None:
+                  source: Path, quantized: Int8Plan | None = None) -> None:
     """Stream the conversion into the cache file, written under a temporary name and renamed when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     os.close(fd)
+    names = sorted(quantized.expected(expected) if quantized else expected)
+    metadata = {"source": str(source.resolve())}
+    if quantized:
+        metadata["quantization"] = quantized.tag
     try:
-        writer = safetensors_io.StreamingWriter(Path(tmp), sorted(expected), {"source": str(source.resolve())})
+        writer = safetensors_io.StreamingWriter(Path(tmp), names, metadata)
         try:
-            for name, arr, code in iter_converted(files, expected, transposed, widen):
+            for name, arr, code in iter_converted(files, expected, transposed, widen, quantized):
                 writer.add(name, arr, code)
         except BaseException:
             writer.abort()

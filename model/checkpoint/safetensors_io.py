@@ -39,6 +39,17 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + header_len
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The file's `__metadata__` (empty when it has none)."""
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            metadata = json.loads(f.read(header_len)).get("__metadata__") or {}
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: cannot read its metadata ({err})") from None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def load(path: Path) -> dict[str, tuple[np.ndarray, str]]:
     """name -> (memory-mapped array, safetensors dtype code). BF16 arrays hold uint16 bits."""
     header, data_start = read_header(path)

@@ -64,6 +64,12 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float32)  # a copy: quantize() overwrites it in place
 
 
+def layer_linear(layer: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+    """x [..., K] through a layer whose weight is held as int8 (`weight_scale` and `int8_group` beside it, as the
+    loader leaves them)."""
+    return linear(x, layer.weight, layer.weight_scale, layer.int8_group, getattr(layer, "bias", None))
+
+
 def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int,
            bias: paddle.Tensor | None) -> paddle.Tensor:
     """float32 x [..., K] @ int8 weight (q [K, N], scales) (+ float32 bias) -> float32 [..., N], in float32.
