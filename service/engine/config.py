@@ -29,9 +29,12 @@ class EngineConfig:
     # request running the decoder takes that many too); 0 = half, at least one.
     decode_threads: int = 0
     images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
+    speculative: bool = False  # generations verify windows of draft image tokens unless a request says otherwise
+    speculative_window: int = 4  # drafts per image and step when speculative
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "progress_every", "images_per_decode", "kv_cache_mb", "block_size"):
+        for name in ("max_rows", "progress_every", "images_per_decode", "kv_cache_mb", "block_size",
+                     "speculative_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("max_seq_len", "kv_blocks"):

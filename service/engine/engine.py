@@ -38,6 +38,7 @@ from service.engine.observer import EngineObserver, NullObserver
 from service.engine.request import Request, RequestHandle, Status, new_request_id
 from service.engine.runner import Runner
 from service.engine.scheduler import Scheduler
+from service.engine.speculative import speculation_for
 from service.engine.types import ErrorEvent, GenerateParams, Params
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Engine:
         timeout_s = self.config.default_timeout_s if params.timeout_s is None else params.timeout_s
         handle = RequestHandle(new_request_id(), asyncio.get_running_loop(), stream, on_cancel=self._cancel)
         request = Request(params, handle, timeout_s)
+        request.speculation = speculation_for(params, self.config, self.model.cfg.gen_vision.image_token_size)
         # a generation request also queues behind the requests whose images wait for the decoder
         queued = (self.images.pending(queued_only=True) if self.images is not None
                   and isinstance(params, GenerateParams) else 0)
@@ -218,6 +220,9 @@ class Engine:
         self._send_previews(report.previews)
         forward_rows = 0 if plan.prefill else len(plan.rows)
         self.observer.on_step(forward_rows, time.perf_counter() - started, report.text_tokens, report.image_tokens)
+        if report.speculation.forwards:
+            count = report.speculation
+            self.observer.on_speculation(count.drafted, count.accepted, count.forwards, count.tokens)
         self._report_queue()
         return True
 

@@ -15,6 +15,10 @@ class EngineObserver(Protocol):
     def on_failure(self, kind: str) -> None:
         """A request failed inside the engine (kind: "model", "timeout", "cancelled", "overloaded", ...)."""
 
+    def on_speculation(self, drafted: int, accepted: int, forwards: int, tokens: int) -> None:
+        """A step verified `drafted` draft image tokens and kept `accepted` of them; `forwards` images took part
+        and kept `tokens` tokens in all (accepted drafts plus one each)."""
+
 
 class NullObserver:
     def on_step(self, batch_rows: int, seconds: float, text_tokens: int, image_tokens: int) -> None:
@@ -24,4 +28,7 @@ class NullObserver:
         pass
 
     def on_failure(self, kind: str) -> None:
+        pass
+
+    def on_speculation(self, drafted: int, accepted: int, forwards: int, tokens: int) -> None:
         pass

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from service.engine.request import Request, Row
 from service.engine.types import TokenLogprob
 
@@ -22,7 +24,7 @@ from service.engine.types import TokenLogprob
 @dataclass(slots=True)
 class Plan:
     rows: list[Row] = field(default_factory=list)  # the rows that draw this step, each request's together, in order
-    inputs: list[list[int]] = field(default_factory=list)  # decode: the ids each row feeds (one position each)
+    inputs: list[list[int]] = field(default_factory=list)  # decode: the ids each row feeds (its last, then drafts)
     prefill: list[Request] = field(default_factory=list)  # prefill: the requests whose prompts run together
     copies: list[tuple[int, int]] = field(default_factory=list)  # KV block copies owed before the forward
 
@@ -48,3 +50,6 @@ class StepOutput:
     tokens: list[list[int]]  # the tokens each row keeps, in order: one for a plain step, none for a failed request
     logprobs: list[list[TokenLogprob]]  # one per kept token, for the rows whose request asks for them (else empty)
     failed: dict[Request, str] = field(default_factory=dict)  # requests whose step failed, and why
+    # decode steps of speculative requests: each row's image logits [fed positions, V] (others: None); their
+    # tokens are left to the scheduler, which verifies the drafts
+    logits: list[np.ndarray | None] = field(default_factory=list)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.engine.request import Request, Row
+from service.engine.speculative import StepCount
 from service.engine.types import ProgressEvent, TokenEvent, TokenLogprob, UnderstandParams
 
 
@@ -19,6 +20,7 @@ class StepReport:
     previews: list[tuple[Request, int]] = field(default_factory=list)  # (request, steps done): drawings to preview
     text_tokens: int = 0
     image_tokens: int = 0
+    speculation: StepCount = field(default_factory=StepCount)  # the drafts of speculative generations
 
 
 def record_answer_tokens(request: Request, rows: list[Row], tokens: list[list[int]],
@@ -56,18 +58,21 @@ def _add_answer_token(request: Request, row: Row, token: int, entry: TokenLogpro
 
 def record_image_tokens(request: Request, rows: list[Row], tokens: list[list[int]], progress_every: int,
                         report: StepReport) -> list[int]:
-    """Every row of a generation takes its image's tokens (all images advance together); progress goes out every
-    `progress_every` steps and at the last one, and preview points are noted. Returns the tokens taken per row."""
+    """Every row of a generation takes its image's tokens (plainly all images advance together; drawn
+    speculatively, each as far as its drafts are kept, and the request's steps are those of its slowest image);
+    progress goes out every `progress_every` steps and at the last one, and preview points are noted. Returns the
+    tokens taken per row."""
     params = request.generate
     for row, drawn in zip(rows, tokens, strict=True):
         row.tokens.extend(drawn)
-    steps = len(tokens[0])
-    for _ in range(steps):
-        request.steps_done += 1
-        last = request.steps_done == params.image_tokens
-        if last or request.steps_done % progress_every == 0:
-            request.handle.deliver(ProgressEvent(request.steps_done, params.image_tokens))
-        if not last and request.steps_done in request.preview_steps:
-            report.previews.append((request, request.steps_done))
-    report.image_tokens += params.parallel_size * steps
-    return [steps] * len(rows)
+    before = request.steps_done
+    request.steps_done = min(len(row.tokens) for row in request.rows)
+    for steps_done in range(before + 1, request.steps_done + 1):
+        last = steps_done == params.image_tokens
+        if last or steps_done % progress_every == 0:
+            request.handle.deliver(ProgressEvent(steps_done, params.image_tokens))
+        if not last and steps_done in request.preview_steps:
+            report.previews.append((request, steps_done))
+    images = len(rows) // 2 if params.guided else len(rows)  # the conditional rows come first
+    report.image_tokens += sum(len(drawn) for drawn in tokens[:images])
+    return [len(drawn) for drawn in tokens]

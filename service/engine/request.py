@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from service.engine.types import (
     TokenLogprob,
     UnderstandParams,
 )
+
+if TYPE_CHECKING:
+    from service.engine.speculative import Speculation
 
 # Request ids are `req-<process>-<n>`: a random tag per process, so ids do not start over when the server restarts
 # (logs and clients keep telling requests apart across restarts and replicas), then a counter, so that within one
@@ -146,6 +150,7 @@ class Request:
         self.deadline = self.submitted_at + self.timeout_s if self.timeout_s else float("inf")
         self.rng = np.random.default_rng(self.params.seed)
         self.preview_steps: frozenset[int] = frozenset()
+        self.speculation: Speculation | None = None  # generation: its drafting state when it decodes speculatively
         if isinstance(self.params, GenerateParams):
             # parallel_size conditional rows, then (guided) as many unconditional ones
             self.rows = [Row(self, i % self.params.parallel_size) for i in range(self.params.rows)]
@@ -185,5 +190,10 @@ class Request:
 
     @property
     def image_tokens(self) -> np.ndarray:
-        """Generation: the images' tokens so far, int64 [parallel_size, steps_done]."""
-        return np.array([row.tokens for row in self.rows[:self.generate.parallel_size]], np.int64)
+        """Generation: the images' tokens so far, int64 [parallel_size, steps_done] (an image drawn speculatively
+        may be ahead of the others: its first steps_done tokens)."""
+        return np.array([row.tokens[:self.steps_done] for row in self.rows[:self.generate.parallel_size]], np.int64)
+
+    def drawing(self, row: Row) -> bool:
+        """Whether the row still draws: a generated image with all its tokens waits for the request's others."""
+        return self.kind is not Kind.GENERATE or len(row.tokens) < self.generate.image_tokens

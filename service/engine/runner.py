@@ -42,23 +42,30 @@ class Runner:
         failed: dict[Request, str] = {}
         return self.sample(plan, self.forward(plan, failed), failed)
 
-    def forward(self, plan: Plan, failed: dict[Request, str]) -> dict[Request, np.ndarray]:
-        """Each request's next-token logits [its rows, V] (text or image vocabulary); a request whose prefill fails
-        goes into `failed` instead."""
+    def forward(self, plan: Plan, failed: dict[Request, str]) -> dict[Request, np.ndarray | list[np.ndarray]]:
+        """Each request's next-token logits [its rows, V] (text or image vocabulary), or in a decode step of a
+        speculative request each row's image logits [fed positions, V]; a request whose prefill fails goes into
+        `failed` instead."""
         self.cache.copy_blocks(plan.copies)
         if plan.prefill:
             return self._prefill(plan.prefill, failed)
-        assert all(len(ids) == 1 for ids in plan.inputs), "several positions per row are not run yet"
         return self._decode(plan)
 
-    def sample(self, plan: Plan, logits: dict[Request, np.ndarray], failed: dict[Request, str]) -> StepOutput:
-        """Each request's tokens from its rows' logits, aligned with the plan's rows."""
-        out = StepOutput([[] for _ in plan.rows], [[] for _ in plan.rows], failed)
+    def sample(self, plan: Plan, logits: dict[Request, np.ndarray | list[np.ndarray]],
+               failed: dict[Request, str]) -> StepOutput:
+        """Each request's tokens from its rows' logits, aligned with the plan's rows (a speculative request's
+        decode step passes its logits on: the scheduler verifies its drafts)."""
+        out = StepOutput([[] for _ in plan.rows], [[] for _ in plan.rows], failed, [None] * len(plan.rows))
         for request, rows in plan.by_request():
             if request in failed:
                 continue
+            found = logits[request]
+            if isinstance(found, list):
+                for i, row_logits in zip(rows, found, strict=True):
+                    out.logits[i] = row_logits
+                continue
             try:
-                tokens, logprobs = sample(request, logits[request])
+                tokens, logprobs = sample(request, found)
             except Exception as err:  # noqa: BLE001 - fails this request only
                 log.exception("sampling failed for %s", request.id)
                 failed[request] = f"processing failed: {err}"
@@ -134,38 +141,53 @@ class Runner:
 
     # decode
 
-    def _decode(self, plan: Plan) -> dict[Request, np.ndarray]:
-        """One backbone forward over every row of the plan; each row writes one position (its table has a block
-        for it) and gives the logits [rows, V] of its request's next tokens."""
+    def _decode(self, plan: Plan) -> dict[Request, np.ndarray | list[np.ndarray]]:
+        """One backbone forward over every row of the plan; each row writes the positions it feeds (its table has
+        blocks for them; rows feeding fewer than others are left-padded) and gives the logits [rows, V] of its
+        request's next tokens, or, a row of a speculative request, its image logits at every position it fed."""
         is_image = np.array([row.request.kind is Kind.GENERATE for row in plan.rows], bool)
-        tokens = np.array([ids[0] for ids in plan.inputs], np.int64)
+        widths = np.array([len(ids) for ids in plan.inputs], np.int64)
+        T = int(widths.max())
+        tokens = np.zeros((len(plan.rows), T), np.int64)
+        for b, ids in enumerate(plan.inputs):
+            tokens[b, T - len(ids):] = ids
         text_rows, image_rows = np.flatnonzero(~is_image), np.flatnonzero(is_image)
         parts = []
         if len(text_rows):
-            parts.append(self.model.embed_text(self._tensor(tokens[text_rows][:, None])))
+            parts.append(self.model.embed_text(self._tensor(tokens[text_rows])))
         if len(image_rows):
-            parts.append(self.model.embed_image_tokens(self._tensor(tokens[image_rows])).unsqueeze(1))
+            parts.append(self.model.embed_image_tokens(self._tensor(tokens[image_rows])))
         embeds = parts[0] if len(parts) == 1 else paddle.concat(parts, axis=0)
         if len(parts) > 1:  # back to row order
             order = np.argsort(np.concatenate([text_rows, image_rows]), kind="stable")
             embeds = paddle.index_select(embeds, self._tensor(order))
-        batch = RowBatch.of([row.table.blocks for row in plan.rows], [row.table.length for row in plan.rows])
-        hidden = self.model.extend(embeds, self.cache, batch)[:, 0]  # [B, hidden]
-        # each kind's logits in row order; a request's rows are consecutive in its kind's
+        batch = RowBatch.of([row.table.blocks for row in plan.rows], [row.table.length for row in plan.rows],
+                            (T - widths).tolist())
+        hidden = self.model.extend(embeds, self.cache, batch)  # [B, T, hidden]
+        hidden = hidden.reshape([-1, hidden.shape[-1]])  # row b's column t at b * T + t
+        last = np.arange(len(plan.rows)) * T + T - 1
+        # the positions whose logits are needed: the last of every row, every fed one of a speculative row
+        every = np.array([row.request.speculation is not None for row in plan.rows], bool) & is_image
+        image_columns = [np.arange(b * T + T - widths[b], b * T + T) if every[b] else last[b:b + 1]
+                         for b in image_rows]
         by_kind: dict[bool, np.ndarray] = {}
         if len(text_rows):
-            logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(text_rows)))
+            logits = self.model.text_logits(paddle.index_select(hidden, self._tensor(last[text_rows])))
             by_kind[False] = logits.astype("float32").numpy()
         if len(image_rows):
-            logits = self.model.image_logits(paddle.index_select(hidden, self._tensor(image_rows)))
-            by_kind[True] = logits.astype("float32").numpy()
-        row_in_kind = np.zeros(len(plan.rows), np.int64)
-        row_in_kind[text_rows] = np.arange(len(text_rows))
-        row_in_kind[image_rows] = np.arange(len(image_rows))
-        out: dict[Request, np.ndarray] = {}
+            columns = self._tensor(np.concatenate(image_columns))
+            by_kind[True] = self.model.image_logits(paddle.index_select(hidden, columns)).astype("float32").numpy()
+        # where each row's logits start in its kind's; a request's rows are consecutive there
+        start = np.zeros(len(plan.rows), np.int64)
+        start[text_rows] = np.arange(len(text_rows))
+        start[image_rows] = np.cumsum([0, *(len(c) for c in image_columns[:-1])])
+        out: dict[Request, np.ndarray | list[np.ndarray]] = {}
         for request, rows in plan.by_request():
-            first = row_in_kind[rows.start]
-            out[request] = by_kind[bool(is_image[rows.start])][first:first + len(rows)]
+            kind = by_kind[bool(is_image[rows.start])]
+            if every[rows.start]:
+                out[request] = [kind[start[b]:start[b] + widths[b]] for b in rows]
+            else:
+                out[request] = kind[start[rows.start]:start[rows.start] + len(rows)]
         return out
 
     # images

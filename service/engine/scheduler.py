@@ -15,6 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
+
 from service.engine.admission import Admission
 from service.engine.block_manager import BlockManager
 from service.engine.errors import EngineError, ModelFailure, RequestTimeout
@@ -62,7 +64,7 @@ class Scheduler(Admission):
                 return Plan([row for r in group for row in r.rows], [[] for r in group for _ in r.rows], group,
                             self.blocks.take_copies())
         self._decode_due = False
-        rows = [row for request in self.running for row in request.rows]
+        rows = [row for request in self.running for row in request.rows if request.drawing(row)]
         inputs = [[row.tokens[-1], *row.drafts] for row in rows]
         for row, ids in zip(rows, inputs, strict=True):
             self.blocks.ensure(row.table, row.table.length + len(ids))
@@ -102,7 +104,8 @@ class Scheduler(Admission):
                 if self.fault_hook is not None:
                     self.fault_hook(request)
                 self._record(request, [plan.rows[i] for i in rows], [plan.inputs[i] for i in rows],
-                             [out.tokens[i] for i in rows], [out.logprobs[i] for i in rows], report)
+                             [out.tokens[i] for i in rows], [out.logprobs[i] for i in rows], report,
+                             [out.logits[i] for i in rows] if out.logits else [])
             except Exception as err:  # noqa: BLE001 - fails this request only
                 log.exception("processing failed for %s", request.id)
                 self.abort(request, ModelFailure(f"processing failed: {err}"))
@@ -125,13 +128,19 @@ class Scheduler(Admission):
             request.first_token_at = now
 
     def _record(self, request: Request, rows: list[Row], inputs: list[list[int]], tokens: list[list[int]],
-                logprobs: list[list[TokenLogprob]], report: StepReport) -> None:
+                logprobs: list[list[TokenLogprob]], report: StepReport, logits: list[np.ndarray | None]) -> None:
         """One request's tokens of this step: appended, sent, and the rows cut back to the positions whose tokens
-        were kept; rows and requests that end leave."""
+        were kept; rows and requests that end leave. A speculative request's tokens are its verified drafts (from
+        `logits`, each row's image logits at the positions it fed)."""
         lengths = [row.table.length for row in rows]
         for row, fed in zip(rows, inputs, strict=True):
             row.table.length += len(fed)
             row.drafts = []  # verified now
+        request.timings.forward_passes += 1
+        if request.speculation is not None:
+            decoded = [x for x in logits if x is not None] if inputs[0] else None  # None: the prefill's tokens
+            tokens, count = request.speculation.step(rows, inputs, tokens, decoded, request.rng)
+            report.speculation.add(count)
         if request.kind is Kind.GENERATE:
             kept = record_image_tokens(request, rows, tokens, self.progress_every, report)
         else:

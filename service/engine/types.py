@@ -79,6 +79,7 @@ class GenerateParams:
     seed: int = 0
     timeout_s: float | None = None  # None: the engine's default
     previews: int = 0  # partial images decoded while drawing (streamed requests), at evenly spaced steps
+    speculative: bool | None = None  # verify windows of draft tokens (speculative Jacobi); None: the engine's setting
 
     kind = Kind.GENERATE
 
@@ -111,6 +112,7 @@ class Timings:
     prefill_s: float = 0.0
     decode_s: float = 0.0  # first token -> last token
     total_s: float = 0.0  # submit -> result
+    forward_passes: int = 0  # steps the request took part in (its prefill included)
 
 
 @dataclass(slots=True)
