@@ -54,6 +54,17 @@ class Metrics:
         self.evictions = Counter("janus_kv_evictions", "Cached KV blocks evicted to make room.", registry=r)
         self.image_cache = Counter("janus_image_feature_cache_lookups", "Images looked up in the vision-feature "
                                    "cache, by result (hit: the vision encoder was skipped).", ["result"], registry=r)
+        self.drafts = Counter("janus_speculative_draft_tokens", "Draft image tokens verified by speculative "
+                              "decoding, by result; accepted / all is the acceptance rate.", ["result"], registry=r)
+        self.speculative_forwards = Counter("janus_speculative_image_forwards", "Images in speculative decoding "
+                                            "steps (one per image and step); janus_speculative_image_tokens / this "
+                                            "is the tokens per forward.", registry=r)
+        self.speculative_tokens = Counter("janus_speculative_image_tokens", "Image tokens kept by speculative "
+                                          "decoding steps.", registry=r)
+        self.acceptance = Gauge("janus_speculative_acceptance_rate", "Share of the draft image tokens accepted "
+                                "since the start.", registry=r)
+        self.tokens_per_forward = Gauge("janus_speculative_tokens_per_forward", "Image tokens per image and step "
+                                        "of speculative decoding since the start (1 plainly).", registry=r)
         self._totals: dict[str, int] = {}  # the engine's running totals as last seen, for the counters' increments
         for kind in KINDS:
             self.running_rows.labels(kind)
@@ -65,6 +76,9 @@ class Metrics:
             self.prompt_tokens.labels(source)
         for result in ("hit", "miss"):
             self.image_cache.labels(result)
+        for result in ("accepted", "rejected"):
+            self.drafts.labels(result)
+        self._speculation = [0, 0, 0, 0]  # drafted, accepted, forwards, tokens
 
     # engine observer
 
@@ -82,6 +96,19 @@ class Metrics:
 
     def on_failure(self, kind: str) -> None:
         self.engine_failures.labels(kind).inc()
+
+    def on_speculation(self, drafted: int, accepted: int, forwards: int, tokens: int) -> None:
+        self.drafts.labels("accepted").inc(accepted)
+        self.drafts.labels("rejected").inc(drafted - accepted)
+        self.speculative_forwards.inc(forwards)
+        self.speculative_tokens.inc(tokens)
+        totals = self._speculation
+        for i, value in enumerate((drafted, accepted, forwards, tokens)):
+            totals[i] += value
+        if totals[0]:
+            self.acceptance.set(totals[1] / totals[0])
+        if totals[2]:
+            self.tokens_per_forward.set(totals[3] / totals[2])
 
     # API side
 

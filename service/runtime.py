@@ -97,7 +97,9 @@ class Runtime:
                               kv_cache_mb=settings.kv_cache_mb, block_size=settings.kv_block_size,
                               prefix_cache=settings.prefix_cache == "on", feature_cache_mb=settings.image_cache_mb,
                               max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
-                              progress_every=settings.progress_every, decode_threads=settings.decode_threads)
+                              progress_every=settings.progress_every, decode_threads=settings.decode_threads,
+                              speculative=settings.speculative == "jacobi",
+                              speculative_window=settings.speculative_window)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, engine.max_seq_len, settings.chat_template,

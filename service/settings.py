@@ -57,6 +57,12 @@ class Settings(BaseSettings):
                                                        "repeated image skips the vision encoder (0: off).")
     max_waiting: int = Field(64, ge=0, description="Requests queued beyond the running ones; past that: 429.")
     progress_every: int = Field(16, ge=1, description="Generation progress events every this many steps.")
+    speculative: Literal["off", "jacobi"] = Field(
+        "off", description="Generation: jacobi verifies a window of draft image tokens per image in each step "
+                           "(speculative Jacobi decoding: fewer steps, the same distribution); requests may say "
+                           "otherwise (`speculative`).")
+    speculative_window: int = Field(4, ge=1, le=64, description="Draft image tokens per image and step with "
+                                                                "speculative decoding.")
     decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder while requests run beside it "
                                                      "(with none running it takes all of OMP_NUM_THREADS); 0 = half "
                                                      "of OMP_NUM_THREADS, at least 1.")

@@ -173,7 +173,7 @@ UNDERSTAND_EXAMPLE = {
 GENERATE_EXAMPLE = {
     "id": "req-9", "model": "Janus-Pro-1B", "images": [{"index": 0, "data": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}],
     "format": "jpeg", "media_type": "image/jpeg", "width": 384, "height": 384, "seed": 42,
-    "timings": TIMINGS_EXAMPLE, "random_weights": False,
+    "timings": {**TIMINGS_EXAMPLE, "forward_passes": 576}, "random_weights": False,
 }
 
 

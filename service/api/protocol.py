@@ -111,6 +111,10 @@ CfgWeight = Annotated[float, Field(ge=1.0, le=20.0,
 ImageTemperature = Annotated[float, Field(ge=0.0, le=2.0, description="Image-token sampling temperature; 0 = greedy.")]
 Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED,
                                    description="Sampling seed; the server picks one (and returns it) when absent.")]
+Speculative = Annotated[bool | None, Field(
+    description="Speculative Jacobi decoding: each step verifies a window of draft image tokens and keeps those the "
+                "sampling distribution accepts (fewer steps, the same distribution; a seed's images differ from "
+                "those drawn without it). Absent: the server's setting (JANUS_SPECULATIVE).")]
 
 
 class GenerateRequest(_Request):
@@ -132,6 +136,7 @@ class GenerateRequest(_Request):
                                       "not yet drawn grey), at this many evenly spaced points of the drawing. "
                                       "Each preview is a decode of every image, done while the drawing goes on; "
                                       "one the drawing outpaces is skipped. Ignored without a stream.")
+    speculative: Speculative = None
 
     prompt_not_blank = field_validator("prompt")(not_blank)
 
@@ -145,9 +150,11 @@ class GenerateRequest(_Request):
                   previews: int = 0) -> GenerateParams:
         """`count_field`: what the client's API calls parallel_size (`n` on /v1/images/generations); `previews`:
         partial images to decode while drawing (streamed requests only)."""
-        return prep.generate(self.prompt, parallel_size=self.parallel_size, cfg_weight=self.cfg_weight,
-                             temperature=self.temperature, seed=seed, timeout_s=timeout_s, count_field=count_field,
-                             previews=previews)
+        params = prep.generate(self.prompt, parallel_size=self.parallel_size, cfg_weight=self.cfg_weight,
+                               temperature=self.temperature, seed=seed, timeout_s=timeout_s, count_field=count_field,
+                               previews=previews)
+        params.speculative = self.speculative
+        return params
 
 
 # responses
@@ -163,6 +170,15 @@ class RequestTimings(BaseModel):
     def of(cls, timings: Timings) -> RequestTimings:
         return cls(queued_s=round(timings.queued_s, 6), prefill_s=round(timings.prefill_s, 6),
                    decode_s=round(timings.decode_s, 6), total_s=round(timings.total_s, 6))
+
+
+class GenerateTimings(RequestTimings):
+    forward_passes: int = Field(description="Forwards of the model the images took, their prompt's included: one "
+                                            "per image token plainly, fewer with speculative decoding.")
+
+    @classmethod
+    def of(cls, timings: Timings) -> GenerateTimings:
+        return cls(**RequestTimings.of(timings).model_dump(), forward_passes=timings.forward_passes)
 
 
 class Usage(BaseModel):
@@ -203,7 +219,7 @@ class GenerateResponse(BaseModel):
     width: int
     height: int
     seed: int
-    timings: RequestTimings
+    timings: GenerateTimings
     random_weights: bool = Field(description="True when the server runs a model with random weights (a demo).")
 
 

@@ -1,9 +1,9 @@
 """OpenAI's image generation request, response and stream events, and the one conversion to a native request.
 
-The request becomes a `GenerateRequest` (`n` -> `parallel_size`; Janus's own `cfg_weight`, `temperature` and `seed`
-pass through with the same limits as on /generate), so both routes reach the engine by one path. What OpenAI's API
-can ask for and Janus-Pro cannot do (another size, transparency, a quality or style setting, image URLs) is refused
-with a 400 naming the field; fields with no effect here are accepted at their neutral values.
+The request becomes a `GenerateRequest` (`n` -> `parallel_size`; Janus's own `cfg_weight`, `temperature`, `seed`
+and `speculative` pass through with the same limits as on /generate), so both routes reach the engine by one path.
+What OpenAI's API can ask for and Janus-Pro cannot do (another size, transparency, a quality or style setting, image
+URLs) is refused with a 400 naming the field; fields with no effect here are accepted at their neutral values.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from service.api.protocol import (
     ImagePrompt,
     ImageTemperature,
     Seed,
+    Speculative,
     not_blank,
 )
 
@@ -81,6 +82,7 @@ class ImageGenerationRequest(OpenAIModel):
     cfg_weight: CfgWeight = 5.0
     temperature: ImageTemperature = 1.0
     seed: Seed = None
+    speculative: Speculative = None
 
     prompt_not_blank = field_validator("prompt")(not_blank)
 
@@ -121,7 +123,8 @@ class ImageGenerationRequest(OpenAIModel):
     def to_native(self) -> GenerateRequest:
         """The same request as POST /generate sees it (the native route's encoding options are not used)."""
         return GenerateRequest(prompt=self.prompt, parallel_size=self.image_count, cfg_weight=self.cfg_weight,
-                               temperature=self.temperature, seed=self.seed, stream=bool(self.stream))
+                               temperature=self.temperature, seed=self.seed, stream=bool(self.stream),
+                               speculative=self.speculative)
 
 
 # responses

@@ -20,9 +20,9 @@ from service.api.protocol import (
     GeneratedImage,
     GenerateRequest,
     GenerateResponse,
+    GenerateTimings,
     Preview,
     Progress,
-    RequestTimings,
 )
 from service.api.serving import Replies, generation_params, seed_or_random, serve
 from service.api.streaming import sse
@@ -115,7 +115,7 @@ class _Replies(Replies):
             id=self.id, model=self.runtime.info.name,
             images=[GeneratedImage(index=i, data=data) for i, data in enumerate(encoded)], format=self.body.format,
             media_type=MEDIA_TYPES[self.body.format], width=width, height=height, seed=result.seed,
-            timings=RequestTimings.of(result.timings), random_weights=self.runtime.info.random_weights)
+            timings=GenerateTimings.of(result.timings), random_weights=self.runtime.info.random_weights)
 
     async def events(self, event: Event) -> AsyncIterator[bytes]:
         if isinstance(event, ProgressEvent):
