@@ -1,7 +1,8 @@
 """`janus-serve`: load the model, then serve the API with uvicorn until SIGTERM / Ctrl-C.
 
 Every setting is a flag (`--max-rows 16`) and an environment variable (`JANUS_MAX_ROWS=16`); flags win.
-`janus-serve self-test` checks the configured device and dtype against the CPU instead (service/selftest.py).
+`janus-serve self-test` checks the configured device and dtype against the CPU instead (service/selftest.py);
+`janus-serve plan` says whether a model and settings fit a card, from its config.json alone (service/plan_cli.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="janus-serve", description=__doc__.splitlines()[0],
         epilog="Without --model-dir the server runs the built-in demo model: a small model trained on synthetic "
                "shapes, not Janus-Pro. "
-               "`janus-serve self-test [--device D] [--dtype T]` checks a device against the CPU and exits.")
+               "`janus-serve self-test [--device D] [--dtype T]` checks a device against the CPU and exits; "
+               "`janus-serve plan --model-dir DIR --device-memory 16GiB` says what fits a card.")
     for name, field in Settings.model_fields.items():
         env = f"JANUS_{name.upper()}"
         default = "unset" if field.default is None else field.default
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from service import selftest
 
         return selftest.main(argv[1:])
+    if argv[:1] == ["plan"]:
+        from service import plan_cli
+
+        return plan_cli.main(argv[1:])
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not prepare_files():
