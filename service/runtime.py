@@ -51,14 +51,15 @@ class ModelInfo:
     output_image_tokens: int  # decoding steps per generated image
     context_length: int  # the model's own limit (positions)
     dtype_reason: str = ""  # why this dtype (auto: the device's choice)
+    quantization: str = "none"  # int8: the language model's projections and the generation head held as int8
 
     @classmethod
     def describe(cls, cfg: JanusConfig, dtype: str, weights: str, device: str, random_weights: bool,
-                 dtype_reason: str = "") -> ModelInfo:
+                 dtype_reason: str = "", quantization: str = "none") -> ModelInfo:
         return cls(cfg.name, dtype, weights, device, random_weights, cfg.description, cfg.vision.image_size,
                    cfg.vision.num_tokens,
                    cfg.gen_vision.image_size, cfg.gen_vision.num_tokens, cfg.language.max_position_embeddings,
-                   dtype_reason)
+                   dtype_reason, quantization)
 
 
 @dataclass(slots=True)
@@ -86,7 +87,8 @@ class Runtime:
         choice = settings.dtype_choice(gpu)
         dtype = choice.dtype
         log.info("dtype %s: %s", dtype, choice.reason)
-        model, report = load_janus(directory, dtype, keep_bf16=settings.keep_bf16_weights)
+        model, report = load_janus(directory, dtype, keep_bf16=settings.keep_bf16_weights,
+                                   quantization=settings.quantization)
         random_weights = model.cfg.random_weights
         if settings.model_dir is None:
             log.warning(RANDOM_WEIGHTS_BANNER if random_weights else
@@ -104,10 +106,12 @@ class Runtime:
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, engine.max_seq_len, settings.chat_template,
                                              capacity=engine.capacity)
-        info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights, choice.reason)
+        info = ModelInfo.describe(model.cfg, dtype, report.weights, settings.device, random_weights, choice.reason,
+                                  report.quantization)
         metrics.set_model(info.name, dtype, settings.device, random_weights)
-        log.info("model %s ready to start (%s, weights %s, %s, %.1f s, %s; chat template %s)", info.name, dtype,
-                 report.weights, settings.device, report.seconds, report.source, preprocessor.template.name)
+        log.info("model %s ready to start (%s, weights %s, quantization %s, %s, %.1f s, %s; chat template %s)",
+                 info.name, dtype, report.weights, report.quantization, settings.device, report.seconds, report.source,
+                 preprocessor.template.name)
         return cls(settings, engine, preprocessor, metrics, info,
                    PixelBudget(settings.max_decoding_pixels, settings.max_waiting), playground_examples(directory))
 

@@ -10,6 +10,11 @@ reference's largest logit) against a tolerance per dtype, whether the greedy tok
 decode-step timings; the exit status is 0 on a pass. With a random-weight checkpoint this checks the numerics of
 every kernel the engine uses (vision encoder, prefill, cached decode, both heads, guidance, VQ decoding), not what
 a trained model says.
+
+With `--quantization int8` the run under test holds int8 weights (the language model's projections and the
+generation head) and the reference is the same device and dtype with the weights unquantized: the report then gives
+the quantization's own logit error and whether greedy decoding still agrees (on the GPU: Paddle's weight-only int8
+kernels, which nothing else here exercises).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ log = logging.getLogger(__name__)
 # Largest |logit difference| / largest |reference logit| that still passes, per dtype of the device run. float32 on
 # a GPU may run its matmuls in TF32 (10-bit mantissa); half precisions round every activation.
 TOLERANCES = {"float32": 2e-3, "float16": 2e-2, "bfloat16": 6e-2}
+# int8 weights against the same weights unquantized, added to the dtype's own: on the CPU (groups of 64 rows) int8
+# moved the tiny random checkpoint's logits by 1.3e-2 (understanding) and 2.9e-2 (generation) of the largest.
+INT8_TOLERANCE = 5e-2
 UNDERSTAND_TOKENS = 16
 GENERATE_IMAGES = 2
 
@@ -173,7 +181,8 @@ def _photo_like(size: int, seed: int) -> Any:
     return Image.fromarray((pixels * 255).astype(np.uint8))
 
 
-def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False) -> RunResult:
+def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False,
+             quantization: str = "none") -> RunResult:
     """Load the checkpoint on `device` in `dtype` (keep_bf16: its bf16 weights kept as bf16, as the CPU serves them
     with JANUS_DTYPE=auto), serve the two requests together through the engine, record.
 
@@ -186,10 +195,12 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, ke
     from service.processing import Preprocessor
 
     paddle.set_device(device)
-    model, report = load_janus(checkpoint, dtype, cache_dir=False, keep_bf16=keep_bf16)
+    model, report = load_janus(checkpoint, dtype, cache_dir=False, keep_bf16=keep_bf16, quantization=quantization)
     if perturb:
         rng = np.random.default_rng(1234)
         for param in model.parameters():
+            if param.dtype == paddle.int8:
+                continue  # int8 weights: their scales carry the values (perturbing the bytes would overflow them)
             values = param.astype("float32").numpy()
             noisy = values * (1 + perturb * rng.standard_normal(values.shape).astype(np.float32))
             param.set_value(paddle.to_tensor(noisy).astype(param.dtype))
@@ -220,7 +231,8 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, ke
         text_result, image_result = asyncio.run(serve_both())
     finally:
         engine.shutdown(drain_timeout_s=0)
-    return RunResult(device, dtype, report.weights, recorder.traces, report.seconds, warmup_s,
+    weights = report.weights if quantization == "none" else f"{quantization} ({report.weights} elsewhere)"
+    return RunResult(device, dtype, weights, recorder.traces, report.seconds, warmup_s,
                      1000 * statistics.median(recorder.prefill_s), 1000 * statistics.median(recorder.decode_s),
                      list(text_result.token_ids), np.asarray(image_result.tokens).tolist())
 
@@ -234,6 +246,7 @@ class Report:
     timings: dict[str, dict[str, float]]  # "device" / "reference" -> load_s, warmup_s, prefill_ms, step_ms
     dtype_reason: str = ""  # why this dtype (auto: the device's choice)
     setup: dict[str, str] = field(default_factory=dict)  # the device, its KV pool and kernels, as the server sets up
+    quantization: str = "none"  # int8: the reference is the same device and dtype with unquantized weights
 
     @property
     def passed(self) -> bool:
@@ -241,7 +254,9 @@ class Report:
 
     def describe(self) -> str:
         held = f" (weights {self.weights})" if self.weights != self.dtype else ""
-        lines = [f"janus-serve self-test: {self.device} {self.dtype}{held} against cpu float32 (the reference), "
+        reference = ("cpu float32" if self.quantization == "none" else
+                     f"{self.device} {self.dtype} with unquantized weights")
+        lines = [f"janus-serve self-test: {self.device} {self.dtype}{held} against {reference} (the reference), "
                  f"tiny random checkpoint, {UNDERSTAND_TOKENS} understanding tokens and {GENERATE_IMAGES} guided "
                  "images served together, greedy"]
         if self.dtype_reason:
@@ -256,29 +271,35 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, "dtype_reason": self.dtype_reason,
-                "weights": self.weights, "passed": self.passed, "setup": self.setup, "timings": self.timings,
+                "weights": self.weights, "quantization": self.quantization, "passed": self.passed,
+                "setup": self.setup, "timings": self.timings,
                 "comparisons": [{**asdict(c), "passed": c.passed} for c in self.comparisons]}
 
 
-def run_selftest(device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False) -> Report:
+def run_selftest(device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False,
+                 quantization: str = "none") -> Report:
     """keep_bf16: the checkpoint stores bf16 and the run under test keeps it so (the CPU with JANUS_DTYPE=auto); the
-    reference widens the same weights to float32."""
+    reference widens the same weights to float32. quantization "int8": the run under test holds int8 weights, the
+    reference is the same device, dtype and storage unquantized."""
     from model.tiny_checkpoint import build_tiny_checkpoint
 
     root = runtime_env.prepare_cache_dir()
     with tempfile.TemporaryDirectory(dir=root, prefix="selftest-") as folder:
         checkpoint = build_tiny_checkpoint(Path(folder) / "checkpoint", preset="tiny", seed=3,
                                            dtype="bfloat16" if keep_bf16 else "float32")
-        tested = run_once(checkpoint, device, dtype, perturb, keep_bf16)
-        reference = run_once(checkpoint, "cpu", "float32")
-    tolerance = TOLERANCES[dtype]
+        tested = run_once(checkpoint, device, dtype, perturb, keep_bf16, quantization)
+        if quantization == "none":
+            reference = run_once(checkpoint, "cpu", "float32")
+        else:
+            reference = run_once(checkpoint, device, dtype, keep_bf16=keep_bf16)
+    tolerance = TOLERANCES[dtype] + (INT8_TOLERANCE if quantization == "int8" else 0.0)
     comparisons = [compare(name, reference.traces[name], tested.traces[name], tolerance)
                    for name in ("understanding", "generation")]
     timings = {f"{run.device} {run.dtype}" + (f" (weights {run.weights})" if run.weights != run.dtype else "")
                + (" (reference)" if run is reference else ""):
                {"load_s": run.load_s, "warmup_s": run.warmup_s, "prefill_ms": run.prefill_ms, "step_ms": run.step_ms}
                for run in (tested, reference)}
-    return Report(device, dtype, tested.weights, comparisons, timings)
+    return Report(device, dtype, tested.weights, comparisons, timings, quantization=quantization)
 
 
 def main(argv: list[str]) -> int:
@@ -287,9 +308,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
                         help="[env JANUS_DTYPE; default auto: float32 on cpu; on gpu bfloat16 from compute "
                              "capability 8.0, float16 below]")
+    parser.add_argument("--quantization", choices=["none", "int8"], default=None,
+                        help="[env JANUS_QUANTIZATION; default none] int8: int8 weights against the same device and "
+                             "dtype with the weights unquantized")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
-    given = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+    given = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("quantization", args.quantization))
+             if v is not None}
     try:
         settings = Settings(**given)
     except ValidationError as err:
@@ -310,7 +335,8 @@ def main(argv: list[str]) -> int:
 
     gpu = gpu_properties() if settings.device == "gpu" else None
     choice = settings.dtype_choice(gpu)
-    report = run_selftest(settings.device, choice.dtype, keep_bf16=settings.keep_bf16_weights)
+    report = run_selftest(settings.device, choice.dtype, keep_bf16=settings.keep_bf16_weights,
+                          quantization=settings.quantization)
     report.dtype_reason = choice.reason
     print(json.dumps(report.to_json()) if args.json else report.describe())
     return 0 if report.passed else 1

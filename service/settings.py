@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         "auto", description="Compute dtype; auto on gpu = bfloat16 at compute capability 8.0 and up, float16 below "
                             "(V100, T4); on cpu float32 arithmetic, with a bf16 checkpoint's projection and "
                             "embedding weights kept bf16 (half the memory); float32 on cpu widens every weight.")
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="int8: the language model's projections and the generation head held as int8 with a "
+                            "float32 scale per output channel and group of weight rows (about half the memory of "
+                            "bf16, faster decoding on the cpu); embeddings, norms, the vision encoder and the image "
+                            "decoder stay as they are. Quantized at the first start and kept in the converted cache.")
     chat_template: Literal["deepseek", "legacy"] | None = Field(
         None, description="Prompt roles; unset: read from the checkpoint (Janus-Pro: deepseek, Janus-1.3B: legacy).")
 
@@ -88,6 +93,9 @@ class Settings(BaseSettings):
             # Paddle's CPU build lacks half-precision kernels for most ops: fail at start, not on the first request.
             raise ValueError(f"dtype {self.dtype} is not supported on cpu; use auto (bf16 checkpoints keep bf16 "
                              "weights, computed in float32) or float32")
+        if self.device == "gpu" and self.quantization == "int8" and self.dtype == "float32":
+            raise ValueError("quantization int8 on the gpu runs Paddle's weight-only kernels, which take float16 or "
+                             "bfloat16 activations: use dtype auto, bfloat16 or float16")
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise ValueError(f"model_dir {self.model_dir} is not a directory")
         return self

@@ -14,7 +14,7 @@ from paddle.base.framework import EagerParamBase
 from paddlenlp.transformers.model_utils import no_init_weights
 
 from model import cpu_kernels
-from model.checkpoint import keys
+from model.checkpoint import gpu_int8, keys
 from model.checkpoint.errors import CheckpointError
 from model.checkpoint.native_cache import CachedWeights, Int8Plan, load_native, widen_bf16
 from model.config import JanusConfig
@@ -58,15 +58,19 @@ def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | 
     widened, as Paddle's CPU build cannot multiply bf16.
 
     quantization "int8" (float32 on the CPU): `keys.int8_names` are quantized while converting and held as int8
-    with their scales (`model.cpu_kernels.int8`), the rest as without it."""
+    with their scales (`model.cpu_kernels.int8`), the rest as without it. On the gpu (float16 or bfloat16) they
+    are loaded as without it and quantized on the device for Paddle's weight-only kernels (`gpu_int8`)."""
     started = time.perf_counter()
     directory = Path(directory)
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(SUPPORTED_DTYPES)}")
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
-    if quantization == "int8" and dtype != "float32":
-        raise ValueError(f"int8 weights on the CPU are computed in float32, not {dtype}")
+    on_gpu = paddle.get_device().startswith("gpu")
+    if quantization == "int8" and dtype == "float32" and on_gpu:
+        raise ValueError("int8 weights on the gpu take float16 or bfloat16 activations, not float32")
+    if quantization == "int8" and dtype != "float32" and not on_gpu:
+        raise ValueError(f"int8 weights on the cpu are computed in float32, not {dtype}")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if cache_dir is True:
@@ -76,7 +80,7 @@ def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | 
     params = dict(model.named_parameters())
     expected = {name: list(p.shape) for name, p in params.items()}
     keep = _bf16_storable(model) if keep_bf16 and dtype == "float32" else set()
-    quantized = Int8Plan(frozenset(keys.int8_names(model))) if quantization == "int8" else None
+    quantized = Int8Plan(frozenset(keys.int8_names(model))) if quantization == "int8" and not on_gpu else None
     if quantized is not None and cpu_kernels.library() is None:
         log.warning("int8 weights are dequantized by Paddle at every product: the CPU kernels are unavailable")
     native, source = load_native(directory, expected, keys.transposed_names(model), cache_dir or None,
@@ -102,10 +106,13 @@ def load_janus(directory: str | Path, dtype: str = "float32", cache_dir: Path | 
             continue
         weights = widen_bf16(arr) if code == "BF16" else arr.astype(np.float32, copy=False)
         param.set_value(weights if dtype == "float32" else paddle.to_tensor(weights).astype(dtype))
+    if quantization == "int8" and on_gpu:  # Paddle's weight-only int8, quantized on the device
+        gpu_int8.quantize_layers(model, keys.int8_names(model))
     model.eval()
     report = LoadReport(time.perf_counter() - started, source, sum(int(np.prod(s)) for s in expected.values()),
                         dtype, "bfloat16" if kept else dtype, quantization)
-    held = f", {len(quantized.names)} projections int8 (a scale per {quantized.group} rows)" if quantized else ""
+    held = (f", {len(quantized.names)} projections int8 (a scale per {quantized.group} rows)" if quantized else
+            ", projections int8 (Paddle's weight-only int8, a scale per channel)" if quantization == "int8" else "")
     log.info("loaded %s (%d parameters, %s, weights %s%s) in %.2f s from %s", directory, report.parameters, dtype,
              report.weights, held, report.seconds, source)
     return model, report

@@ -67,6 +67,10 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 def layer_linear(layer: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
     """x [..., K] through a layer whose weight is held as int8 (`weight_scale` and `int8_group` beside it, as the
     loader leaves them)."""
+    if getattr(layer, "int8_device", "cpu") == "gpu":
+        from model.checkpoint import gpu_int8  # Paddle's weight-only kernels (GPU only)
+
+        return gpu_int8.linear(layer, x)
     return linear(x, layer.weight, layer.weight_scale, layer.int8_group, getattr(layer, "bias", None))
 
 

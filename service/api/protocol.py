@@ -292,6 +292,9 @@ class InfoResponse(BaseModel):
                                               "bfloat16 from compute capability 8.0, float16 below).")
     weights: str = Field(description="How the weights are held: bfloat16 (on the cpu, a bf16 checkpoint with dtype "
                                      "auto: computed in float32 from bf16, half the memory) or the dtype.")
+    quantization: Literal["none", "int8"] = Field(
+        "none", description="int8 (JANUS_QUANTIZATION): the language model's projections and the generation head "
+                            "are held as int8 with float32 scales, the other weights as `weights` says.")
     device: str
     random_weights: bool
     description: str = Field(description="What the model is when its name does not say, e.g. for the built-in "

@@ -184,7 +184,7 @@ def test_float32_checkpoint_quantizes_the_same_way(tmp_path):
 
 @pytest.mark.parametrize(("dtype", "quantization", "message"), [
     ("float32", "int4", "quantization 'int4' is not supported"),
-    ("bfloat16", "int8", "computed in float32, not bfloat16"),
+    ("bfloat16", "int8", "on the cpu are computed in float32, not bfloat16"),
 ])
 def test_unsupported_quantizations_are_refused(bf16_dir, dtype, quantization, message):
     with pytest.raises(ValueError, match=message):

@@ -14,7 +14,8 @@ router = APIRouter(tags=["operations"], dependencies=[Authenticated])
 EXAMPLE = {
     "model": "Janus-Pro-1B", "dtype": "float32",
     "dtype_reason": "auto on the cpu: float32 arithmetic (Paddle's CPU build has no half-precision kernels; a bf16 "
-                    "checkpoint's weights stay bf16)", "weights": "bfloat16", "device": "cpu", "random_weights": False,
+                    "checkpoint's weights stay bf16)", "weights": "bfloat16", "quantization": "none", "device": "cpu",
+    "random_weights": False,
     "description": "", "examples": {"prompts": [], "questions": []}, "context_length": 16384,
     "understanding": {"image_size": 384, "image_tokens": 576}, "generation": {"image_size": 384, "image_tokens": 576},
     "limits": {"max_rows": 32, "max_seq_len": 16384, "max_waiting": 64, "request_timeout_s": 600.0,
@@ -36,8 +37,8 @@ EXAMPLE = {
 async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
     info, settings = runtime.info, runtime.settings
     return InfoResponse(
-        model=info.name, dtype=info.dtype, dtype_reason=info.dtype_reason, weights=info.weights, device=info.device,
-        random_weights=info.random_weights,
+        model=info.name, dtype=info.dtype, dtype_reason=info.dtype_reason, weights=info.weights,
+        quantization=info.quantization, device=info.device, random_weights=info.random_weights,
         description=info.description, examples=Examples(**runtime.examples), context_length=info.context_length,
         understanding=ImageSpec(image_size=info.input_image_size, image_tokens=info.input_image_tokens),
         generation=ImageSpec(image_size=info.output_image_size, image_tokens=info.output_image_tokens),
