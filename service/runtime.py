@@ -6,14 +6,18 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.config import JanusConfig
 from service.api.image_budget import PixelBudget
-from service.device import gpu_properties
+from service.device import DeviceProperties, gpu_properties
 from service.engine import Engine, EngineConfig
 from service.metrics import Metrics
 from service.processing import Preprocessor
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from model.janus import JanusModel
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class Runtime:
     info: ModelInfo
     image_budget: PixelBudget  # pixels of uploaded images being decoded at once
     examples: dict[str, list[str]]  # suggested prompts and questions (playground.json of the checkpoint)
+    kv_source: str = ""  # how the KV pool was sized, for /info
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -95,8 +100,9 @@ class Runtime:
                         DEMO_BANNER.format(description=model.cfg.description or model.cfg.name))
         elif random_weights:
             log.warning("the checkpoint in %s says its weights are random (a test checkpoint)", directory)
+        kv_blocks, kv_source = kv_pool(model, settings, gpu)
         config = EngineConfig(max_rows=settings.max_rows, max_seq_len=settings.max_seq_len,
-                              kv_cache_mb=settings.kv_cache_mb, block_size=settings.kv_block_size,
+                              kv_cache_mb=settings.kv_cache_mb, kv_blocks=kv_blocks, block_size=settings.kv_block_size,
                               prefix_cache=settings.prefix_cache == "on", feature_cache_mb=settings.image_cache_mb,
                               max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
                               progress_every=settings.progress_every, decode_threads=settings.decode_threads,
@@ -113,7 +119,26 @@ class Runtime:
                  info.name, dtype, report.weights, report.quantization, settings.device, report.seconds, report.source,
                  preprocessor.template.name)
         return cls(settings, engine, preprocessor, metrics, info,
-                   PixelBudget(settings.max_decoding_pixels, settings.max_waiting), playground_examples(directory))
+                   PixelBudget(settings.max_decoding_pixels, settings.max_waiting), playground_examples(directory),
+                   kv_source)
+
+
+def kv_pool(model: JanusModel, settings: Settings, gpu: DeviceProperties | None) -> tuple[int | None, str]:
+    """The KV pool in blocks (None: JANUS_KV_CACHE_MB's worth, as the engine sizes it) and how it was sized. On the
+    gpu without JANUS_KV_CACHE_MB: from the card, after a warm-up at the largest batch."""
+    if not settings.kv_cache_from_card:
+        given = "" if "kv_cache_mb" in settings.model_fields_set else " (the default)"
+        return None, f"JANUS_KV_CACHE_MB={settings.kv_cache_mb}{given}, at most max_rows x max_seq_len"
+    from service.engine.config import kv_block_bytes
+    from service.gpu_pool import CudaMemory, size_pool
+
+    assert gpu is not None
+    limit = model.cfg.language.max_position_embeddings
+    sizing = size_pool(model, CudaMemory(gpu.total_bytes), fraction=settings.gpu_memory_fraction,
+                       block_bytes=kv_block_bytes(model, settings.kv_block_size), block_size=settings.kv_block_size,
+                       max_rows=settings.max_rows, max_seq_len=min(settings.max_seq_len or limit, limit))
+    log.info("KV pool from the card: %s", sizing.describe())
+    return sizing.blocks, sizing.source
 
 
 def default_model_dir() -> Path:

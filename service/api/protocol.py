@@ -280,6 +280,20 @@ class Limits(BaseModel):
                                                "(two rows each; twice as many with cfg_weight 1, up to 16).")
 
 
+class KVCacheInfo(BaseModel):
+    mib: float = Field(description="The KV pool's memory in MiB.")
+    blocks: int
+    block_size: int = Field(description="Positions per block.")
+    positions: int = Field(description="Positions the pool holds across all requests (blocks x block_size).")
+    source: str = Field(description="How it was sized: JANUS_KV_CACHE_MB, or on a gpu what was left of "
+                                    "JANUS_GPU_MEMORY_FRACTION of the card after the weights and a warm-up at the "
+                                    "largest batch.")
+    images_per_question: int = Field(description="Images one question can carry with this pool and context (as "
+                                                 "limits.max_images).")
+    generation_rows: int = Field(description="Guided generation rows the pool holds at once (two per image), "
+                                             "within max_rows.")
+
+
 class Examples(BaseModel):
     prompts: list[str] = Field(description="Generation prompts.")
     questions: list[str] = Field(description="Questions about a picture.")
@@ -306,6 +320,7 @@ class InfoResponse(BaseModel):
     understanding: ImageSpec
     generation: ImageSpec
     limits: Limits
+    kv_cache: KVCacheInfo
 
 
 class ErrorDetail(BaseModel):

@@ -7,7 +7,10 @@ from fastapi import APIRouter
 from service.api import docs
 from service.api.auth import Authenticated
 from service.api.deps import RuntimeDep
-from service.api.protocol import MAX_PARALLEL_SIZE, Examples, ImageSpec, InfoResponse, Limits
+from service.api.protocol import MAX_PARALLEL_SIZE, Examples, ImageSpec, InfoResponse, KVCacheInfo, Limits
+from service.runtime import Runtime
+
+MiB = 2**20
 
 router = APIRouter(tags=["operations"], dependencies=[Authenticated])
 
@@ -21,6 +24,9 @@ EXAMPLE = {
     "limits": {"max_rows": 32, "max_seq_len": 16384, "max_waiting": 64, "request_timeout_s": 600.0,
                "max_body_bytes": 67108864, "max_image_bytes": 16777216, "max_image_pixels": 40000000,
                "max_images": 8, "max_parallel_size": 16},
+    "kv_cache": {"mib": 8192.0, "blocks": 10922, "block_size": 16, "positions": 174752,
+                 "source": "JANUS_KV_CACHE_MB=8192 (the default), at most max_rows x max_seq_len",
+                 "images_per_question": 8, "generation_rows": 32},
 }
 
 
@@ -30,7 +36,8 @@ EXAMPLE = {
     summary="Model and limits",
     description="The served model (name, dtype, how its weights are held, device), whether its weights are random "
                 "(a test checkpoint), what it is when its name does not say (the built-in demo model) with prompts "
-                "and questions it answers well, the image sizes in and out, and the server's limits.",
+                "and questions it answers well, the image sizes in and out, the server's limits, and its KV pool "
+                "(its size, how it was sized and what it holds).",
     response_model=InfoResponse,
     responses={200: {"content": {"application/json": {"example": EXAMPLE}}}, **docs.error_responses(401)},
 )
@@ -47,4 +54,14 @@ async def get_model_info(runtime: RuntimeDep) -> InfoResponse:
                       max_body_bytes=settings.max_body_bytes, max_image_bytes=settings.max_image_bytes,
                       max_image_pixels=settings.max_image_pixels,
                       max_images=runtime.preprocessor.max_images(),
-                      max_parallel_size=runtime.preprocessor.max_parallel_size(MAX_PARALLEL_SIZE)))
+                      max_parallel_size=runtime.preprocessor.max_parallel_size(MAX_PARALLEL_SIZE)),
+        kv_cache=kv_cache_info(runtime))
+
+
+def kv_cache_info(runtime: Runtime) -> KVCacheInfo:
+    engine, preprocessor = runtime.engine, runtime.preprocessor
+    blocks, block_size = engine.blocks.num_blocks, engine.config.block_size
+    return KVCacheInfo(mib=round(blocks * engine.block_bytes / MiB, 1), blocks=blocks, block_size=block_size,
+                       positions=blocks * block_size, source=runtime.kv_source,
+                       images_per_question=preprocessor.max_images(),
+                       generation_rows=2 * preprocessor.max_parallel_size(runtime.settings.max_rows // 2))

@@ -1,0 +1,132 @@
+"""The KV pool sized from the card (service/gpu_pool.py): the warm-up at the largest batch runs on the real tiny
+model here, the card is simulated (16, 24, 80 GiB); and /info's report of the pool on a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.engine.config import kv_block_bytes
+from service.gpu_pool import PoolTooSmall, size_pool
+from tests.service.helpers import start_server, test_settings
+
+GiB = 2**30
+MiB = 2**20
+
+
+class SimulatedCard:
+    """A card of `total_bytes` whose allocator peaked at the weights plus the probe cache plus `activations` during
+    the warm-up (what Paddle's max_memory_allocated would say), and that records the calls the sizing makes."""
+
+    def __init__(self, total_bytes: int, weights: int, activations: int, probe: int) -> None:
+        self.total_bytes = total_bytes
+        self.peak = weights + probe + activations
+        self.calls: list[str] = []
+
+    def reset_peak(self) -> None:
+        self.calls.append("reset_peak")
+
+    def peak_bytes(self) -> int:
+        self.calls.append("peak_bytes")
+        return self.peak
+
+    def release(self) -> None:
+        self.calls.append("release")
+
+
+@pytest.fixture
+def extend_calls(tiny_model, monkeypatch):
+    """The shapes of every backbone forward the warm-up runs (the real forward still runs)."""
+    calls: list[tuple[int, int, int]] = []
+    real = type(tiny_model).extend
+
+    def recording(self, embeds, cache, rows, last_only=False):
+        calls.append((embeds.shape[0], embeds.shape[1], int(rows.lengths(embeds.shape[1]).max())))
+        return real(self, embeds, cache, rows, last_only)
+
+    monkeypatch.setattr(type(tiny_model), "extend", recording)
+    return calls
+
+
+@pytest.mark.parametrize("card_gib", [16, 24, 80])
+def test_the_pool_takes_what_the_card_has_left_after_the_warm_up_at_the_largest_batch(tiny_model, extend_calls,
+                                                                                      card_gib):
+    block = kv_block_bytes(tiny_model, 16)
+    max_rows, max_seq_len = 6, 256
+    probe = -(-max_seq_len // 16) * block
+    weights, activations = 3 * GiB, 5 * GiB // 2
+    card = SimulatedCard(card_gib * GiB, weights, activations, probe)
+    sizing = size_pool(tiny_model, card, fraction=0.9, block_bytes=block, block_size=16, max_rows=max_rows,
+                       max_seq_len=max_seq_len)
+    # the warm-up: one prompt of max_seq_len - 1 positions, then max_rows rows decoding at max_seq_len positions
+    assert extend_calls == [(1, max_seq_len - 1, max_seq_len - 1), (max_rows, 1, max_seq_len)]
+    assert (sizing.warm_up.decode_rows, sizing.warm_up.decode_context) == (max_rows, max_seq_len)
+    assert card.calls[:2] == ["release", "reset_peak"] and card.calls[-2:] == ["peak_bytes", "release"]
+    assert sizing.in_use_bytes == weights + activations
+    left = int(0.9 * card_gib * GiB) - weights - activations
+    assert sizing.blocks == min(left // block, max_rows * max_seq_len // 16)
+    assert f"{card_gib:.1f} GiB" in sizing.source and "warm-up at 6 rows and 256 positions" in sizing.source
+
+
+def test_without_a_row_ceiling_in_reach_the_pool_is_what_is_left_to_a_block(tiny_model):
+    block = kv_block_bytes(tiny_model, 16)
+    probe = -(-64 // 16) * block
+    card = SimulatedCard(int(1.5 * GiB), GiB, 64 * MiB, probe)
+    sizing = size_pool(tiny_model, card, fraction=0.9, block_bytes=block, block_size=16, max_rows=2,
+                       max_seq_len=64)
+    left = int(0.9 * 1.5 * GiB) - GiB - 64 * MiB
+    assert sizing.blocks == min(left // block, 2 * 64 // 16)
+
+
+def test_a_card_too_small_for_one_request_stops_the_start_with_what_to_change(tiny_model):
+    block = kv_block_bytes(tiny_model, 16)
+    card = SimulatedCard(16 * GiB, 14 * GiB, GiB, 4 * block)
+    with pytest.raises(PoolTooSmall, match="less than one request of max_seq_len 64") as refused:
+        size_pool(tiny_model, card, fraction=0.9, block_bytes=block, block_size=16, max_rows=2, max_seq_len=64)
+    assert "lower JANUS_MAX_SEQ_LEN" in str(refused.value) and "janus-serve plan" in str(refused.value)
+
+
+def test_running_out_of_memory_in_the_warm_up_says_what_to_change(tiny_model, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("ResourceExhaustedError: Out of memory error on GPU 0, 15.78 GiB already allocated")
+
+    monkeypatch.setattr(type(tiny_model), "extend", out_of_memory)
+    card = SimulatedCard(16 * GiB, GiB, GiB, 0)
+    with pytest.raises(PoolTooSmall, match="ran out of memory") as refused:
+        size_pool(tiny_model, card, fraction=0.9, block_bytes=1024, block_size=16, max_rows=2, max_seq_len=64)
+    assert "JANUS_GPU_MEMORY_FRACTION (now 0.9)" in str(refused.value)
+
+
+def test_other_warm_up_failures_are_not_taken_for_a_full_card(tiny_model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a shape mismatch")
+
+    monkeypatch.setattr(type(tiny_model), "extend", broken)
+    with pytest.raises(RuntimeError, match="a shape mismatch"):
+        size_pool(tiny_model, SimulatedCard(16 * GiB, GiB, GiB, 0), fraction=0.9, block_bytes=1024, block_size=16,
+                  max_rows=2, max_seq_len=64)
+
+
+def test_info_reports_the_pool_and_what_it_holds(tiny_dir):
+    live = start_server(test_settings(tiny_dir, kv_cache_mb=1, max_rows=32))
+    try:
+        engine = live.runtime.engine
+        with live.client() as http:
+            info = http.get("/info").json()
+            kv = info["kv_cache"]
+            assert kv["blocks"] == engine.blocks.num_blocks and kv["block_size"] == 16
+            assert kv["positions"] == kv["blocks"] * 16
+            assert kv["mib"] == pytest.approx(kv["blocks"] * engine.block_bytes / MiB, abs=0.05) and kv["mib"] <= 1
+            assert kv["source"].startswith("JANUS_KV_CACHE_MB=1,")
+            assert kv["images_per_question"] == info["limits"]["max_images"]
+            rows = kv["generation_rows"]
+            assert 2 <= rows < 32 and rows % 2 == 0, kv  # 1 MiB holds fewer rows than max_rows
+            # the rows it promises (for the short prompt it assumes) are rows a request gets; one more pair is
+            # refused for the KV memory
+            prompt = "a red fox in the snow"
+            ok = http.post("/generate", json={"prompt": prompt, "parallel_size": rows // 2, "seed": 1})
+            assert ok.status_code == 200, ok.text
+            refused = http.post("/generate", json={"prompt": prompt, "parallel_size": rows // 2 + 1})
+            assert refused.status_code == 422, refused.text
+            assert "JANUS_KV_CACHE_MB" in refused.json()["error"]["message"]
+    finally:
+        live.stop()
