@@ -1,14 +1,15 @@
 """Speculative Jacobi decoding against plain decoding on the trained demo model: forwards per image, the time to
 draw an image's tokens and the whole request's, at parallel_size 1 and 8, guidance 5, temperature 1.
 
-    python -m bench.speculative [--rounds 3] [--windows 2 4 8] [--sizes 1 8] [--uncoupled] [--model-dir DIR]
+    python -m bench.speculative [--rounds 3] [--windows 2 4 8] [--sizes 1 8] [--variants] [--model-dir DIR]
 
 The engine serves the checkpoint in this process. Each round runs one request of every mode (plain, then each
 window) with the round's seed, taking turns, so that a machine that speeds up or slows down moves them alike; the
 first round warms up. Per mode: the request's forwards (the prefill included; each draws all its images), the acceptance
 rate and tokens per image forward (from the engine's observer), and the median over rounds of the drawing time
-(prefill and steps) and of the total (with the images' decoding). `--uncoupled` adds each window with independent
-drafts (fresh noise at every redraft, as in SJD) beside the coupled ones (MC-SJD). The load average is printed
+(prefill and steps) and of the total (with the images' decoding). `--variants` adds each window with independent
+drafts (fresh noise at every redraft) and as plain SJD (independent drafts, positions past the fed ones drafted
+from the uniform distribution) beside the service's drafting. The load average is printed
 beside every round; the last line is one JSON object.
 """
 
@@ -59,13 +60,14 @@ class _Mode:
     name: str
     window: int  # 0: plain
     coupled: bool = True
+    carry: bool = True
     forwards: list[float] = field(default_factory=list)  # per request: each forward draws all its images
     draw_s: list[float] = field(default_factory=list)
     total_s: list[float] = field(default_factory=list)
     counts: _Counts = field(default_factory=_Counts)
 
 
-def run(model_dir: Path, sizes: list[int], windows: list[int], rounds: int, uncoupled: bool) -> dict:
+def run(model_dir: Path, sizes: list[int], windows: list[int], rounds: int, variants: bool) -> dict:
     import paddle
 
     from model.chat_template import generation_prompt
@@ -90,7 +92,7 @@ def run(model_dir: Path, sizes: list[int], windows: list[int], rounds: int, unco
 
     def speculation_for(params, config, vocab):  # noqa: ANN001, ANN202 - the mode being measured decides
         mode = modes_now["mode"]
-        return Speculation(params, mode.window, vocab, mode.coupled) if mode.window else None
+        return Speculation(params, mode.window, vocab, mode.coupled, mode.carry) if mode.window else None
 
     engine_module.speculation_for = speculation_for
     steps = janus.cfg.gen_vision.num_tokens
@@ -98,8 +100,9 @@ def run(model_dir: Path, sizes: list[int], windows: list[int], rounds: int, unco
     try:
         for size in sizes:
             modes = [_Mode("plain", 0)] + [_Mode(f"window {w}", w) for w in windows]
-            if uncoupled:
+            if variants:
                 modes += [_Mode(f"window {w} uncoupled", w, coupled=False) for w in windows]
+                modes += [_Mode(f"window {w} SJD", w, coupled=False, carry=False) for w in windows]
             for round_ in range(rounds + 1):  # the first round warms up
                 prompt = prompts[round_ % len(prompts)]
                 ids = tok.encode(generation_prompt(prompt, "deepseek").text)
@@ -146,14 +149,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--uncoupled", action="store_true", help="also each window with independent drafts")
+    parser.add_argument("--variants", action="store_true", help="also each window uncoupled and as plain SJD")
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the trained demo checkpoint")
     args = parser.parse_args()
     from model.demo import demo_model_dir
 
     model_dir = args.model_dir or demo_model_dir()
     print(f"{model_dir}, cfg_weight 5, temperature 1 ({_load()})", flush=True)
-    results = run(model_dir, args.sizes, args.windows, args.rounds, args.uncoupled)
+    results = run(model_dir, args.sizes, args.windows, args.rounds, args.variants)
     print(f"{'':<36} {'forwards':>12} {'accept':>7} {'tok/fwd':>8} {'draw s':>8} {'total s':>8} "
           f"{'fewer fwd':>9} {'draw x':>7}")
     for name, r in results.items():

@@ -10,7 +10,8 @@ whatever the drafts were, as long as a draft is drawn from its q independently o
 
 The next window's drafts are the Jacobi iterate: the positions after the kept tokens are drafted from this step's
 distributions there (p_{j+1}.. for a rejection at j, conditioned on the rejected draft: a guess, not the target), and
-positions past what was fed start from the uniform distribution. Drafting is coupled across steps (MC-SJD): a
+positions past what was fed from the last fed position's distribution (neighbouring image tokens are alike: a flat
+region repeats a code; before the first step, the uniform distribution). Drafting is coupled across steps (MC-SJD): a
 position's drafts are all drawn with one Gumbel noise vector, argmax(log q + g), fixed from the moment the position
 enters the window until its token is kept, so a position whose forecast hardly moves keeps its draft and is
 accepted. The noise of a position only ever chose drafts of that position, never a distribution it is tested
@@ -63,15 +64,18 @@ class StepCount:
 class Speculation:
     """One generation request's drafting state, image by image."""
 
-    def __init__(self, params: GenerateParams, window: int, vocab: int, coupled: bool = True) -> None:
+    def __init__(self, params: GenerateParams, window: int, vocab: int, coupled: bool = True,
+                 carry: bool = True) -> None:
         """window: drafts per image and step (at most; fewer near the image's end); vocab: the image vocabulary;
-        coupled: one Gumbel noise per position for all its drafts (off: fresh noise at every redraft, plain SJD)."""
+        coupled: one Gumbel noise per position for all its drafts (off: fresh noise at every redraft, plain SJD);
+        carry: positions past the fed ones drafted from the last one's distribution (off: uniform, plain SJD)."""
         if window < 1:
             raise ValueError("the speculative window must be >= 1")
         self.params = params
         self.window = window
         self.vocab = vocab
         self.coupled = coupled
+        self.carry = carry
         self._windows = [_Window() for _ in range(params.parallel_size)]
 
     def step(self, rows: list[Row], inputs: list[list[int]], tokens: list[list[int]],
@@ -107,19 +111,21 @@ class Speculation:
     def _redraft(self, window: _Window, row: Row, fed: int, kept: int, probs: np.ndarray | None,
                  best: np.ndarray | None, rng: np.random.Generator) -> None:
         """The drafts after an image's `kept` new tokens (not in `row.tokens` yet), `fed` drafts having been
-        verified: drafted from this step's distributions where it computed them (p_kept..p_fed), from the uniform
-        one after, as many as the window and the image's end allow."""
+        verified: drafted from this step's distributions where it computed them (p_kept..p_fed), from p_fed after
+        (carry) or the uniform one, as many as the window and the image's end allow."""
         remaining = self.params.image_tokens - len(row.tokens) - kept
         size = max(0, min(self.window, remaining - 1))
-        ahead = list(range(kept, fed + 1)) if best is not None else []
         noise = window.noise[kept:] if self.coupled else []
         noise += [_gumbel(rng, self.vocab) for _ in range(size - len(noise))]
         drafts: list[int] = []
         forecasts: list[np.ndarray | None] = []
         for j in range(size):
-            q = probs[ahead[j]] if j < len(ahead) and probs is not None else None
-            if j < len(ahead) and probs is None:  # greedy: the forecast's argmax
-                drafts.append(int(best[ahead[j]]))
+            # position j of the new window follows fed position kept + j
+            source = None if best is None else min(kept + j, fed) if self.carry else (
+                kept + j if kept + j <= fed else None)
+            q = probs[source] if source is not None and probs is not None else None
+            if source is not None and probs is None:  # greedy: the forecast's argmax
+                drafts.append(int(best[source]))
             elif q is None:
                 drafts.append(int(np.argmax(noise[j])))
             else:
