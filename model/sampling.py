@@ -10,9 +10,13 @@ import numpy as np
 
 
 def guided_logits(cond: np.ndarray, uncond: np.ndarray, cfg_weight: float) -> np.ndarray:
-    """Classifier-free guidance: uncond + w * (cond - uncond). With w == 1 this is cond itself."""
+    """Classifier-free guidance: uncond + w * (cond - uncond). With w == 1 this is cond itself.
+
+    Half-precision logits are combined in float32: w times their difference can pass float16's 65504."""
     if cfg_weight == 1.0:
         return cond
+    dtype = np.promote_types(cond.dtype, np.float32)
+    cond, uncond = cond.astype(dtype, copy=False), uncond.astype(dtype, copy=False)
     return uncond + cfg_weight * (cond - uncond)
 
 

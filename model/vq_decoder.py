@@ -65,10 +65,12 @@ class AttnBlock(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         h = self.norm(x)
         B, C, H, W = h.shape
-        q = self.q(h).reshape([B, C, H * W]).transpose([0, 2, 1])  # [B, HW, C]
+        # Scaled before the product and softmaxed in float32: in float16 (a V100's dtype) the raw products over C
+        # channels can pass 65504, where the reference's bf16 cannot overflow.
+        q = (self.q(h) * (C**-0.5)).reshape([B, C, H * W]).transpose([0, 2, 1])  # [B, HW, C]
         k = self.k(h).reshape([B, C, H * W])  # [B, C, HW]
         v = self.v(h).reshape([B, C, H * W])  # [B, C, HW]
-        weights = F.softmax(paddle.bmm(q, k) * (C**-0.5), axis=2)  # [B, HW(q), HW(k)]
+        weights = F.softmax(paddle.bmm(q, k).astype("float32"), axis=2).astype(v.dtype)  # [B, HW(q), HW(k)]
         out = paddle.bmm(v, weights.transpose([0, 2, 1])).reshape([B, C, H, W])
         return x + self.proj_out(out)
 
