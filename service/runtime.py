@@ -107,7 +107,8 @@ class Runtime:
                               max_waiting=settings.max_waiting, default_timeout_s=settings.request_timeout_s,
                               progress_every=settings.progress_every, decode_threads=settings.decode_threads,
                               speculative=settings.speculative == "jacobi",
-                              speculative_window=settings.speculative_window)
+                              speculative_window=settings.speculative_window,
+                              speculative_positions=settings.speculative_positions)
         metrics = Metrics()
         engine = Engine(model, config, observer=metrics)
         preprocessor = Preprocessor.from_dir(directory, model.cfg, engine.max_seq_len, settings.chat_template,

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
                            "otherwise (`speculative`).")
     speculative_window: int = Field(4, ge=1, le=64, description="Draft image tokens per image and step with "
                                                                 "speculative decoding.")
+    speculative_positions: int = Field(
+        32, ge=0, description="Positions a speculative request's rows may feed in one step: a request of many "
+                              "images gets a smaller window, none when even one draft each would not fit (0: no "
+                              "limit).")
     decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder while requests run beside it "
                                                      "(with none running it takes all of OMP_NUM_THREADS); 0 = half "
                                                      "of OMP_NUM_THREADS, at least 1.")

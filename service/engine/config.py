@@ -31,6 +31,8 @@ class EngineConfig:
     images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
     speculative: bool = False  # generations verify windows of draft image tokens unless a request says otherwise
     speculative_window: int = 4  # drafts per image and step when speculative
+    # positions a speculative request's rows may feed in one step (its window shrinks to fit; 0: no limit)
+    speculative_positions: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "progress_every", "images_per_decode", "kv_cache_mb", "block_size",
@@ -42,6 +44,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_waiting < 0 or self.default_timeout_s <= 0 or self.decode_threads < 0:
             raise ValueError("max_waiting and decode_threads must be >= 0 and default_timeout_s > 0")
+        if self.speculative_positions < 0:
+            raise ValueError("speculative_positions must be >= 0")
         if self.feature_cache_mb < 0:
             raise ValueError("feature_cache_mb must be >= 0")
 

@@ -168,8 +168,15 @@ def _gumbel(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def speculation_for(params: Params, config: EngineConfig, vocab: int) -> Speculation | None:
-    """A generation's drafting state when it decodes speculatively (its own choice, else the engine's)."""
+    """A generation's drafting state when it decodes speculatively (its own choice, else the engine's). A request
+    of many images gets a smaller window, so that its rows feed at most `speculative_positions` positions a step
+    (past that a step costs about as much more as it feeds: the drafts no longer come nearly free), and none when
+    even one draft each would pass it. The window depends on the request alone, never on what else runs: the same
+    seed draws the same images whatever the batch."""
     if not isinstance(params, GenerateParams):
         return None
     wanted = config.speculative if params.speculative is None else params.speculative
-    return Speculation(params, config.speculative_window, vocab) if wanted else None
+    window = config.speculative_window
+    if config.speculative_positions:
+        window = min(window, config.speculative_positions // params.rows - 1)
+    return Speculation(params, window, vocab) if wanted and window >= 1 else None

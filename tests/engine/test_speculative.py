@@ -10,7 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from service.engine import EngineConfig
 from service.engine.previews import grey_undrawn, partial_tokens
+from service.engine.speculative import speculation_for
 from service.engine.types import GenerateResult, PreviewEvent, ProgressEvent, UnderstandResult
 from tests.service.helpers import plain_decode
 
@@ -87,3 +89,19 @@ def test_rejected_windows_leave_no_blocks_and_no_wrong_prefix(make_engine, gener
     (fresh,) = asyncio.run(_results(make_engine(block_size=2, kv_blocks=400, prefix_cache=False), [follow]))
     np.testing.assert_array_equal(again.tokens, fresh.tokens)
     assert engine.blocks.used == 0 and engine.blocks.available == engine.blocks.num_blocks
+
+
+def test_a_request_of_many_images_gets_a_window_its_step_can_afford(generate_params):
+    config = EngineConfig(speculative=True, speculative_window=4, speculative_positions=32)
+    windows = {p: speculation_for(generate_params(parallel_size=p), config, 256) for p in (1, 4, 8, 16)}
+    assert windows[1].window == 4  # 2 rows x 5 positions
+    assert windows[4].window == 3  # 8 rows x 4 positions
+    assert windows[8].window == 1  # 16 rows x 2 positions
+    assert windows[16] is None  # 32 rows: not even one draft each
+    unguided = speculation_for(generate_params(parallel_size=16, cfg_weight=1.0), config, 256)
+    assert unguided is not None and unguided.window == 1  # 16 rows
+    unlimited = dataclasses.replace(config, speculative_positions=0)
+    assert speculation_for(generate_params(parallel_size=16), unlimited, 256).window == 4
+    off = dataclasses.replace(config, speculative=False)
+    assert speculation_for(generate_params(parallel_size=1), off, 256) is None
+    assert speculation_for(dataclasses.replace(generate_params(), speculative=True), off, 256).window == 4
