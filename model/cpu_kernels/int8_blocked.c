@@ -38,7 +38,9 @@
 
 typedef float vf __attribute__((vector_size(LANES * 4)));
 typedef int32_t vi __attribute__((vector_size(LANES * 4)));
-typedef int8_t vb __attribute__((vector_size(LANES)));
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 static inline vf vload(const float *p) { vf r; memcpy(&r, p, sizeof r); return r; }
 static inline void vstore(float *p, vf x) { memcpy(p, &x, sizeof x); }
@@ -105,14 +107,23 @@ static void tile_of(int R, const float *xp, const float *strip, int depth, float
     }
 }
 
+/* LANES bytes at q -> floats (sign-extend, convert); intrinsics where there are (see int8_rows.c) */
+static inline vf widen_bytes(const int8_t *q) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+#elif defined(__AVX2__)
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+#else
+    vf r;
+    for (int i = 0; i < LANES; i++) r[i] = (float)q[i];
+    return r;
+#endif
+}
+
 /* dst[0..cols) = q[0..cols) * scale[0..cols): a run of one weight row, dequantized */
 static inline void dequantize_run(const int8_t *q, const float *scale, float *dst, int cols) {
     int c = 0;
-    for (; c + LANES <= cols; c += LANES) {
-        vb b;
-        memcpy(&b, q + c, sizeof b);
-        vstore(dst + c, __builtin_convertvector(__builtin_convertvector(b, vi), vf) * vload(scale + c));
-    }
+    for (; c + LANES <= cols; c += LANES) vstore(dst + c, widen_bytes(q + c) * vload(scale + c));
     for (; c < cols; c++) dst[c] = (float)q[c] * scale[c];
 }
 
