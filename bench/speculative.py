@@ -2,6 +2,7 @@
 draw an image's tokens and the whole request's, at parallel_size 1 and 8, guidance 5, temperature 1.
 
     python -m bench.speculative [--rounds 3] [--windows 2 4 8] [--sizes 1 8] [--variants] [--model-dir DIR]
+                                [--step-cost]
 
 The engine serves the checkpoint in this process. Each round runs one request of every mode (plain, then each
 window) with the round's seed, taking turns, so that a machine that speeds up or slows down moves them alike; the
@@ -11,6 +12,11 @@ rate and tokens per image forward (from the engine's observer), and the median o
 drafts (fresh noise at every redraft) and as plain SJD (independent drafts, positions past the fed ones drafted
 from the uniform distribution) beside the service's drafting. The load average is printed
 beside every round; the last line is one JSON object.
+
+`--step-cost` adds the Janus-Pro-1B shape (random weights, bf16 as JANUS_DTYPE=auto keeps them on the CPU): one step
+of 2 and 16 rows each appending 1, 2, 4, 8, 16 positions and each window's (image logits at every one) after a
+300-position prompt, median of a few, and from it and the demo model's tokens per image forward at parallel_size 1 an
+estimate of the drawing time of one 576-token image at each window (the real model's acceptance is not measured).
 """
 
 from __future__ import annotations
@@ -144,6 +150,46 @@ async def _generate(engine, params):  # noqa: ANN001, ANN202
     return await engine.submit(params).result()
 
 
+def step_cost_1b(rows_list: list[int], positions_list: list[int], repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Seconds of one step of the Janus-Pro-1B shape: rows x positions each appended after CONTEXT positions."""
+    import tempfile
+    import time
+
+    import numpy as np
+    import paddle
+
+    from bench.big_checkpoint import build
+    from bench.fullsize import BLOCK, ONE_IMAGE_PROMPT, decode_tables, one_image_prefill
+    from model.checkpoint.loader import load_janus
+    from model.kv_cache import RowBatch
+
+    context = 300
+    paddle.set_grad_enabled(False)
+    directory = build(Path(tempfile.gettempdir()) / "janus-1b-random", "1B")
+    janus, _ = load_janus(directory, cache_dir=Path(tempfile.gettempdir()) / "janus-bench-cache", keep_bf16=True)
+    longest = max(positions_list)
+    prompt_blocks = -(-len(ONE_IMAGE_PROMPT) // BLOCK)
+    own = -(-(context + longest + 1) // BLOCK) - context // BLOCK
+    cache = janus.new_cache(prompt_blocks + max(rows_list) * own, BLOCK)
+    prompt_table = list(range(prompt_blocks))
+    one_image_prefill(janus, cache, prompt_table)
+    out: dict[str, dict[str, float]] = {}
+    for rows in rows_list:
+        tables = decode_tables(prompt_table, rows, context, longest, prompt_blocks)
+        for positions in positions_list:
+            times = []
+            for _ in range(repeats + 1):  # the first warms up
+                tokens = paddle.zeros([rows, positions], "int64")
+                started = time.perf_counter()
+                hidden = janus.extend(janus.embed_image_tokens(tokens), cache, RowBatch.of(tables, [context] * rows))
+                janus.image_logits(hidden.reshape([-1, hidden.shape[-1]])).numpy()
+                times.append(time.perf_counter() - started)
+            step_s = float(np.median(times[1:]))
+            out.setdefault(f"{rows} rows", {})[f"{positions} positions"] = step_s
+            print(f"  1B shape: {rows} rows x {positions} positions: {1000 * step_s:8.1f} ms ({_load()})", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -151,6 +197,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--variants", action="store_true", help="also each window uncoupled and as plain SJD")
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the trained demo checkpoint")
+    parser.add_argument("--step-cost", action="store_true", help="also the Janus-Pro-1B shape's step cost")
     args = parser.parse_args()
     from model.demo import demo_model_dir
 
@@ -163,6 +210,19 @@ def main() -> None:
         accept = f"{r['acceptance']:.2f}" if r["acceptance"] is not None else "-"
         print(f"{name:<36} {r['forwards']:12.1f} {accept:>7} {r['tokens_per_image_forward']:8.2f} "
               f"{r['draw_s']:8.2f} {r['total_s']:8.2f} {r['fewer_forwards']:9.2f} {r['draw_speedup']:7.2f}")
+    if args.step_cost:
+        costs = step_cost_1b([2, 16], sorted({1, 2, 4, 8, 16, *(w + 1 for w in args.windows)}))
+        plain_s = 576 * costs["2 rows"]["1 positions"]
+        estimates = {"plain": plain_s}
+        for w in args.windows:
+            measured = results.get(f"parallel_size 1, window {w}")
+            fed = f"{w + 1} positions"
+            if measured and fed in costs["2 rows"]:
+                estimates[f"window {w}"] = 576 / measured["tokens_per_image_forward"] * costs["2 rows"][fed]
+        for name, seconds in estimates.items():
+            print(f"1B shape, one image (2 rows), {name}: {seconds:7.1f} s estimated ({plain_s / seconds:.2f} x)")
+        results["1B step_s"] = costs
+        results["1B one image estimate_s"] = estimates
     print(_load())
     print(json.dumps(results))
 
