@@ -20,7 +20,7 @@ from model import cpu_kernels
 
 GROUP_SIZE = 64  # weight rows per scale
 ROWS_MAX = 4  # rows up to which the streaming kernel runs; the blocked one above
-_CHUNK_GROUPS = 16  # groups quantized at a time: the float32 copy of a weight never exists whole
+_CHUNK_FLOATS = 1 << 24  # quantized at a time (64 MiB of float32): the float32 copy of a weight never exists whole
 
 
 def check_group(group: int) -> None:
@@ -39,7 +39,7 @@ def quantize(weight: np.ndarray, group: int = GROUP_SIZE) -> tuple[np.ndarray, n
     K, N = weight.shape
     q = np.empty((K, N), np.int8)
     scales = np.empty((scale_rows(K, group), N), np.float32)
-    step = group * _CHUNK_GROUPS
+    step = max(group, _CHUNK_FLOATS // max(N, 1) // group * group)  # whole groups
     for k0 in range(0, K, step):
         chunk = _as_float32(weight[k0:k0 + step])
         for g0 in range(0, chunk.shape[0], group):

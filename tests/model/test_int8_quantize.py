@@ -19,7 +19,7 @@ def _heavy_tailed(rng: np.random.Generator, K: int, N: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("K", "group"), [(1064, 64), (300, 64), (40, 8), (300, 304), (7, 8)])
 def test_quantize_keeps_every_weight_within_half_a_step_of_its_group_scale(K, group):
-    """K = 1064 spans more than one chunk of groups (quantize() works 16 groups at a time) and ends in a part group;
+    """K = 1064 ends in a part group;
     group 304 >= K is one scale per column."""
     rng = np.random.default_rng(K + group)
     w = _heavy_tailed(rng, K, 37)
@@ -78,3 +78,14 @@ def test_quantize_leaves_its_input_unchanged():
 def test_a_group_that_is_not_a_positive_multiple_of_8_is_refused(group):
     with pytest.raises(ValueError, match="multiple of 8"):
         int8.quantize(np.ones((16, 4), np.float32), group)
+
+
+def test_a_weight_quantized_in_chunks_matches_one_quantized_whole(monkeypatch):
+    """quantize() converts a few groups of rows to float32 at a time: the chunks' seams change nothing."""
+    rng = np.random.default_rng(4)
+    w = _heavy_tailed(rng, 1000, 24)
+    whole = int8.quantize(w, 32)
+    monkeypatch.setattr(int8, "_CHUNK_FLOATS", 24 * 96)  # three groups of 32 rows per chunk
+    chunked = int8.quantize(w, 32)
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_array_equal(whole[1], chunked[1])
