@@ -29,13 +29,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from model import runtime_env
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.gpu_pool import DeviceMemory
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,20 @@ class RunResult:
     step_ms: float  # median decode step (both requests' rows together while both run)
     text_tokens: list[int]
     image_tokens: list[list[int]]
+    setup: dict[str, str] = field(default_factory=dict)  # the kernels chosen, the KV pool and how it was sized
+
+
+def kernels_chosen(device: str, dtype: str) -> str:
+    """Which code computes the model on this device in this dtype."""
+    if device == "gpu":
+        return (f"Paddle's gpu ops in {dtype}: cuBLAS matmuls, attention as two matmuls around a float32 softmax "
+                "(no fused attention), RMSNorm in float32, cuDNN convolutions and GroupNorm (float32 statistics) "
+                "in the image decoder")
+    from model import cpu_kernels
+
+    if dtype == "float32" and cpu_kernels.library() is not None:
+        return "the project's fused CPU kernels (model/cpu_kernels), float32 arithmetic"
+    return f"Paddle's CPU ops in {dtype} (JANUS_CPU_KERNELS={cpu_kernels.mode()}: the fused kernels are not in use)"
 
 
 def _photo_like(size: int, seed: int) -> Any:
@@ -182,11 +199,13 @@ def _photo_like(size: int, seed: int) -> Any:
 
 
 def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False,
-             quantization: str = "none") -> RunResult:
+             quantization: str = "none", *, card: DeviceMemory | None = None, fraction: float = 0.9) -> RunResult:
     """Load the checkpoint on `device` in `dtype` (keep_bf16: its bf16 weights kept as bf16, as the CPU serves them
     with JANUS_DTYPE=auto), serve the two requests together through the engine, record.
 
     `perturb` multiplies every weight by (1 + perturb * noise): a deliberately wrong device, for testing the check.
+    `card`: size the KV pool from this card's memory as the server does on a gpu (a warm-up at the largest batch,
+    then what is left of `fraction`) instead of a fixed pool.
     """
     import paddle
 
@@ -212,7 +231,17 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, ke
     understand.stop_ids = ()  # run every step even if the random model says end-of-sentence
     generate = preprocessor.generate("a lighthouse on a rock at dusk", parallel_size=GENERATE_IMAGES, cfg_weight=5.0,
                                      temperature=0.0, seed=0, timeout_s=None)
-    engine = Engine(model, EngineConfig(max_rows=8, max_seq_len=max_seq_len, max_waiting=4))
+    setup, kv_blocks = {"kernels": kernels_chosen(device, dtype)}, None
+    if card is not None:
+        from service.engine.config import kv_block_bytes
+        from service.gpu_pool import size_pool
+
+        sizing = size_pool(model, card, fraction=fraction, block_bytes=kv_block_bytes(model, 16), block_size=16,
+                           max_rows=8, max_seq_len=max_seq_len)
+        kv_blocks, setup["kv pool"] = sizing.blocks, f"from the card: {sizing.describe()}"
+    engine = Engine(model, EngineConfig(max_rows=8, max_seq_len=max_seq_len, max_waiting=4, kv_blocks=kv_blocks))
+    setup.setdefault("kv pool", f"{engine.blocks.num_blocks} blocks "
+                                f"({engine.blocks.num_blocks * engine.block_bytes / 2**20:.1f} MiB)")
     started = time.perf_counter()
     engine.start()
     engine.warmup()
@@ -234,7 +263,7 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, ke
     weights = report.weights if quantization == "none" else f"{quantization} ({report.weights} elsewhere)"
     return RunResult(device, dtype, weights, recorder.traces, report.seconds, warmup_s,
                      1000 * statistics.median(recorder.prefill_s), 1000 * statistics.median(recorder.decode_s),
-                     list(text_result.token_ids), np.asarray(image_result.tokens).tolist())
+                     list(text_result.token_ids), np.asarray(image_result.tokens).tolist(), setup)
 
 
 @dataclass
@@ -277,17 +306,19 @@ class Report:
 
 
 def run_selftest(device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool = False,
-                 quantization: str = "none") -> Report:
+                 quantization: str = "none", *, card: DeviceMemory | None = None, fraction: float = 0.9) -> Report:
     """keep_bf16: the checkpoint stores bf16 and the run under test keeps it so (the CPU with JANUS_DTYPE=auto); the
     reference widens the same weights to float32. quantization "int8": the run under test holds int8 weights, the
-    reference is the same device, dtype and storage unquantized."""
+    reference is the same device, dtype and storage unquantized. card: the run under test sizes its KV pool from
+    this card's memory (the gpu's, as the server does)."""
     from model.tiny_checkpoint import build_tiny_checkpoint
 
     root = runtime_env.prepare_cache_dir()
     with tempfile.TemporaryDirectory(dir=root, prefix="selftest-") as folder:
         checkpoint = build_tiny_checkpoint(Path(folder) / "checkpoint", preset="tiny", seed=3,
                                            dtype="bfloat16" if keep_bf16 else "float32")
-        tested = run_once(checkpoint, device, dtype, perturb, keep_bf16, quantization)
+        tested = run_once(checkpoint, device, dtype, perturb, keep_bf16, quantization, card=card,
+                          fraction=fraction)
         if quantization == "none":
             reference = run_once(checkpoint, "cpu", "float32")
         else:
@@ -299,7 +330,8 @@ def run_selftest(device: str, dtype: str, perturb: float = 0.0, keep_bf16: bool 
                + (" (reference)" if run is reference else ""):
                {"load_s": run.load_s, "warmup_s": run.warmup_s, "prefill_ms": run.prefill_ms, "step_ms": run.step_ms}
                for run in (tested, reference)}
-    return Report(device, dtype, tested.weights, comparisons, timings, quantization=quantization)
+    return Report(device, dtype, tested.weights, comparisons, timings, setup=tested.setup,
+                  quantization=quantization)
 
 
 def main(argv: list[str]) -> int:
@@ -332,11 +364,16 @@ def main(argv: list[str]) -> int:
         print("error: device gpu was requested but this Paddle build has no CUDA support", file=sys.stderr)
         return 1
     from service.device import gpu_properties
+    from service.gpu_pool import CudaMemory
 
     gpu = gpu_properties() if settings.device == "gpu" else None
     choice = settings.dtype_choice(gpu)
     report = run_selftest(settings.device, choice.dtype, keep_bf16=settings.keep_bf16_weights,
-                          quantization=settings.quantization)
+                          quantization=settings.quantization, card=CudaMemory(gpu.total_bytes) if gpu else None,
+                          fraction=settings.gpu_memory_fraction)
     report.dtype_reason = choice.reason
+    if gpu is not None:
+        report.setup = {"card": f"{gpu.name}, compute capability {gpu.capability_text}, "
+                                f"{gpu.total_bytes / 2**30:.1f} GiB", **report.setup}
     print(json.dumps(report.to_json()) if args.json else report.describe())
     return 0 if report.passed else 1

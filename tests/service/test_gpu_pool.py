@@ -130,3 +130,22 @@ def test_info_reports_the_pool_and_what_it_holds(tiny_dir):
             assert "JANUS_KV_CACHE_MB" in refused.json()["error"]["message"]
     finally:
         live.stop()
+
+
+def test_the_self_test_sizes_its_pool_from_the_card_and_reports_it_with_the_kernels():
+    from model.tiny_checkpoint import preset_config
+    from service.memory_plan import kv_position_bytes
+    from service.selftest import run_selftest
+
+    block = kv_position_bytes(preset_config("tiny"), "float32") * 16
+    # a card whose share leaves room for 40 blocks beside the weights and the warm-up's peak
+    weights, activations = GiB, 512 * MiB
+    card = SimulatedCard(2 * GiB, weights, activations, probe=256 // 16 * block)
+    fraction = (weights + activations + 40 * block + block // 2) / (2 * GiB)
+    report = run_selftest("cpu", "float32", card=card, fraction=fraction)
+    assert report.passed, report.describe()
+    assert report.setup["kv pool"].startswith("from the card: 40 blocks")
+    assert "warm-up at 8 rows and 256 positions" in report.setup["kv pool"]
+    assert "kernels" in report.setup and report.to_json()["setup"] == report.setup
+    text = report.describe()
+    assert "  kv pool: from the card: 40 blocks" in text and "  kernels: " in text
