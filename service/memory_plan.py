@@ -119,6 +119,15 @@ def weight_bytes(cfg: JanusConfig, dtype: str, quantization: str = "none") -> in
     return held + other_parameters(cfg) * size
 
 
+def table_bytes(cfg: JanusConfig) -> int:
+    """Rotary tables, float32 whatever the dtype: the project's (cos and sin at full and half width) and the ones
+    each PaddleNLP attention layer builds at construction ([max positions, head_dim] cos and sin, and its inverse
+    frequencies), which the network holds although its forward uses the project's."""
+    lang = cfg.language
+    P, D = lang.max_position_embeddings, lang.head_dim
+    return 4 * (lang.num_hidden_layers * (2 * P * D + D // 2) + 3 * P * D)
+
+
 def kv_position_bytes(cfg: JanusConfig, dtype: str) -> int:
     """One position of one row over all layers, keys and values."""
     lang = cfg.language
@@ -206,6 +215,7 @@ class MemoryPlan:
     device_bytes: int
     fraction: float
     weights: int
+    tables: int  # rotary tables (float32)
     activations: int
     decoder: int
     decoder_images: int
@@ -218,7 +228,7 @@ class MemoryPlan:
 
     @property
     def in_use(self) -> int:
-        return self.weights + self.activations + self.decoder
+        return self.weights + self.tables + self.activations + self.decoder
 
     @property
     def fits(self) -> bool:
@@ -231,16 +241,17 @@ def plan(cfg: JanusConfig, device_bytes: int, dtype: str, quantization: str = "n
     """The memory of a server with these settings on a card of `device_bytes`; kv_cache_mb: an explicit pool."""
     seq = max_seq_len or cfg.language.max_position_embeddings
     weights = weight_bytes(cfg, dtype, quantization)
+    tables = table_bytes(cfg)
     activations = activation_bytes(cfg, dtype, max_rows, seq)
     images = min(MAX_PARALLEL_SIZE, max(1, max_rows // 2))
     decoder = decoder_bytes(cfg, dtype, images)
     block = kv_position_bytes(cfg, dtype) * block_size
     if kv_cache_mb is None:
-        budget = pool_from_card(device_bytes, fraction, weights + activations + decoder)
+        budget = pool_from_card(device_bytes, fraction, weights + tables + activations + decoder)
         source = f"what is left of {fraction:g} x the card"
     else:
         budget, source = kv_cache_mb * MiB, f"JANUS_KV_CACHE_MB={kv_cache_mb}"
     blocks = pool_blocks(budget, block, block_size, max_rows, seq)
     contents = pool_contents(cfg, blocks, block_size, max_rows, seq)
-    return MemoryPlan(dtype, quantization, device_bytes, fraction, weights, activations, decoder, images, block,
+    return MemoryPlan(dtype, quantization, device_bytes, fraction, weights, tables, activations, decoder, images, block,
                       blocks * block, source, contents, max_rows, seq)

@@ -91,6 +91,7 @@ def describe(result: MemoryPlan, cfg: JanusConfig, dtype_note: str, card: str) -
              f"{result.device_bytes / GiB:.1f} GiB, {dtype_note}, quantization {result.quantization}, max_rows "
              f"{result.max_rows}, max_seq_len {result.max_seq_len}",
              f"  weights        {_gib(result.weights)}",
+             f"  rotary tables  {_gib(result.tables)}  (float32)",
              f"  activations    {_gib(result.activations)}  (largest step: {result.max_rows} rows decoding at "
              f"{result.max_seq_len} positions, or a prompt of {result.max_seq_len}; estimate)",
              f"  image decoder  {_gib(result.decoder)}  ({result.decoder_images} images at once; estimate)",
@@ -103,8 +104,8 @@ def describe(result: MemoryPlan, cfg: JanusConfig, dtype_note: str, card: str) -
                      f"question; {c.generation_rows} generation rows at once; parallel_size up to "
                      f"{c.parallel_size}")
     elif result.in_use > share:
-        lines.append(f"does not fit: weights, activations and the decoder need {result.in_use / GiB:.2f} GiB of "
-                     f"the {share / GiB:.2f} GiB share. Lower --max-seq-len (the activations grow with it, "
+        lines.append(f"does not fit: weights, tables, activations and the decoder need {result.in_use / GiB:.2f} "
+                     f"GiB of the {share / GiB:.2f} GiB share. Lower --max-seq-len (the activations grow with it, "
                      "the prompt's quadratically) or --max-rows, or use --quantization int8")
     else:
         lines.append(f"does not fit: the KV pool of {result.pool / GiB:.2f} GiB does not fit beside the rest; "
@@ -115,7 +116,8 @@ def describe(result: MemoryPlan, cfg: JanusConfig, dtype_note: str, card: str) -
 def to_json(result: MemoryPlan) -> dict[str, Any]:
     c = result.contents
     return {"dtype": result.dtype, "quantization": result.quantization, "device_bytes": result.device_bytes,
-            "fraction": result.fraction, "weights_bytes": result.weights, "activation_bytes": result.activations,
+            "fraction": result.fraction, "weights_bytes": result.weights, "table_bytes": result.tables,
+            "activation_bytes": result.activations,
             "decoder_bytes": result.decoder, "decoder_images": result.decoder_images,
             "kv_pool_bytes": result.pool, "kv_block_bytes": result.block_bytes, "kv_pool_source": result.pool_source,
             "fits": result.fits, "max_rows": result.max_rows, "max_seq_len": result.max_seq_len,

@@ -21,12 +21,13 @@ from service.memory_plan import (
     plan,
     pool_blocks,
     pool_from_card,
+    table_bytes,
     weight_bytes,
 )
 
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[2]
-SIZES = {"float32": 4, "bfloat16": 2, "float16": 2}
+SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 
 
 def _lazy(cfg: JanusConfig, dtype: str = "float32"):
@@ -47,16 +48,45 @@ def test_the_parameter_count_from_config_json_is_the_networks(config):
     assert parameter_count(cfg) == sum(int(np.prod(p.shape)) for p in _lazy(cfg).parameters())
 
 
+def _tables(model) -> list:
+    """The rotary tables a loaded network holds: PaddleNLP's per-layer buffers and the project's own."""
+    rotary = model.backbone.rotary
+    return [b for _, b in model.named_buffers()] + [rotary.half_cos, rotary.half_sin, rotary.cos, rotary.signed_sin]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_weights_are_what_the_cpu_path_allocates_for_the_tiny_checkpoint(tmp_path, dtype):
+def test_weights_and_tables_are_what_the_cpu_path_allocates_for_the_tiny_checkpoint(tmp_path, dtype):
     from model.checkpoint.loader import load_janus
     from model.tiny_checkpoint import build_tiny_checkpoint
 
     directory = build_tiny_checkpoint(tmp_path / dtype, dtype=dtype)
     model, _ = load_janus(directory, dtype, cache_dir=False)
-    allocated = _tensor_bytes(model.parameters())
+    cfg = JanusConfig.from_file(directory / "config.json")
     assert {str(p.dtype) for p in model.parameters()} == {f"paddle.{dtype}"}
-    assert weight_bytes(JanusConfig.from_file(directory / "config.json"), dtype) == allocated
+    assert weight_bytes(cfg, dtype) == _tensor_bytes(model.parameters())
+    assert table_bytes(cfg) == _tensor_bytes(_tables(model))
+
+
+def test_int8_weights_are_what_the_cpu_loader_allocates_for_them(tmp_path):
+    """The planner's int8 arithmetic against the int8 weights and scales the CPU path actually holds."""
+    from model.checkpoint.loader import load_janus
+    from model.tiny_checkpoint import build_tiny_checkpoint
+
+    directory = build_tiny_checkpoint(tmp_path / "int8")
+    model, _ = load_janus(directory, "float32", cache_dir=False, quantization="int8")
+    held = _tensor_bytes(list(model.parameters()) + [b for _, b in model.named_buffers()])
+    cfg = JanusConfig.from_file(directory / "config.json")
+    rotary = model.backbone.rotary
+    paddlenlp_tables = table_bytes(cfg) - _tensor_bytes([rotary.half_cos, rotary.half_sin, rotary.cos,
+                                                         rotary.signed_sin])
+    assert weight_bytes(cfg, "float32", "int8") == held - paddlenlp_tables
+
+
+def test_the_1b_networks_rotary_tables_are_counted():
+    cfg = published_config("1B")
+    model = _lazy(cfg, "bfloat16")
+    assert table_bytes(cfg) == _tensor_bytes(_tables(model))
+    assert table_bytes(cfg) // MiB == 408  # 24 layers of [16384, 128] cos and sin in float32, and the project's
 
 
 def test_weights_are_the_1b_benchmark_checkpoints_bf16_tensors_the_loader_keeps():
