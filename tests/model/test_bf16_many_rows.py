@@ -5,7 +5,8 @@ without MKL, AVX2 without AVX-512, and the compiler's portable default (plain SS
 
 Its blocking (see linear_blocked.c): tiles of up to 3 (portable), 6 (AVX2) or 8 (AVX-512) rows by 16 or 32
 columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows. K = 300 is one panel and a part one,
-N = 547 two tasks and a part one whose last strip is partly filled."""
+N = 547 two tasks and a part one whose last strip is partly filled. The few-row kernel (up to 8 rows per pass) is
+checked the same way in each build, and `linear` with the kernels switched off."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def _product(lib, kernel: str, x: np.ndarray, bits: np.ndarray, bias: np.ndarray
     xt, weight = paddle.to_tensor(x), paddle.to_tensor(bits, dtype="bfloat16")
     bias_t = None if bias is None else paddle.to_tensor(bias)
     out = paddle.full([M, N], float("nan"), "float32")
-    done = getattr(lib, kernel)(xt.data_ptr(), weight.data_ptr(), None if bias_t is None else bias_t.data_ptr(),
-                                out.data_ptr(), M, K, N)
-    assert done == 1
+    function = getattr(lib, kernel)
+    done = function(xt.data_ptr(), weight.data_ptr(), None if bias_t is None else bias_t.data_ptr(), out.data_ptr(),
+                    M, K, N)
+    assert function.restype is None or done == 1  # the few-row kernel returns nothing
     return out.numpy()
 
 
@@ -103,6 +105,20 @@ def test_blocked_kernel_does_not_depend_on_the_rows_beside_a_row(built):
     np.testing.assert_array_equal(alone, together)
 
 
+@pytest.mark.parametrize("rows", range(1, 18))
+@pytest.mark.parametrize(("K", "N"), [(300, 547), (17, 5), (1, 40), (64, 2080)])
+def test_few_row_kernel_matches_float64_in_every_build(built, rows, K, N):
+    """janus_linear_rows_bf16, what `linear` calls up to BF16_ROWS_MAX rows, in each build: every row count of one
+    pass (up to 8 rows) and of two and three passes; K = 300 leaves each thread's range of weight rows a part group
+    of eight, N = 547 columns past its last 16-column vector, (17, 5) no vector at all, (1, 40) a single weight
+    row, (64, 2080) many vectors on one thread."""
+    _, lib = built
+    x, bits, bias = _case(rows * 7 + K, rows, K, N)
+    w = bf16_to_float32(bits)
+    assert_float32_close(_product(lib, "janus_linear_rows_bf16", x, bits, bias), x, w, bias)
+    assert_float32_close(_product(lib, "janus_linear_rows_bf16", x, bits, None), x, w, np.zeros(N))
+
+
 @pytest.mark.parametrize("rows", EVERY_ROW_COUNT)
 def test_linear_from_bf16_weights_matches_float64_at_every_row_count(kernel_build, rows):
     """Through `linear`, which picks the few-row kernel up to BF16_ROWS_MAX rows and the blocked one above."""
@@ -113,3 +129,16 @@ def test_linear_from_bf16_weights_matches_float64_at_every_row_count(kernel_buil
     out = linear(layer, paddle.to_tensor(x.reshape(rows, 1, 300)))
     assert out.shape == [rows, 1, 547]
     assert_float32_close(out.numpy().reshape(rows, 547), x, bf16_to_float32(bits), bias)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 9, 40, 127])
+def test_linear_from_bf16_weights_without_the_kernels_matches_float64(monkeypatch, rows):
+    """With the kernels switched off (JANUS_CPU_KERNELS=off) `linear` widens the weight and calls Paddle's matmul:
+    the same products."""
+    monkeypatch.setenv("JANUS_CPU_KERNELS", "off")
+    assert cpu_kernels.library() is None
+    x, bits, bias = _case(rows + 2000, rows, 300, 547)
+    layer = nn.Linear(300, 547)
+    layer.weight = paddle.base.framework.EagerParamBase.from_tensor(paddle.to_tensor(bits, dtype="bfloat16"))
+    layer.bias.set_value(bias)
+    assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, bf16_to_float32(bits), bias)
