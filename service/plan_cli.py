@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "gpu's; without one auto counts 2 bytes, bfloat16 and float16 alike]")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
                         help="[env JANUS_DTYPE; default auto]")
-    parser.add_argument("--quantization", choices=["none", "int8"], default="none",
+    parser.add_argument("--quantization", choices=["none", "int8"], default=None,
                         help="int8: the language model's Linear weights and the generation head as one byte each "
-                             "plus a float32 scale per 64 input columns [default none]")
+                             "plus a float32 scale per 64 input columns [env JANUS_QUANTIZATION; default none]")
     for name in ("max_rows", "max_seq_len", "kv_block_size", "kv_cache_mb", "gpu_memory_fraction"):
         field = Settings.model_fields[name]
         env = f"JANUS_{name.upper()}"
@@ -128,8 +128,8 @@ def to_json(result: MemoryPlan) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    given = {k: v for k in ("dtype", "max_rows", "max_seq_len", "kv_block_size", "kv_cache_mb", "gpu_memory_fraction")
-             if (v := getattr(args, k)) is not None}
+    names = ("dtype", "quantization", "max_rows", "max_seq_len", "kv_block_size", "kv_cache_mb", "gpu_memory_fraction")
+    given = {k: v for k in names if (v := getattr(args, k)) is not None}
     try:
         settings = Settings(device="gpu", **given)
         cfg = JanusConfig.from_file(args.model_dir / "config.json")
@@ -146,7 +146,7 @@ def main(argv: list[str]) -> int:
     else:
         dtype, note = settings.dtype, settings.dtype
     explicit = "kv_cache_mb" in settings.model_fields_set
-    result = plan(cfg, memory, dtype, args.quantization, fraction=settings.gpu_memory_fraction,
+    result = plan(cfg, memory, dtype, settings.quantization, fraction=settings.gpu_memory_fraction,
                   max_rows=settings.max_rows, max_seq_len=settings.max_seq_len, block_size=settings.kv_block_size,
                   kv_cache_mb=settings.kv_cache_mb if explicit else None)
     print(json.dumps(to_json(result)) if args.json else describe(result, cfg, note, card))
