@@ -137,6 +137,8 @@ def size_pool(model: JanusModel, memory: DeviceMemory, *, fraction: float, block
     blocks = pool_blocks(budget, block_bytes, block_size, max_rows, max_seq_len)
     source = (f"what is left of {fraction:g} x the card's {memory.total_bytes / 2**30:.1f} GiB after the weights "
               f"and a warm-up at {max_rows} rows and {max_seq_len} positions")
+    if blocks < budget // block_bytes:
+        source += f", capped at what {max_rows} rows of {max_seq_len} positions use"
     if blocks * block_size < max_seq_len:
         raise PoolTooSmall(_advice(
             f"the KV pool would hold {blocks * block_size} positions, less than one request of max_seq_len "

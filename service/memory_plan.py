@@ -252,6 +252,8 @@ def plan(cfg: JanusConfig, device_bytes: int, dtype: str, quantization: str = "n
     else:
         budget, source = kv_cache_mb * MiB, f"JANUS_KV_CACHE_MB={kv_cache_mb}"
     blocks = pool_blocks(budget, block, block_size, max_rows, seq)
+    if blocks < budget // block:
+        source += f", capped at what {max_rows} rows of {seq} positions use"
     contents = pool_contents(cfg, blocks, block_size, max_rows, seq)
     return MemoryPlan(dtype, quantization, device_bytes, fraction, weights, tables, activations, decoder, images, block,
                       blocks * block, source, contents, max_rows, seq)

@@ -180,6 +180,13 @@ def test_bigger_cards_hold_more_and_every_plan_stays_within_its_share(card_gib):
         assert 0.9 * card_gib * GiB - (result.in_use + result.pool) < result.block_bytes
 
 
+def test_a_pool_capped_by_max_rows_says_so():
+    capped = plan(published_config("1B"), 80 * GiB, "bfloat16", max_seq_len=1024)
+    assert capped.contents.blocks == 32 * 1024 // 16 and capped.pool_source.endswith(
+        "capped at what 32 rows of 1024 positions use")
+    assert "capped" not in plan(published_config("1B"), 16 * GiB, "bfloat16", max_seq_len=4096).pool_source
+
+
 def test_an_explicit_kv_cache_mb_overrides_the_card():
     result = plan(published_config("1B"), 80 * GiB, "bfloat16", max_seq_len=4096, kv_cache_mb=1024)
     assert result.pool == 1024 * MiB // result.block_bytes * result.block_bytes
