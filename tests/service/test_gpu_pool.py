@@ -68,14 +68,16 @@ def test_the_pool_takes_what_the_card_has_left_after_the_warm_up_at_the_largest_
     assert sizing.source.endswith("capped at what 6 rows of 256 positions use")  # the tiny model's rows are small
 
 
-def test_without_a_row_ceiling_in_reach_the_pool_is_what_is_left_to_a_block(tiny_model):
+def test_below_the_row_ceiling_the_pool_is_what_is_left_to_a_block(tiny_model):
     block = kv_block_bytes(tiny_model, 16)
     probe = -(-64 // 16) * block
-    card = SimulatedCard(int(1.5 * GiB), GiB, 64 * MiB, probe)
+    share = int(0.9 * 2 * GiB)
+    activations = 64 * MiB
+    weights = share - activations - 6 * block - block // 3  # leaves six blocks and a third
+    card = SimulatedCard(2 * GiB, weights, activations, probe)
     sizing = size_pool(tiny_model, card, fraction=0.9, block_bytes=block, block_size=16, max_rows=2,
                        max_seq_len=64)
-    left = int(0.9 * 1.5 * GiB) - GiB - 64 * MiB
-    assert sizing.blocks == min(left // block, 2 * 64 // 16)
+    assert sizing.blocks == 6 < 2 * 64 // 16 and "capped" not in sizing.source
 
 
 def test_a_card_too_small_for_one_request_stops_the_start_with_what_to_change(tiny_model):
