@@ -9,8 +9,9 @@
  *
  * The weights are read from memory once per call: each task takes WIDTH columns and copies DEPTH weight rows of
  * them at a time (long contiguous runs, the order memory streams best) into a panel of strips, STRIP columns wide
- * and contiguous down k, that stays in the core's L1/L2 while every row block of x passes over it. x is copied
- * once per call into row blocks laid out k-major, so that a tile's broadcasts read consecutive floats.
+ * and contiguous down k, that stays in the core's L1/L2 while every row block of x passes over it. Each thread
+ * copies x once per call (per pass of CHUNK_ROWS rows) into row blocks laid out k-major, so that a tile's
+ * broadcasts read consecutive floats.
  *
  * Each y value is bias + the products summed in order of k, in float32: the result does not depend on the thread
  * count or on how the columns are split into tasks.
@@ -173,14 +174,21 @@ static void pack_rows(const float *x, int64_t K, int M, int depth, float *xs) {
     }
 }
 
-/* One task: y[M, WIDTH columns from n0] for a chunk of at most CHUNK_ROWS rows. */
-static void run_task(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N, int n0,
-                     float *xs, uint16_t *panel) {
+/* xs = x [M rows of stride K] packed by pack_rows for every panel of DEPTH columns, panel p at p * M * DEPTH */
+static void pack_all_rows(const float *x, int K, int M, float *xs) {
+    for (int k0 = 0; k0 < K; k0 += DEPTH)
+        pack_rows(x + k0, K, M, K - k0 < DEPTH ? K - k0 : DEPTH, xs + (int64_t)(k0 / DEPTH) * M * DEPTH);
+}
+
+/* One task: y[M, WIDTH columns from n0] for a chunk of at most CHUNK_ROWS rows, from its x packed by pack_all_rows
+ * (once per thread and chunk, not once per task: the copy is scalar, and redone for each of a product's N / WIDTH
+ * tasks it cost about a sixteenth of the multiply-adds). */
+static void run_task(const float *xs, const uint16_t *w, const float *bias, float *y, int M, int K, int N, int n0,
+                     uint16_t *panel) {
     const int blocks = (M + TILE_ROWS - 1) / TILE_ROWS;
     const int cols = N - n0 < WIDTH ? N - n0 : WIDTH, strips = (cols + STRIP - 1) / STRIP;
-    for (int k0 = 0; k0 < K; k0 += DEPTH) {
+    for (int k0 = 0; k0 < K; k0 += DEPTH, xs += (int64_t)M * DEPTH) {
         const int depth = K - k0 < DEPTH ? K - k0 : DEPTH;
-        pack_rows(x + k0, K, M, depth, xs);
         pack_panel(w + (int64_t)k0 * N + n0, N, depth, cols, panel);
         for (int j = 0; j < strips; j++) {
             const int c0 = n0 + j * STRIP, width = cols - j * STRIP < STRIP ? cols - j * STRIP : STRIP;
@@ -193,8 +201,7 @@ static void run_task(const float *x, const uint16_t *w, const float *bias, float
     }
 }
 
-#define CHUNK_ROWS 128 /* rows per pass over the weights (their copy of x stays in L2) */
-#define XS_FLOATS (CHUNK_ROWS * DEPTH)
+#define CHUNK_ROWS 128 /* rows per pass over the weights (a panel's worth of their copy of x stays in L2) */
 #define PANEL_FLOATS ((WIDTH / STRIP) * STRIP_STRIDE / 2)
 
 /* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N] contiguous. Returns 0 (y untouched)
@@ -208,10 +215,13 @@ int janus_linear_blocked_bf16(const float *x, const uint16_t *w, const float *bi
     }
     const int tasks = (N + WIDTH - 1) / WIDTH;
     const int threads = (int64_t)M * K * N >= (1 << 20) && tasks > 1 ? omp_get_max_threads() : 1;
+    /* a thread's copy of x for a chunk: every panel of K, DEPTH floats per row each (a multiple of 64 bytes: the
+     * weight panel after it stays aligned) */
+    const int64_t xs_floats = (int64_t)(M < CHUNK_ROWS ? M : CHUNK_ROWS) * ((K + DEPTH - 1) / DEPTH) * DEPTH;
     int ok = 1;
 #pragma omp parallel num_threads(threads)
     {
-        float *xs = scratch_buffer(XS_FLOATS + PANEL_FLOATS);
+        float *xs = scratch_buffer(xs_floats + PANEL_FLOATS);
         if (!xs) {
 #pragma omp atomic write
             ok = 0;
@@ -220,12 +230,17 @@ int janus_linear_blocked_bf16(const float *x, const uint16_t *w, const float *bi
         int all_ok;
 #pragma omp atomic read
         all_ok = ok;
+        int packed = -1; /* the chunk whose rows xs holds */
         for (int m0 = 0; all_ok && m0 < M; m0 += CHUNK_ROWS) {
             const int rows = M - m0 < CHUNK_ROWS ? M - m0 : CHUNK_ROWS;
 #pragma omp for schedule(monotonic: dynamic) nowait /* libiomp5 has no nonmonotonic entry points */
-            for (int t = 0; t < tasks; t++)
-                run_task(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, rows, K, N, t * WIDTH, xs,
-                         (uint16_t *)(xs + XS_FLOATS));
+            for (int t = 0; t < tasks; t++) {
+                if (packed != m0) {
+                    pack_all_rows(x + (int64_t)m0 * K, K, rows, xs);
+                    packed = m0;
+                }
+                run_task(xs, w, bias, y + (int64_t)m0 * N, rows, K, N, t * WIDTH, (uint16_t *)(xs + xs_floats));
+            }
         }
     }
     return ok;
