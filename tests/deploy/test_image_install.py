@@ -137,9 +137,10 @@ def test_cpu_image_install_path_serves_from_a_fresh_venv(tmp_path):
             assert server.poll() is None, log.read_text()[-4000:]
             ready = http.get("/ready")
             assert ready.status_code == 200, log.read_text()[-4000:]
-            assert ready.json()["random_weights"] is True
+            assert ready.json()["random_weights"] is False  # the built-in demo model, trained on shapes
             info = http.get("/info").json()
             assert info["device"] == "cpu" and info["dtype"] == "float32"
+            assert info["description"] == "a small demo model trained on synthetic shapes, not Janus-Pro"
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=120) in (0, -signal.SIGTERM)
     finally:
