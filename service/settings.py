@@ -66,10 +66,10 @@ class Settings(BaseSettings):
         "off", description="Generation: jacobi verifies a window of draft image tokens per image in each step "
                            "(speculative Jacobi decoding: fewer steps, the same distribution); requests may say "
                            "otherwise (`speculative`).")
-    speculative_window: int = Field(4, ge=1, le=64, description="Draft image tokens per image and step with "
+    speculative_window: int = Field(8, ge=1, le=64, description="Draft image tokens per image and step with "
                                                                 "speculative decoding.")
     speculative_positions: int = Field(
-        32, ge=0, description="Positions a speculative request's rows may feed in one step: a request of many "
+        48, ge=0, description="Positions a speculative request's rows may feed in one step: a request of many "
                               "images gets a smaller window, none when even one draft each would not fit (0: no "
                               "limit).")
     decode_threads: int = Field(0, ge=0, description="CPU: threads of the image decoder while requests run beside it "

@@ -30,9 +30,9 @@ class EngineConfig:
     decode_threads: int = 0
     images_per_decode: int = 1  # CPU: images per VQ-decoder call (the GPU decodes a request's images at once)
     speculative: bool = False  # generations verify windows of draft image tokens unless a request says otherwise
-    speculative_window: int = 4  # drafts per image and step when speculative
+    speculative_window: int = 8  # drafts per image and step when speculative
     # positions a speculative request's rows may feed in one step (its window shrinks to fit; 0: no limit)
-    speculative_positions: int = 0
+    speculative_positions: int = 48
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "progress_every", "images_per_decode", "kv_cache_mb", "block_size",

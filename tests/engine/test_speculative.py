@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +16,14 @@ from service.engine.previews import grey_undrawn, partial_tokens
 from service.engine.speculative import speculation_for
 from service.engine.types import GenerateResult, PreviewEvent, ProgressEvent, UnderstandResult
 from tests.service.helpers import plain_decode
+
+
+def _until_idle(engine) -> None:
+    for _ in range(12000):
+        if engine.images.idle:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the image decoder never became idle")
 
 
 async def _results(engine, params_list):
@@ -30,7 +39,7 @@ def test_greedy_speculative_tokens_equal_plain_ones_in_a_mixed_batch(make_engine
     load += [understand_params(seed=s, temperature=0.0, max_new_tokens=12) for s in (4, 5)]
     plain = asyncio.run(_results(make_engine(), load))
     speculative = [dataclasses.replace(p, speculative=True) if p.kind == "generate" else p for p in load]
-    engine = make_engine(speculative_window=window)
+    engine = make_engine(speculative_window=window, speculative_positions=0)  # every request gets the window
     together = asyncio.run(_results(engine, speculative))
     for alone, mixed in zip(plain, together, strict=True):
         if isinstance(alone, UnderstandResult):
@@ -62,7 +71,10 @@ def test_progress_counts_tokens_and_previews_show_the_drawing(make_engine, gener
     async def collect():
         return [e async for e in engine.submit(params).events()]
 
+    # a preview the drawing overtakes is skipped: to see it, each step waits until the decoder has nothing to do
+    engine.fault_hook = lambda request: _until_idle(engine)
     events = asyncio.run(collect())
+    engine.fault_hook = None
     result = events[-1].result
     assert isinstance(result, GenerateResult)
     assert [e.steps_done for e in events if isinstance(e, ProgressEvent)] == list(range(2, total + 1, 2))

@@ -83,9 +83,10 @@ def _exact_joint(model, prompt: list[int], pad_id: int) -> np.ndarray:
     return joint.reshape(-1)
 
 
-def _sample_images(model, params: GenerateParams, speculative: bool, window: int) -> np.ndarray:
+def _sample_images(model, params: GenerateParams, speculative: bool, window: int) -> tuple[np.ndarray, float]:
+    """The images of SAMPLES draws as joint cells, and the mean forwards a request took."""
     engine = Engine(model, EngineConfig(max_rows=8 * 2 * PARALLEL, max_seq_len=64, max_waiting=2000,
-                                        speculative=speculative, speculative_window=window))
+                                        speculative=speculative, speculative_window=window, speculative_positions=0))
     engine.start()
     engine.warmup()
     try:
@@ -98,7 +99,8 @@ def _sample_images(model, params: GenerateParams, speculative: bool, window: int
     finally:
         engine.shutdown(drain_timeout_s=0)
     tokens = np.concatenate([r.tokens for r in results])
-    return np.ravel_multi_index(tokens.T, [VOCAB] * tokens.shape[1])
+    forwards = float(np.mean([r.timings.forward_passes for r in results]))
+    return np.ravel_multi_index(tokens.T, [VOCAB] * tokens.shape[1]), forwards
 
 
 def _goodness_of_fit(cells: np.ndarray, joint: np.ndarray) -> float:
@@ -121,5 +123,7 @@ def test_images_follow_the_exact_joint_distribution(small_model, tiny_tokenizer,
     assert joint.max() < 0.3 and (joint > 1 / joint.size / 4).sum() > 20  # no image dominates: a test with teeth
     params = GenerateParams(prompt_ids=prompt, pad_id=tok.pad_id, image_tokens=small_model.cfg.gen_vision.num_tokens,
                             parallel_size=PARALLEL, cfg_weight=CFG_WEIGHT, temperature=TEMPERATURE)
-    cells = _sample_images(small_model, params, speculative, window)
+    cells, forwards = _sample_images(small_model, params, speculative, window)
     assert _goodness_of_fit(cells, joint) > 1e-3
+    positions = small_model.cfg.gen_vision.num_tokens
+    assert forwards < positions if speculative else forwards == positions  # drafts were verified, and kept
