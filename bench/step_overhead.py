@@ -39,7 +39,7 @@ def forward_step_s(directory: Path, weights: str, steps: int) -> float:
 
 def service_step_s(directory: Path, weights: str, source: Path | None) -> dict:
     log = Path(tempfile.gettempdir()) / "janus-step-overhead-server.log"
-    env = {"JANUS_DTYPE": "auto" if weights == "bfloat16" else "float32", "JANUS_MAX_WAITING": "4"}
+    env = {"JANUS_DTYPE": "auto" if weights == "bfloat16" else "float32"}
     with server_process(directory, max_rows=4, max_seq_len=1024, log_path=log, source=source, extra_env=env,
                         ready_timeout_s=1800) as (base, _):
         body = {"prompt": "a lighthouse at dusk", "parallel_size": 1, "cfg_weight": 5.0, "seed": 1, "format": "png"}
