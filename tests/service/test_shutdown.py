@@ -1,7 +1,7 @@
 """SIGTERM on a `janus-serve` process: stop accepting, let in-flight work finish within the drain time, exit.
 
-The server runs the built-in demo checkpoint (no model directory): a generation takes hundreds of steps there, so a
-request is surely still running when the signal arrives.
+The server runs the random-weights demo checkpoint: a generation takes hundreds of steps there (the built-in demo
+model draws in 64), so a request is surely still running when the signal arrives.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model.tiny_checkpoint import demo_checkpoint_dir
 from tests.service.helpers import sse_events, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def serve(tmp_path):
         log = tmp_path / f"server-{port}.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port), "--max-rows", "4",
-             "--progress-every", "8", *flags],
+             "--progress-every", "8", "--model-dir", str(demo_checkpoint_dir()), *flags],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         started.append(process)
         url = f"http://127.0.0.1:{port}"
