@@ -122,18 +122,21 @@ class RecordingRunner:
     def __init__(self, runner: Any, labels: dict[str, str]) -> None:
         self._runner = runner
         self._labels = labels  # request id -> name in the report
-        self.traces: dict[str, Trace] = {}
+        # keyed by request id, not label: the engine thread may run a request's first step before its submitter
+        # has written the label (a step recorded under no label was lost, and the two runs' traces then differed)
+        self._by_id: dict[str, Trace] = {}
         self.prefill_s: list[float] = []
         self.decode_s: list[float] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)
 
+    @property
+    def traces(self) -> dict[str, Trace]:
+        return {self._labels[rid]: trace for rid, trace in self._by_id.items() if rid in self._labels}
+
     def _record(self, request: Any, logits: np.ndarray) -> None:
-        label = self._labels.get(request.id)
-        if label is None:
-            return
-        trace = self.traces.setdefault(label, Trace())
+        trace = self._by_id.setdefault(request.id, Trace())
         logits = np.array(logits, dtype=np.float32, copy=True)
         if logits.ndim == 1:
             logits = logits[None]

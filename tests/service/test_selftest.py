@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.selftest import TOLERANCES, Trace, compare, run_selftest
+from service.selftest import TOLERANCES, RecordingRunner, Trace, compare, run_selftest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,3 +130,24 @@ def test_a_run_that_stops_early_counts_as_a_disagreement():
     ref = _trace([[0, 5, 1], [3, 0, 1], [0, 0, 9]])
     result = compare("x", ref, _trace([[0, 5, 1], [3, 0, 1]]), 1e-3)
     assert not result.tokens_agree and result.first_disagreement == 2 and not result.passed
+
+
+def test_the_recorder_keeps_steps_the_engine_ran_before_the_request_was_labelled():
+    """The engine thread may run a request's first step before `engine.submit`'s caller writes its label: that
+    step belongs to the trace all the same (it was dropped, and the self-test failed now and then under load)."""
+    from types import SimpleNamespace
+
+    class Request:  # hashable, as the engine's requests are: the runner's logits are keyed by them
+        id, params = "req-1", SimpleNamespace(guided=False)
+
+    request = Request()
+    plans = iter([SimpleNamespace(prefill=True), SimpleNamespace(prefill=False)])
+    steps = iter([np.array([0.0, 2.0, 1.0]), np.array([3.0, 1.0, 0.0])])
+    runner = SimpleNamespace(forward=lambda plan, failed: {request: next(steps)},
+                             sample=lambda plan, logits, failed: "sampled")
+    labels: dict[str, str] = {}
+    recorder = RecordingRunner(runner, labels)
+    assert recorder.run(next(plans)) == "sampled"  # the prefill, before the label exists
+    labels["req-1"] = "understanding"
+    recorder.run(next(plans))
+    assert recorder.traces["understanding"].tokens == [[1], [0]]
