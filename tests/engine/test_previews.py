@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 
 from service.engine.image_decoder import DecodeKind
 from service.engine.previews import GREY, grey_undrawn
 from service.engine.types import FinishedEvent, GenerateParams, GenerateResult, PreviewEvent, ProgressEvent
-from tests.service.helpers import DecodeGate, plain_decode
-
-
-def _until_idle(engine) -> None:
-    for _ in range(12000):
-        if engine.images.idle:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("the image decoder never became idle")
+from tests.service.helpers import DecodeGate, plain_decode, wait_for_decoder_idle
 
 
 def _params(previews: int, image_tokens: int = 576) -> GenerateParams:
@@ -85,7 +76,7 @@ def test_streamed_previews_show_the_drawing_so_far_and_change_no_result(make_eng
     # Previews are decoded beside the loop, and one that the drawing overtakes is skipped: to see every one, the
     # engine waits (in the step after a preview step) until the decoder has nothing left to do.
     engine.fault_hook = lambda request: (
-        _until_idle(engine) if request.steps_done in request.preview_steps else None)
+        wait_for_decoder_idle(engine) if request.steps_done in request.preview_steps else None)
     events, neighbour_events, reader_events = asyncio.run(together())
     engine.fault_hook = None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 
 import numpy as np
 import pytest
@@ -15,15 +14,7 @@ from service.engine import EngineConfig
 from service.engine.previews import grey_undrawn, partial_tokens
 from service.engine.speculative import speculation_for
 from service.engine.types import GenerateResult, PreviewEvent, ProgressEvent, UnderstandResult
-from tests.service.helpers import plain_decode
-
-
-def _until_idle(engine) -> None:
-    for _ in range(12000):
-        if engine.images.idle:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("the image decoder never became idle")
+from tests.service.helpers import plain_decode, wait_for_decoder_idle
 
 
 async def _results(engine, params_list):
@@ -72,7 +63,7 @@ def test_progress_counts_tokens_and_previews_show_the_drawing(make_engine, gener
         return [e async for e in engine.submit(params).events()]
 
     # a preview the drawing overtakes is skipped: to see it, each step waits until the decoder has nothing to do
-    engine.fault_hook = lambda request: _until_idle(engine)
+    engine.fault_hook = lambda request: wait_for_decoder_idle(engine)
     events = asyncio.run(collect())
     engine.fault_hook = None
     result = events[-1].result

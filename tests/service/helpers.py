@@ -281,3 +281,12 @@ def run_in_one_batch(
     for thread, _ in sent:
         thread.join(120)
     return [out["reply"] for _, out in sent], gate.running
+
+
+def wait_for_decoder_idle(engine) -> None:
+    """Until the engine's image decoder has nothing queued or running (at most two minutes)."""
+    for _ in range(12000):
+        if engine.images.idle:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the image decoder never became idle")
