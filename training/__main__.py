@@ -1,4 +1,4 @@
-"""Train the demo model: `python -m training --out DIR [--seed N] [--lm-steps N] [--decoder-steps N]`.
+"""Train the demo model: `python -m training --out DIR [--seed N] [--decoder-steps N] [--vision-steps N] [...]`.
 
 Progress bars go to stderr, the loss log to DIR/training_log.txt, a summary to DIR/training.json. The default
 options are the ones the committed demo checkpoint (`model/demo_checkpoint/`) was trained with.
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the checkpoint (created)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--decoder-steps", type=int, default=defaults.decoder_steps)
+    parser.add_argument("--vision-steps", type=int, default=defaults.vision_steps)
     parser.add_argument("--lm-steps", type=int, default=defaults.lm_steps)
     parser.add_argument("--codebook-pictures", type=int, default=defaults.codebook_pictures)
     parser.add_argument("--generation-pool", type=int, default=defaults.generation_pool)
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.pipeline import Options, train_demo  # after the environment is set (see _options_class)
 
-    options = Options(seed=args.seed, decoder_steps=args.decoder_steps, lm_steps=args.lm_steps,
+    options = Options(seed=args.seed, decoder_steps=args.decoder_steps, vision_steps=args.vision_steps,
+                      lm_steps=args.lm_steps,
                       codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
                       decoded_pool=min(Options().decoded_pool, args.generation_pool),
                       check_pictures=args.check_pictures)

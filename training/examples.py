@@ -27,7 +27,7 @@ from model.tokenizer import JanusTokenizer
 from training.patch_codebook import PatchCodebook
 from training.scenes import QUESTIONS, Scene, answer, prompt_for, question_for, random_scene, render
 
-DROP_PROMPT = 0.1  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
+DROP_PROMPT = 0.15  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
 NO_SYSTEM_PROMPT = 0.15  # understanding prompts without the default system prompt
 MAX_TURNS = 3  # questions about one picture in one training conversation (every answer is learned)
 

@@ -3,9 +3,11 @@
 1. tokenizer: byte-level BPE on the grammar's texts (`demo_config.tokenizer_corpus`);
 2. image tokens: a k-means codebook of 8 x 8 patches of generated-style pictures (`patch_codebook`);
 3. VQ decoder: learns to draw the pictures back from their tokens (`decoder_training`);
-4. the rest, jointly: vision encoder, aligners, language model and both heads, on generation and understanding
-   examples in every step (`examples`, `losses`);
-5. a quick check with the plain reference loops (`model.reference`), then the checkpoint (`export`).
+4. vision encoder: edge detectors in its patch embedding, then a few minutes naming shapes, colours, sizes and
+   places through a throwaway head (`vision_pretraining`);
+5. the rest, jointly: vision encoder, aligners, language model and both heads, on generation and understanding
+   examples in every step (`examples`, `losses`), the image-token embeddings started from the codebook's;
+6. a quick check with the plain reference loops (`model.reference`), then the checkpoint (`export`).
 
 Same seed, same machine: same weights. The CPU kernels are switched off (Paddle's own ops have gradients); the
 caller sets JANUS_CPU_KERNELS=off before anything imports the model (`training.__main__` does).
@@ -48,6 +50,7 @@ from training.optimisation import Progress, init_transformer_weights, optimiser,
 from training.patch_codebook import PatchCodebook, train_codebook
 from training.quick_check import quick_check
 from training.scenes import random_scene, render
+from training.vision_pretraining import pretrain_vision, start_with_edge_filters
 
 GENERATION_BACKGROUNDS = 0.15  # share of generation pictures on a coloured background
 
@@ -59,12 +62,14 @@ class Options:
     codebook_iterations: int = 15
     decoder_steps: int = 1200
     decoder_batch: int = 8
+    vision_steps: int = 600
+    vision_batch: int = 32
     generation_pool: int = 20000  # scenes whose image tokens the language model learns to draw
     decoded_pool: int = 2000  # of those, pictures drawn by the trained decoder, for understanding
-    lm_steps: int = 1800
+    lm_steps: int = 2000
     generation_batch: int = 24
     understanding_batch: int = 12  # conversations of 1-3 questions
-    token_noise: float = 0.15  # input image tokens replaced by random ones (see examples.generation_batch)
+    token_noise: float = 0.05  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
     check_pictures: int = 60  # held-out pictures for the quick check (0: none)
 
@@ -111,8 +116,20 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
     processor = ImageProcessor.from_dir(out)
     codec = Codec(tokenizer, processor, codebook, cfg.vision.num_tokens)
     init_transformer_weights(model, rng, cfg.language.num_hidden_layers)
-    lm_history = train_language_model(model, codec, pool, pool_tokens, drawn, options, rng, log)
     timings["lm_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    start_with_edge_filters(model.vision_model)
+    vision_history = pretrain_vision(model.vision_model, processor, options.vision_steps, options.vision_batch,
+                                     rng, log=log)
+    timings["vision_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    # what an image token means to the language model, from the start: its patch's colour and edge (as for the
+    # decoder's codebook), not a random vector the model must first learn to tell from the others
+    model.gen_embed.weight.set_value(codebook_embedding(codebook))
+    lm_history = train_language_model(model, codec, pool, pool_tokens, drawn, options, rng, log)
+    timings["lm_s"] += time.perf_counter() - mark
 
     check = {}
     if options.check_pictures:
@@ -122,7 +139,7 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
     write_checkpoint(model, out, out, {"prompts": list(SUGGESTED_PROMPTS), "questions": list(SUGGESTED_QUESTIONS)})
     timings["total_s"] = time.perf_counter() - started
     summary = {"options": asdict(options), "timings": timings, "quick_check": check,
-               "losses": {"decoder": decoder_history[-1:], "lm": lm_history[-1:]}}
+               "losses": {"decoder": decoder_history[-1:], "vision": vision_history[-1:], "lm": lm_history[-1:]}}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -27,11 +27,12 @@ def test_short_training_lowers_every_loss_and_writes_a_servable_checkpoint(tmp_p
     env = {**os.environ, "JANUS_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("JANUS_CPU_KERNELS", None)  # the trainer switches the kernels off itself
     out = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "training", "--out", str(out), "--decoder-steps", "100", "--lm-steps",
-                    "100", "--codebook-pictures", "600", "--generation-pool", "600", "--check-pictures", "0"],
+    subprocess.run([sys.executable, "-m", "training", "--out", str(out), "--decoder-steps", "100", "--vision-steps",
+                    "100", "--lm-steps", "100", "--codebook-pictures", "600", "--generation-pool", "600",
+                    "--check-pictures", "0"],
                    cwd=ROOT, env=env, check=True, timeout=1800)
     log = (out / "training_log.txt").read_text()
-    for stage, name in (("decoder", "mse"), ("model", "generation"), ("model", "understanding")):
+    for stage, name in (("decoder", "mse"), ("vision", "total"), ("model", "generation"), ("model", "understanding")):
         values = _losses(log, stage, name)
         assert len(values) == 4 and values[-1] < 0.7 * values[0], (stage, name, values)
     summary = json.loads((out / "training.json").read_text())
