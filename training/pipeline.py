@@ -69,7 +69,7 @@ class Options:
     lm_steps: int = 2000
     generation_batch: int = 24
     understanding_batch: int = 12  # conversations of 1-3 questions
-    token_noise: float = 0.05  # input image tokens replaced by random ones (see examples.generation_batch)
+    token_noise: float = 0.1  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
     check_pictures: int = 60  # held-out pictures for the quick check (0: none)
 
