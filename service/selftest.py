@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,10 +228,10 @@ def run_once(checkpoint: Path, device: str, dtype: str, perturb: float = 0.0, ke
             param.set_value(paddle.to_tensor(noisy).astype(param.dtype))
     max_seq_len = 256
     preprocessor = Preprocessor.from_dir(checkpoint, model.cfg, max_seq_len)
-    understand = preprocessor.understand("What is in this picture?", [_photo_like(model.cfg.vision.image_size, 7)],
-                                         system_prompt=None, max_new_tokens=UNDERSTAND_TOKENS, temperature=0.0,
-                                         top_p=1.0, seed=0, timeout_s=None)
-    understand.stop_ids = ()  # run every step even if the random model says end-of-sentence
+    asked = preprocessor.understand("What is in this picture?", [_photo_like(model.cfg.vision.image_size, 7)],
+                                    system_prompt=None, max_new_tokens=UNDERSTAND_TOKENS, temperature=0.0, top_p=1.0,
+                                    seed=0, timeout_s=None)
+    understand = replace(asked, stop_ids=())  # run every step even if the random model says end-of-sentence
     generate = preprocessor.generate("a lighthouse on a rock at dusk", parallel_size=GENERATE_IMAGES, cfg_weight=5.0,
                                      temperature=0.0, seed=0, timeout_s=None)
     setup, kv_blocks = {"kernels": kernels_chosen(device, dtype)}, None
