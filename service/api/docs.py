@@ -166,12 +166,14 @@ def stream_response(description: str, events: dict[str, type[BaseModel]], exampl
 
 TIMINGS_EXAMPLE = {"queued_s": 0.002, "prefill_s": 0.081, "decode_s": 1.93, "total_s": 2.013}
 UNDERSTAND_EXAMPLE = {
-    "id": "req-7", "model": "Janus-Pro-1B", "text": "A red fox is sitting in the snow.", "finish_reason": "stop",
-    "usage": {"prompt_tokens": 640, "completion_tokens": 10}, "seed": 2718281828, "timings": TIMINGS_EXAMPLE,
+    "id": "req-5c1e9a02-7", "model": "Janus-Pro-1B", "text": "A red fox is sitting in the snow.",
+    "finish_reason": "stop", "usage": {"prompt_tokens": 640, "completion_tokens": 10}, "seed": 2718281828,
+    "timings": TIMINGS_EXAMPLE,
     "random_weights": False,
 }
 GENERATE_EXAMPLE = {
-    "id": "req-9", "model": "Janus-Pro-1B", "images": [{"index": 0, "data": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}],
+    "id": "req-5c1e9a02-9", "model": "Janus-Pro-1B",
+    "images": [{"index": 0, "data": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}],
     "format": "jpeg", "media_type": "image/jpeg", "width": 384, "height": 384, "seed": 42,
     "timings": {**TIMINGS_EXAMPLE, "forward_passes": 576}, "random_weights": False,
 }

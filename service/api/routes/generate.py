@@ -51,14 +51,15 @@ Every response says `random_weights`: true means the server runs a demo model wi
 """
 
 STREAM_EXAMPLE = (
-    'event: progress\ndata: {"id":"req-9","steps_done":16,"steps_total":576}\n\n'
-    'event: progress\ndata: {"id":"req-9","steps_done":32,"steps_total":576}\n\n'
-    'event: preview\ndata: {"id":"req-9","steps_done":288,"steps_total":576,"format":"jpeg",'
+    'event: progress\ndata: {"id":"req-5c1e9a02-9","steps_done":16,"steps_total":576}\n\n'
+    'event: progress\ndata: {"id":"req-5c1e9a02-9","steps_done":32,"steps_total":576}\n\n'
+    'event: preview\ndata: {"id":"req-5c1e9a02-9","steps_done":288,"steps_total":576,"format":"jpeg",'
     '"media_type":"image/jpeg","images":[{"index":0,"data":"/9j/4AAQ..."}]}\n\n'
     '...\n\n'
-    'event: progress\ndata: {"id":"req-9","steps_done":576,"steps_total":576}\n\n'
-    'event: decoding\ndata: {"id":"req-9","images":1}\n\n'
-    'event: done\ndata: {"id":"req-9","model":"Janus-Pro-1B","images":[{"index":0,"data":"/9j/4AAQ..."}],...}\n\n'
+    'event: progress\ndata: {"id":"req-5c1e9a02-9","steps_done":576,"steps_total":576}\n\n'
+    'event: decoding\ndata: {"id":"req-5c1e9a02-9","images":1}\n\n'
+    'event: done\ndata: {"id":"req-5c1e9a02-9","model":"Janus-Pro-1B",'
+    '"images":[{"index":0,"data":"/9j/4AAQ..."}],...}\n\n'
 )
 
 

@@ -41,9 +41,10 @@ Every response says `random_weights`: true means the server runs a demo model wi
 """
 
 STREAM_EXAMPLE = (
-    'event: delta\ndata: {"id":"req-7","text":"A red"}\n\n'
-    'event: delta\ndata: {"id":"req-7","text":" fox."}\n\n'
-    'event: done\ndata: {"id":"req-7","model":"Janus-Pro-1B","text":"A red fox.","finish_reason":"stop",...}\n\n'
+    'event: delta\ndata: {"id":"req-5c1e9a02-7","text":"A red"}\n\n'
+    'event: delta\ndata: {"id":"req-5c1e9a02-7","text":" fox."}\n\n'
+    'event: done\ndata: {"id":"req-5c1e9a02-7","model":"Janus-Pro-1B","text":"A red fox.",'
+    '"finish_reason":"stop",...}\n\n'
 )
 
 
