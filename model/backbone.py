@@ -39,11 +39,26 @@ def llama_config(cfg: LanguageConfig) -> LlamaConfig:
     )
 
 
+def share_rotary_tables(lm: LlamaForCausalLM) -> None:
+    """One rotary table for every layer of PaddleNLP's Llama instead of one each.
+
+    Each of its attention layers builds float32 cos and sin tables of max_position_embeddings x head_dim: 16 MiB a
+    layer at Janus-Pro's 16,384 positions, 384 MiB over the 1B's 24 layers and 480 MiB over the 7B's 30, all
+    holding the same values. The forward here never reads them (`Rotary` computes its own); PaddleNLP's forward,
+    which the reference loops run (`model.reference`), does, so they stay, once.
+    """
+    layers = lm.llama.layers
+    first = layers[0].self_attn.rotary_emb
+    for layer in layers[1:]:
+        layer.self_attn.rotary_emb = first
+
+
 class Backbone:
     def __init__(self, lm: LlamaForCausalLM, cfg: LanguageConfig) -> None:
         self.lm = lm
         self.cfg = cfg
         self.rotary = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        share_rotary_tables(lm)
 
     def embed_tokens(self, ids: paddle.Tensor) -> paddle.Tensor:
         """ids [B, T] -> token embeddings [B, T, hidden]."""

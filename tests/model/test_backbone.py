@@ -202,3 +202,20 @@ def test_a_large_pool_takes_memory_only_for_the_blocks_written(tiny_model, resid
     hidden = _prefill(tiny_model, cache, ids, mask, tables)
     assert resident_mib() - before < 64
     np.testing.assert_allclose(hidden, _fresh_prefill(tiny_model, ROWS), rtol=1e-5, atol=1e-5)
+
+
+def test_every_layer_reads_one_rotary_table_holding_the_rope_angles(tiny_model):
+    """PaddleNLP's per-layer cos/sin tables (16 MiB a layer at 16k positions) are one shared table; its values
+    are still RoPE's, computed here in numpy, so PaddleNLP's forward (the reference loops) is unchanged."""
+    cfg = tiny_model.cfg.language
+    layers = tiny_model.language_model.llama.layers
+    assert len(layers) > 1
+    tables = {id(layer.self_attn.rotary_emb.cos_cached) for layer in layers}
+    tables |= {id(layer.self_attn.rotary_emb.sin_cached) for layer in layers}
+    assert len(tables) == 2
+    inverse = 1.0 / cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim)
+    angles = np.arange(cfg.max_position_embeddings)[:, None] * inverse[None]
+    angles = np.concatenate([angles, angles], axis=1)
+    rotary = layers[-1].self_attn.rotary_emb
+    np.testing.assert_allclose(rotary.cos_cached.numpy()[0, :, 0], np.cos(angles), atol=2e-4)
+    np.testing.assert_allclose(rotary.sin_cached.numpy()[0, :, 0], np.sin(angles), atol=2e-4)
