@@ -120,12 +120,12 @@ def weight_bytes(cfg: JanusConfig, dtype: str, quantization: str = "none") -> in
 
 
 def table_bytes(cfg: JanusConfig) -> int:
-    """Rotary tables, float32 whatever the dtype: the project's (cos and sin at full and half width) and the ones
-    each PaddleNLP attention layer builds at construction ([max positions, head_dim] cos and sin, and its inverse
-    frequencies), which the network holds although its forward uses the project's."""
+    """Rotary tables, float32 whatever the dtype: the project's (cos and sin at full and half width) and the one
+    PaddleNLP's attention layers share ([max positions, head_dim] cos and sin, and the inverse frequencies: the
+    reference loops read it; `model.backbone.share_rotary_tables`)."""
     lang = cfg.language
     P, D = lang.max_position_embeddings, lang.head_dim
-    return 4 * (lang.num_hidden_layers * (2 * P * D + D // 2) + 3 * P * D)
+    return 4 * ((2 * P * D + D // 2) + 3 * P * D)
 
 
 def kv_position_bytes(cfg: JanusConfig, dtype: str) -> int:
