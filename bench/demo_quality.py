@@ -3,6 +3,7 @@ and Pillow, not the model).
 
     python -m bench.demo_quality                    # the committed demo checkpoint, a server started here
     python -m bench.demo_quality --model-dir DIR    # another trained checkpoint (python -m training --out DIR)
+    python -m bench.demo_quality --quantization int8  # the server holding int8 weights (JANUS_QUANTIZATION)
 
 - generation: every colour x shape, four seeds each, guidance 5 and temperature 1 (and guidance 1 for the
   colour: how much guidance matters); the requested colour and shape as the judge sees them;
@@ -135,15 +136,20 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the committed demo checkpoint")
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none",
+                        help="how the server holds the weights (JANUS_QUANTIZATION)")
     args = parser.parse_args()
     from model.demo import demo_model_dir
 
     model_dir = args.model_dir or demo_model_dir()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with server_process(model_dir, 32, 1024, RESULTS / "server-demo-quality.log") as (base, _):
+    suffix = "" if args.quantization == "none" else f"_{args.quantization}"
+    with server_process(model_dir, 32, 1024, RESULTS / f"server-demo-quality{suffix}.log",
+                        extra_env={"JANUS_QUANTIZATION": args.quantization}) as (base, _):
         result = measure(base)
     result["model_dir"] = str(model_dir)
-    (RESULTS / "demo_quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["quantization"] = args.quantization
+    (RESULTS / f"demo_quality{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
 
 

@@ -1,6 +1,6 @@
 """The playground's first screen with the built-in demo model: it says what the model is, a suggested prompt
-draws in the colour it names, and a suggested question about the example picture is answered with its colour and a
-shape (judged by training.judge on the page's own images and by the picture's recorded colour)."""
+draws the colour and shape it names, and a suggested question about the example picture is answered with its colour
+and shape (judged by training.judge on the page's own images and by the picture's recorded colour and shape)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_the_banner_says_it_is_a_demo_model_trained_on_shapes(demo, tab):
     expect(page.locator("#model-line")).to_contain_text("demo model")
 
 
-def test_a_suggested_prompt_draws_its_colour(demo, tab):
+def test_a_suggested_prompt_draws_its_colour_and_shape(demo, tab):
     watched = tab(demo).open()
     page = watched.page
     page.get_by_role("tab", name="Generate images").click()
@@ -47,22 +47,28 @@ def test_a_suggested_prompt_draws_its_colour(demo, tab):
     watched.screenshot("demo-suggested-prompt")
     data = image.get_attribute("src").split(",", 1)[1]
     verdict = judge(Image.open(io.BytesIO(base64.b64decode(data))))
-    # the shape is right about half the time (README, The demo model): the colour is what it has learned
-    assert verdict.colour == "red" and verdict.shape is not None, verdict
+    assert verdict.colour == "red" and verdict.shape == "circle", verdict
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_suggested_question_about_the_example_picture_names_its_colour(demo, tab, seed):
-    watched = tab(demo).open()
+def _ask_about_an_example_picture(watched, seed: int) -> tuple[str, str, str]:
+    """(colour, shape, answer): the page's example picture (its random choices seeded), asked about with the
+    suggested question."""
     page = watched.page
     page.evaluate(f"() => {{ let s = {seed}; Math.random = () => (s = (s * 16807) % 2147483647) / 2147483647; }}")
     page.get_by_role("button", name="Add an example picture").click()
     expect(page.locator("#picked img")).to_have_count(1)
     drawn = page.get_by_role("button", name="Add an example picture")
-    colour = drawn.get_attribute("data-colour")
+    colour, shape = drawn.get_attribute("data-colour"), drawn.get_attribute("data-shape")
     page.locator("#u-suggestions").get_by_role("button", name="What is in this picture?").click()
     page.get_by_role("button", name="Ask", exact=True).click()
     expect(page.locator("#understand-status")).to_have_text(re.compile(r"^Done: "))
     answer = page.locator(".turn.assistant .text").last.text_content().lower()
     watched.screenshot(f"demo-example-question-{seed}")
-    assert colour in answer and any(name in answer for name in ("circle", "square", "triangle")), (colour, answer)
+    return colour, shape, answer
+
+
+def test_a_suggested_question_about_the_example_picture_names_its_colour_and_shape(demo, tab):
+    asked = [_ask_about_an_example_picture(tab(demo).open(), seed) for seed in range(1, 7)]
+    # bench.demo_quality: the colour in every answer, the shape in 85% (chance: a third)
+    assert all(colour in answer for colour, _, answer in asked), asked
+    assert sum(shape in answer for _, shape, answer in asked) >= 4, asked

@@ -1,6 +1,6 @@
 """The built-in demo model through a real server: it is what a server without a model folder serves, it says what
-it is everywhere, and it draws and names the colours asked about (judged by `training.judge`, numpy and Pillow; a small
-sample of bench.demo_quality's table, on pictures and seeds the training never saw)."""
+it is everywhere, and it draws and names the colours and shapes asked about (judged by `training.judge`, numpy and
+Pillow; a small sample of bench.demo_quality's table, on pictures and seeds the training never saw)."""
 
 from __future__ import annotations
 
@@ -64,12 +64,12 @@ def test_draws_the_colour_asked_for(demo):
         verdicts = [judge(picture) for picture in pool.map(draw, asks)]
     colours = sum(v.colour == colour for v, (colour, _) in zip(verdicts, asks, strict=True))
     shapes = sum(v.shape == shape for v, (_, shape) in zip(verdicts, asks, strict=True))
-    # one seed per prompt, all in one batch; bench.demo_quality has the full table (four seeds per prompt). The
-    # shape is right about half the time (chance: a third), so only the colour is held to a bar here.
-    assert colours >= 16 and shapes >= 7, (colours, shapes, verdicts)
+    # one seed per prompt, all in one batch; bench.demo_quality has the full table (four seeds per prompt: colour
+    # 99%, shape 65% at this guidance). Chance would be 3 colours and 6 shapes of 18.
+    assert colours >= 16 and shapes >= 9, (colours, shapes, verdicts)
 
 
-def test_names_the_colour_of_pictures_it_never_saw(demo):
+def test_names_the_colour_and_shape_of_pictures_it_never_saw(demo):
     pictures = probes(1, seed=2026)
     client = OpenAI(base_url=f"{demo.url}/v1", api_key="unused")
 
@@ -83,6 +83,8 @@ def test_names_the_colour_of_pictures_it_never_saw(demo):
         described = list(pool.map(lambda p: ask(p.picture, "What is in this picture?"), pictures))
         shaped = list(pool.map(lambda p: ask(p.picture, "What shape is it?"), pictures))
     colours = sum(p.colour in text for p, text in zip(pictures, described, strict=True))
-    # shapes are at chance on these pictures (README, The demo model): every answer names one, that is all
-    assert colours >= 14, (colours, described)
-    assert all(any(name in text for name in ("circle", "square", "triangle")) for text in described + shaped), shaped
+    shapes = sum(p.shape in text for p, text in zip(pictures, described, strict=True))
+    asked = sum(p.shape in text for p, text in zip(pictures, shaped, strict=True))
+    # bench.demo_quality on 72 such pictures: colour 100%, shape 85% described and 82% asked (chance: a third)
+    assert colours >= 16, (colours, described)
+    assert shapes >= 12 and asked >= 12, (shapes, asked, described, shaped)
