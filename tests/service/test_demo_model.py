@@ -48,7 +48,7 @@ def test_says_what_it_is_in_info_and_on_every_response(demo):
             assert reply.headers["x-random-weights"] == "false"
 
 
-def test_draws_the_colour_asked_for(demo):
+def test_draws_the_colour_and_shape_asked_for(demo):
     asks = [(colour, shape) for colour in PROBE_COLOURS for shape in PROBE_SHAPES]
 
     def draw(ask: tuple[str, str]) -> Image.Image:
