@@ -30,13 +30,10 @@ from PIL import Image
 from bench.service_load import server_process
 from training.judge import judge
 from training.probes import PROBE_COLOURS, PROBE_SHAPES, probes
+from training.scenes import article
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (101, 102, 103, 104)  # not seeds the training used for anything
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def _png(picture: Image.Image) -> str:
@@ -69,15 +66,16 @@ def measure(base: str, workers: int = 8) -> dict:
 
     # generation
     asks = [(c, s, seed) for c in PROBE_COLOURS for s in PROBE_SHAPES for seed in SEEDS]
-    guided = list(pool.map(lambda a: generate(api, f"{_article(a[0])} {a[0]} {a[1]}", a[2], 5.0), asks))
-    unguided = list(pool.map(lambda a: generate(api, f"{_article(a[0])} {a[0]} {a[1]}", a[2], 1.0), asks))
+    guided = list(pool.map(lambda a: generate(api, f"{article(a[0])} {a[0]} {a[1]}", a[2], 5.0), asks))
+    unguided = list(pool.map(lambda a: generate(api, f"{article(a[0])} {a[0]} {a[1]}", a[2], 1.0), asks))
     verdicts = [judge(p) for p in guided]
+    verdicts_cfg1 = [judge(p) for p in unguided]
     out["generation"] = {
         "images": len(asks),
         "colour": sum(v.colour == a[0] for v, a in zip(verdicts, asks, strict=True)) / len(asks),
         "shape": sum(v.shape == a[1] for v, a in zip(verdicts, asks, strict=True)) / len(asks),
-        "colour_cfg1": sum(judge(p).colour == a[0] for p, a in zip(unguided, asks, strict=True)) / len(asks),
-        "shape_cfg1": sum(judge(p).shape == a[1] for p, a in zip(unguided, asks, strict=True)) / len(asks),
+        "colour_cfg1": sum(v.colour == a[0] for v, a in zip(verdicts_cfg1, asks, strict=True)) / len(asks),
+        "shape_cfg1": sum(v.shape == a[1] for v, a in zip(verdicts_cfg1, asks, strict=True)) / len(asks),
     }
 
     # understanding

@@ -11,7 +11,7 @@ from model import reference
 from model.janus import JanusModel
 from training.examples import Codec, varied_picture
 from training.judge import judge
-from training.scenes import COLOURS, SHAPES, random_scene
+from training.scenes import COLOURS, SHAPES, article, random_scene
 
 
 def quick_check(model: JanusModel, codec: Codec, rng: np.random.Generator, pictures: int) -> dict[str, float]:
@@ -27,7 +27,7 @@ def quick_check(model: JanusModel, codec: Codec, rng: np.random.Generator, pictu
     drawn = {"colour": 0, "shape": 0}
     prompts = [(colour, shape) for colour in COLOURS for shape in SHAPES]
     for index, (colour, shape) in enumerate(prompts):
-        prompt_ids = np.asarray(codec.generation_ids(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"))
+        prompt_ids = np.asarray(codec.generation_ids(f"{article(colour)} {colour} {shape}"))
         tokens = reference.generate(model, prompt_ids, tok.pad_id, cfg_weight=5.0, temperature=1.0, seed=index)
         with paddle.no_grad():
             image = model.decode_images(paddle.to_tensor(tokens))[0]

@@ -17,6 +17,7 @@ from service.runtime import default_model_dir
 from tests.service.helpers import start_server, test_settings
 from training.judge import judge
 from training.probes import PROBE_COLOURS, PROBE_SHAPES, probes
+from training.scenes import article
 
 DESCRIPTION = "a small demo model trained on synthetic shapes, not Janus-Pro"
 
@@ -53,9 +54,8 @@ def test_draws_the_colour_and_shape_asked_for(demo):
 
     def draw(ask: tuple[str, str]) -> Image.Image:
         colour, shape = ask
-        article = "an" if colour[0] in "aeiou" else "a"
         with demo.client(timeout=300) as http:
-            reply = http.post("/generate", json={"prompt": f"{article} {colour} {shape}", "seed": 2026,
+            reply = http.post("/generate", json={"prompt": f"{article(colour)} {colour} {shape}", "seed": 2026,
                                                  "cfg_weight": 5, "temperature": 1, "format": "png"})
         assert reply.status_code == 200, reply.text
         return Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]["data"])))
