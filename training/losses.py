@@ -16,7 +16,10 @@ from model.janus import JanusModel
 from training.examples import GenerationBatch, UnderstandingBatch
 
 
-def generation_loss(model: JanusModel, batch: GenerationBatch) -> paddle.Tensor:
+def generation_loss(model: JanusModel, batch: GenerationBatch) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """(the cross-entropy of every row's next image token, the twins' agreement): the mean over the twins' positions
+    of KL(c || u), c the conditional row's distribution held fixed (it learns from its tokens alone), u its
+    unconditional twin's (`examples.generation_examples` says why); zero without twins."""
     B, T = batch.ids.shape
     embeds = model.embed_text(paddle.to_tensor(batch.ids))
     C = embeds.shape[-1]
@@ -24,7 +27,15 @@ def generation_loss(model: JanusModel, batch: GenerationBatch) -> paddle.Tensor:
     flat = paddle.scatter(embeds.reshape([B * T, C]), paddle.to_tensor(batch.image_positions), images)
     hidden = model.causal_forward(flat.reshape([B, T, C])).reshape([B * T, C])
     logits = model.image_logits(paddle.gather(hidden, paddle.to_tensor(batch.target_positions)))
-    return F.cross_entropy(logits, paddle.to_tensor(batch.targets)[:, None])
+    drawing = F.cross_entropy(logits, paddle.to_tensor(batch.targets)[:, None])
+    if not len(batch.twins):
+        return drawing, paddle.zeros([])
+    tokens = len(batch.targets) // B  # target positions are row after row, `tokens` each
+    by_row = logits.reshape([B, tokens, -1])
+    conditional = F.log_softmax(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 0])).detach(), axis=-1)
+    unconditional = F.log_softmax(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 1])), axis=-1)
+    agreement = (conditional.exp() * (conditional - unconditional)).sum(-1).mean()
+    return drawing, agreement
 
 
 def understanding_loss(model: JanusModel, batch: UnderstandingBatch, image_id: int) -> paddle.Tensor:

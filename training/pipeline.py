@@ -40,7 +40,7 @@ from training.demo_config import (
 from training.examples import (
     Codec,
     generation_batch,
-    generation_example,
+    generation_examples,
     understanding_batch,
     understanding_example,
 )
@@ -60,14 +60,14 @@ class Options:
     seed: int = 0
     codebook_pictures: int = 4000
     codebook_iterations: int = 15
-    decoder_steps: int = 1200
+    decoder_steps: int = 1000
     decoder_batch: int = 8
     vision_steps: int = 600
     vision_batch: int = 32
     generation_pool: int = 20000  # scenes whose image tokens the language model learns to draw
     decoded_pool: int = 2000  # of those, pictures drawn by the trained decoder, for understanding
     lm_steps: int = 2000
-    generation_batch: int = 24
+    generation_batch: int = 20  # pictures, and a quarter of them again unprompted (examples.GUIDANCE_TWINS)
     understanding_batch: int = 12  # conversations of 1-3 questions
     token_noise: float = 0.1  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
@@ -179,8 +179,8 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
     model.train()
     for step in range(options.lm_steps):
         chosen = rng.integers(len(pool), size=options.generation_batch)
-        generation = generation_batch([generation_example(codec, pool[i], pool_tokens[i], rng) for i in chosen], rng,
-                                      options.token_noise, model.cfg.gen_vision.image_token_size)
+        pictures = generation_examples(codec, [pool[i] for i in chosen], pool_tokens[chosen], rng)
+        generation = generation_batch(pictures, rng, options.token_noise, model.cfg.gen_vision.image_token_size)
         examples = []
         for _ in range(options.understanding_batch):
             if len(drawn) and rng.random() < DECODED_SHARE:
@@ -189,12 +189,12 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
             else:
                 examples.append(understanding_example(codec, rng))
         understanding = understanding_batch(examples)
-        drawing = generation_loss(model, generation)
+        drawing, agreement = generation_loss(model, generation)
         answering = understanding_loss(model, understanding, image_id)
-        (drawing + answering).backward()
+        (drawing + agreement + answering).backward()
         opt.step()
         opt.clear_grad()
         schedule.step()
-        progress.update(step, generation=float(drawing), understanding=float(answering))
+        progress.update(step, generation=float(drawing), agreement=float(agreement), understanding=float(answering))
     model.eval()
     return progress.history

@@ -118,3 +118,79 @@ def test_scenes_render_what_they_say(codec):
         scene = random_scene(rng, coloured_background=0.3, jitter_colours=True)
         verdict = judge(render(scene, 96))
         assert (verdict.colour, verdict.shape, verdict.background) == (scene.colour, scene.shape, scene.background)
+
+
+def test_a_twin_is_fed_what_its_conditional_row_is_fed_noise_included_with_the_prompt_dropped(codec):
+    from training.examples import generation_examples
+
+    rng = np.random.default_rng(3)
+    scenes = [random_scene(rng) for _ in range(8)]
+    tokens = rng.integers(16, size=(8, 64))
+    examples = generation_examples(codec, scenes, tokens, rng)
+    assert [e.twin for e in examples] == [None] * 8 + [0, 1]  # a quarter of the pictures again
+    batch = generation_batch(examples, rng, noise=0.5, vocabulary=16)
+    assert batch.twins.tolist() == [[0, 8], [1, 9]]
+    fed = batch.image_inputs.reshape(10, 63)
+    for conditional, twin in batch.twins:
+        assert np.array_equal(fed[conditional], fed[twin])
+        assert (fed[twin] != tokens[conditional][:63]).sum() > 10  # noised, and the same noise
+        assert np.array_equal(batch.targets.reshape(10, 64)[twin], tokens[conditional])
+    assert (fed[2] != fed[3]).any() and (fed[5] != tokens[5][:63]).sum() > 10  # other rows noised on their own
+    pad = codec.tokenizer.pad_id
+    for conditional, twin in batch.twins:  # the engine's unconditional row: BOS, padding, <begin_of_image>
+        prompt = examples[conditional].prompt_ids
+        assert examples[twin].prompt_ids == [prompt[0], *[pad] * (len(prompt) - 2), prompt[-1]]
+        assert set(prompt[1:-1]) != {pad}
+
+
+def test_a_twin_must_follow_a_row_with_its_picture(codec):
+    from training.examples import GenerationExample
+
+    tokens = np.arange(64)
+    with pytest.raises(ValueError, match="twin of row 1"):
+        generation_batch([GenerationExample([1, 2], tokens), GenerationExample([1, 0], tokens, twin=1)])
+    with pytest.raises(ValueError, match="same picture"):
+        generation_batch([GenerationExample([1, 2], tokens), GenerationExample([1, 0], tokens[::-1].copy(), twin=0)])
+
+
+def _row_log_probs(model, batch, row: int) -> np.ndarray:
+    """One row's next-image-token log-probabilities, run alone (numpy's log-softmax on the network's logits)."""
+    import paddle
+
+    P = int(batch.target_positions[row * 64] % batch.ids.shape[1]) + 1
+    ids = batch.ids[row:row + 1, :P + 63]
+    embeds = model.embed_text(paddle.to_tensor(ids))
+    images = model.embed_image_tokens(paddle.to_tensor(batch.image_inputs[row * 63:(row + 1) * 63]))
+    embeds = paddle.concat([embeds[:, :P], images.unsqueeze(0)], axis=1)
+    logits = model.image_logits(model.causal_forward(embeds)[0, P - 1:]).numpy().astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def test_the_agreement_loss_is_the_kl_of_each_conditional_row_to_its_twin(codec):
+    import paddle
+
+    from model.janus import JanusModel
+    from training.examples import GenerationExample, generation_examples
+    from training.losses import generation_loss
+
+    paddle.seed(0)
+    model = JanusModel(demo_config())
+    model.eval()
+    rng = np.random.default_rng(4)
+    scenes = [random_scene(rng) for _ in range(8)]
+    tokens = rng.integers(16, size=(8, 64))
+    batch = generation_batch(generation_examples(codec, scenes, tokens, rng), rng, 0.1, 16)
+    with paddle.no_grad():
+        drawing, agreement = generation_loss(model, batch)
+        expected = []
+        for conditional, twin in batch.twins:
+            c, u = _row_log_probs(model, batch, conditional), _row_log_probs(model, batch, twin)
+            expected.append((np.exp(c) * (c - u)).sum(-1).mean())
+        assert float(agreement) == pytest.approx(np.mean(expected), rel=1e-3, abs=1e-6)
+        assert float(agreement) > 1e-3
+        # a "twin" that keeps the prompt agrees exactly; without twins the term is zero
+        same = [GenerationExample(codec.generation_ids("a red circle"), tokens[0]),
+                GenerationExample(codec.generation_ids("a red circle"), tokens[0], twin=0)]
+        assert float(generation_loss(model, generation_batch(same))[1]) == pytest.approx(0, abs=1e-5)
+        assert float(generation_loss(model, generation_batch(same[:1]))[1]) == 0
