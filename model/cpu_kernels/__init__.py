@@ -69,10 +69,11 @@ _SIGNATURES = {
     # int8 weights with a scale per group of weight rows (model.cpu_kernels.int8)
     **{name: [_P, _P, _P, _I, _P, _P, _I, _I, _I]
        for name in ("janus_linear_rows_int8", "janus_linear_blocked_int8", "janus_linear_int8")},
+    "janus_int8_rows_activation_bits": [],
 }
 # 0: no memory for the kernel's buffers (the output is untouched)
 _RETURNS = {"janus_linear_bf16": _I, "janus_linear_blocked_bf16": _I, "janus_linear_rows_int8": _I,
-            "janus_linear_blocked_int8": _I, "janus_linear_int8": _I}
+            "janus_linear_blocked_int8": _I, "janus_linear_int8": _I, "janus_int8_rows_activation_bits": _I}
 
 
 class KernelBuildError(RuntimeError):

@@ -12,6 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
+from model import cpu_kernels
 from model.checkpoint import keys, safetensors_io
 from model.checkpoint.loader import load_janus
 from model.cpu_kernels import int8
@@ -94,9 +95,14 @@ def test_int8_network_computes_what_its_dequantized_weights_do(models):
     np.testing.assert_allclose(_understanding_logits(quantized, cfg), _understanding_logits(dequantized, cfg),
                                rtol=0, atol=1e-4)
     prompt = np.random.default_rng(3).integers(10, cfg.language.vocab_size, 10)
-    for rows in (2, 9):
+    # The streaming kernel (2 rows) rounds activations to int16 on AVX-512BW CPUs: 1/65534 of a chunk's largest |x|,
+    # which moves these logits by up to ~3e-4 (measured 2.4e-4): far under what a lost weight row or a wrong scale
+    # does, and under the weights' own rounding (the next test allows 2% of the logits' range for it).
+    lib = cpu_kernels.library()
+    streaming = 1e-3 if lib and lib.janus_int8_rows_activation_bits() == 16 else 1e-4
+    for rows, atol in ((2, streaming), (9, 1e-4)):
         np.testing.assert_allclose(_image_logits(quantized, prompt, rows), _image_logits(dequantized, prompt, rows),
-                                   rtol=0, atol=1e-4)
+                                   rtol=0, atol=atol)
     texts = [greedy_text(m, prompt, None, IMAGE_ID, eos_id=-1, max_new_tokens=16) for m in (quantized, dequantized)]
     assert texts[0] == texts[1] and len(texts[0]) == 16
     tokens = [greedy_image(m, prompt, pad_id=0, cfg_weight=5.0) for m in (quantized, dequantized)]
