@@ -30,12 +30,20 @@ def generation_loss(model: JanusModel, batch: GenerationBatch) -> tuple[paddle.T
     drawing = F.cross_entropy(logits, paddle.to_tensor(batch.targets)[:, None])
     if not len(batch.twins):
         return drawing, paddle.zeros([])
-    tokens = len(batch.targets) // B  # target positions are row after row, `tokens` each
-    by_row = logits.reshape([B, tokens, -1])
-    conditional = F.log_softmax(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 0])).detach(), axis=-1)
-    unconditional = F.log_softmax(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 1])), axis=-1)
+    vocabulary = logits.shape[-1]
+    by_row = logits.reshape([B, -1])  # target positions are row after row, the same number each
+    conditional = _log_probs(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 0])).detach(), vocabulary)
+    unconditional = _log_probs(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 1])), vocabulary)
     agreement = (conditional.exp() * (conditional - unconditional)).sum(-1).mean()
     return drawing, agreement
+
+
+def _log_probs(rows: paddle.Tensor, vocabulary: int) -> paddle.Tensor:
+    """log-softmax over the last `vocabulary` values, written out: Paddle's CPU log_softmax took 140 ms forward on
+    [320, 2048] (and most of a training step with its backward), this 3.5 ms."""
+    logits = rows.reshape([-1, vocabulary])
+    shifted = logits - logits.max(-1, keepdim=True).detach()
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
 
 def understanding_loss(model: JanusModel, batch: UnderstandingBatch, image_id: int) -> paddle.Tensor:
