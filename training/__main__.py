@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-steps", type=int, default=defaults.lm_steps)
     parser.add_argument("--codebook-pictures", type=int, default=defaults.codebook_pictures)
     parser.add_argument("--generation-pool", type=int, default=defaults.generation_pool)
+    parser.add_argument("--guidance-twins", type=float, default=defaults.guidance_twins,
+                        help="share of drawing pictures also drawn unprompted, agreeing with their prompted row")
     parser.add_argument("--check-pictures", type=int, default=defaults.check_pictures,
                         help="held-out pictures for the check after training (0: skip it)")
     args = parser.parse_args(argv)
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                       lm_steps=args.lm_steps,
                       codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
                       decoded_pool=min(Options().decoded_pool, args.generation_pool),
-                      check_pictures=args.check_pictures)
+                      check_pictures=args.check_pictures, guidance_twins=args.guidance_twins)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "training_log.txt", "w") as log:
         summary = train_demo(args.out, options, log=log)

@@ -27,7 +27,7 @@ from model.tokenizer import JanusTokenizer
 from training.patch_codebook import PatchCodebook
 from training.scenes import QUESTIONS, Scene, answer, prompt_for, question_for, random_scene, render
 
-GUIDANCE_TWINS = 0.25  # pictures of a drawing batch drawn a second time with the prompt dropped (see `twins`)
+DROP_PROMPT = 0.15  # generation prompts replaced by padding (the unconditional half of classifier-free guidance)
 NO_SYSTEM_PROMPT = 0.15  # understanding prompts without the default system prompt
 MAX_TURNS = 3  # questions about one picture in one training conversation (every answer is learned)
 
@@ -77,30 +77,37 @@ class Codec:
         return [*self.tokenizer.encode_plain(" " + text), self.tokenizer.eos_id]
 
 
-def generation_examples(codec: Codec, scenes: list[Scene], tokens: np.ndarray,
-                        rng: np.random.Generator) -> list[GenerationExample]:
-    """Each picture with a prompt it satisfies, then a quarter of them again with the prompt dropped, as the engine
-    builds the unconditional row of classifier-free guidance: each such twin sees exactly its conditional row's
-    inputs, and the loss (`losses.generation_loss`) asks it to agree with that row's prediction as well as to
-    predict the picture's tokens.
+def generation_example(codec: Codec, scene: Scene, tokens: np.ndarray, rng: np.random.Generator) -> GenerationExample:
+    return GenerationExample(codec.generation_ids(prompt_for(scene, rng), drop=rng.random() < DROP_PROMPT), tokens)
 
-    Why twins rather than prompts dropped at random: guidance at weight w samples from c^w / u^(w-1) (c and u the
-    conditional and unconditional next-token distributions), so wherever the two models disagree at random in
-    their tails - on tokens neither gives much probability, far from the shape - the disagreement is raised to the
-    power w - 1 and shows as stray patches. Learned separately, from different pictures, the two tails disagree
-    freely; a twin learns u on the same context as c, towards the average of c over the prompts the context
-    allows, which is what u should be. Measured on the previous demo checkpoint, 350 more steps with six twins
-    added to each batch of 24 (15% of its prompts dropped at random) against 350 steps without them: drawings
-    judged the right shape at guidance 5 76% against 61% (triangles 18 and 16 of 24, squares 13 and 4), at
-    guidance 1 85% and 85%; the right colour at guidance 5 94% against 99%.
+
+def generation_examples(codec: Codec, scenes: list[Scene], tokens: np.ndarray, rng: np.random.Generator,
+                        twins: float) -> list[GenerationExample]:
+    """Guidance twins (training option `guidance_twins`, off by default): each picture with a prompt it satisfies,
+    then a share `twins` of them again with the prompt dropped, as the engine builds the unconditional row of
+    classifier-free guidance: each twin sees exactly its conditional row's inputs, and the loss
+    (`losses.generation_loss`) asks it to agree with that row's prediction as well as to predict the picture's tokens.
+
+    Why: guidance at weight w samples from c^w / u^(w-1) (c and u the conditional and unconditional next-token
+    distributions), so wherever the two disagree at random in their tails - on tokens neither gives much
+    probability - the disagreement is raised to the power w - 1 and shows as stray patches. Learned from different
+    pictures the two tails disagree freely; a twin learns u on the same context as c, towards the average of c over
+    the prompts the context allows, which is what u should be.
+
+    Measured: on the committed checkpoint, 350 more steps with six twins added to each batch of 24 drew the right
+    shape at guidance 5 76% of the time against 61% for 350 more steps without them (guidance 1: 85% and 85%;
+    colour at 5: 94% and 99%). Trained from the start instead (a quarter of 20 pictures twinned, no random drops,
+    the decoder stage at 1,000 steps to keep the hour), the whole demo model came out worse on every shape measure
+    of bench.demo_quality (guidance 5: 64% against 65%, guidance 1: 58% against 81%, understanding's shapes 36%
+    against 85%), one run against one run with two changes at once; so it stays an option.
     """
     prompts = [prompt_for(scene, rng) for scene in scenes]
     examples = [GenerationExample(codec.generation_ids(prompt), picture)
                 for prompt, picture in zip(prompts, tokens, strict=True)]
     # as long as the conditional row's prompt, as in the engine: the image tokens sit at the same positions
-    twins = [GenerationExample(codec.generation_ids(prompts[row], drop=True), tokens[row], twin=row)
-             for row in range(round(len(examples) * GUIDANCE_TWINS))]
-    return examples + twins
+    pairs = [GenerationExample(codec.generation_ids(prompts[row], drop=True), tokens[row], twin=row)
+             for row in range(round(len(examples) * twins))]
+    return examples + pairs
 
 
 def understanding_example(codec: Codec, rng: np.random.Generator,

@@ -40,6 +40,7 @@ from training.demo_config import (
 from training.examples import (
     Codec,
     generation_batch,
+    generation_example,
     generation_examples,
     understanding_batch,
     understanding_example,
@@ -60,14 +61,15 @@ class Options:
     seed: int = 0
     codebook_pictures: int = 4000
     codebook_iterations: int = 15
-    decoder_steps: int = 1000
+    decoder_steps: int = 1200
     decoder_batch: int = 8
     vision_steps: int = 600
     vision_batch: int = 32
     generation_pool: int = 20000  # scenes whose image tokens the language model learns to draw
     decoded_pool: int = 2000  # of those, pictures drawn by the trained decoder, for understanding
     lm_steps: int = 2000
-    generation_batch: int = 20  # pictures, and a quarter of them again unprompted (examples.GUIDANCE_TWINS)
+    generation_batch: int = 24
+    guidance_twins: float = 0.0  # share of the drawing pictures twinned (examples.generation_examples)
     understanding_batch: int = 12  # conversations of 1-3 questions
     token_noise: float = 0.1  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
@@ -179,7 +181,11 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
     model.train()
     for step in range(options.lm_steps):
         chosen = rng.integers(len(pool), size=options.generation_batch)
-        pictures = generation_examples(codec, [pool[i] for i in chosen], pool_tokens[chosen], rng)
+        if options.guidance_twins:
+            pictures = generation_examples(codec, [pool[i] for i in chosen], pool_tokens[chosen], rng,
+                                           options.guidance_twins)
+        else:
+            pictures = [generation_example(codec, pool[i], pool_tokens[i], rng) for i in chosen]
         generation = generation_batch(pictures, rng, options.token_noise, model.cfg.gen_vision.image_token_size)
         examples = []
         for _ in range(options.understanding_batch):
@@ -191,10 +197,14 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
         understanding = understanding_batch(examples)
         drawing, agreement = generation_loss(model, generation)
         answering = understanding_loss(model, understanding, image_id)
-        (drawing + agreement + answering).backward()
+        loss = drawing + answering
+        (loss + agreement if options.guidance_twins else loss).backward()
         opt.step()
         opt.clear_grad()
         schedule.step()
-        progress.update(step, generation=float(drawing), agreement=float(agreement), understanding=float(answering))
+        losses = {"generation": float(drawing), "understanding": float(answering)}
+        if options.guidance_twins:
+            losses["agreement"] = float(agreement)
+        progress.update(step, **losses)
     model.eval()
     return progress.history

@@ -126,7 +126,7 @@ def test_a_twin_is_fed_what_its_conditional_row_is_fed_noise_included_with_the_p
     rng = np.random.default_rng(3)
     scenes = [random_scene(rng) for _ in range(8)]
     tokens = rng.integers(16, size=(8, 64))
-    examples = generation_examples(codec, scenes, tokens, rng)
+    examples = generation_examples(codec, scenes, tokens, rng, 0.25)
     assert [e.twin for e in examples] == [None] * 8 + [0, 1]  # a quarter of the pictures again
     batch = generation_batch(examples, rng, noise=0.5, vocabulary=16)
     assert batch.twins.tolist() == [[0, 8], [1, 9]]
@@ -180,7 +180,7 @@ def test_the_agreement_loss_is_the_kl_of_each_conditional_row_to_its_twin(codec)
     rng = np.random.default_rng(4)
     scenes = [random_scene(rng) for _ in range(8)]
     tokens = rng.integers(16, size=(8, 64))
-    batch = generation_batch(generation_examples(codec, scenes, tokens, rng), rng, 0.1, 16)
+    batch = generation_batch(generation_examples(codec, scenes, tokens, rng, 0.25), rng, 0.1, 16)
     with paddle.no_grad():
         drawing, agreement = generation_loss(model, batch)
         expected = []
