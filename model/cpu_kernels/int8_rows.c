@@ -51,6 +51,7 @@ static inline v8 load8_int8(const int8_t *q) {
 
 #if defined(__AVX512BW__)
 #define INT16_PATH 1
+#define PAIRS 8 /* pairs of weight rows per sweep over the columns: 16 rows measured ~5% faster than 8 */
 #define CHUNK 128 /* weight rows summed in int32 before converting: 128 * 127 * 32767 < 2^31 */
 
 /* acc += q x for two weight rows (int16 pairs, one per 32-bit lane) */
@@ -62,7 +63,7 @@ static inline __m512i dot_pairs(__m512i acc, __m512i w, __m512i x) {
 #endif
 }
 
-/* Up to four pairs of weight rows from `row` (rows 2p and 2p + 1 of them; with `odd`, the last pair has only its
+/* Up to PAIRS pairs of weight rows from `row` (rows 2p and 2p + 1 of them; with `odd`, the last pair has only its
  * first row) times the M rows of x, added to the int32 sums isum [M, n32] of columns [0, n32). xp: each row's
  * activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the high half, zero for a
  * missing row), CHUNK / 2 of them a row of x.
@@ -71,8 +72,9 @@ static inline __m512i dot_pairs(__m512i acc, __m512i w, __m512i x) {
  * (vpunpck{l,h}wd: in each 128-bit lane, row k's and row k + 1's value of a column side by side), one vpdpwssd per
  * row of x and half-block. The interleave leaves the first half-block's sums holding columns 0-3, 8-11, 16-19,
  * 24-27 and the second the others: isum keeps that order until `convert_chunk`. Whole sweeps over the columns,
- * eight weight rows at a time, as the float path: eight sequential streams that the prefetchers follow (walking
- * down a chunk's 128 rows for each block of columns instead ran no faster than the float path). */
+ * sixteen weight rows at a time: sequential streams that the prefetchers follow (walking down a chunk's 128 rows
+ * for each block of columns instead ran no faster than the float path; prefetching 1 KiB ahead in software made
+ * it 10% slower). */
 static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n32, int P, int odd,
                                                               const uint32_t *xp, int32_t *isum, int M) {
     for (int c = 0; c < n32; c += 32) {
@@ -147,8 +149,8 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
                 xp[m * (CHUNK / 2) + i] = (uint32_t)(uint16_t)low | (uint32_t)(uint16_t)high << 16;
             }
         }
-        for (int i = 0; i < pairs; i += 4) {
-            const int P = pairs - i < 4 ? pairs - i : 4, odd = (len & 1) && i + P == pairs;
+        for (int i = 0; i < pairs; i += PAIRS) {
+            const int P = pairs - i < PAIRS ? pairs - i : PAIRS, odd = (len & 1) && i + P == pairs;
             const int8_t *row = q + (int64_t)(k + 2 * i) * N;
             switch (M) { /* a constant M per copy: the sums stay in registers */
             case 1: pairs_int16(row, N, n32, P, odd, xp + i, isum, 1); break;
