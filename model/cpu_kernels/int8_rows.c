@@ -20,6 +20,7 @@
  * columns an instruction. A chunk's int32 sums are converted once and scaled by the weight's and the activation's
  * scales. |sum| <= 128 * 127 * 32767 < 2^31: no overflow. Columns past the last whole block take the float path.
  */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -140,9 +141,15 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
         for (int m = 0; m < M; m++) {
             const float *xm = x + (int64_t)m * K + k;
             float largest = 0.0f;
-            for (int j = 0; j < len; j++) largest = fmaxf(largest, fabsf(xm[j]));
-            const float to_int = largest > 0.0f ? 32767.0f / largest : 0.0f;
-            xscale[m] = largest / 32767.0f;
+            int finite = 1;
+            for (int j = 0; j < len; j++) {
+                largest = fmaxf(largest, fabsf(xm[j]));
+                finite &= fabsf(xm[j]) <= FLT_MAX;
+            }
+            const float to_int = finite && largest > 0.0f ? 32767.0f / largest : 0.0f;
+            /* a NaN or infinite activation makes the row's outputs NaN, as the float product would: rounding it to
+             * an int16 would hide it */
+            xscale[m] = finite ? largest / 32767.0f : NAN;
             for (int i = 0; i < pairs; i++) {
                 const int low = (int)lrintf(xm[2 * i] * to_int);
                 const int high = 2 * i + 1 < len ? (int)lrintf(xm[2 * i + 1] * to_int) : 0;

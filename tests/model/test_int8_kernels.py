@@ -163,3 +163,16 @@ def test_int8_linear_refuses_an_input_of_the_wrong_width(kernel_build):
     _, q, scales, _ = _case(1, 1, 40, 16, 8)
     with pytest.raises(ValueError, match="input width 39"):
         int8.linear(paddle.zeros([2, 39]), paddle.to_tensor(q), paddle.to_tensor(scales), 8, None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int8_few_row_kernel_passes_a_nan_or_infinite_activation_on(built, bad):
+    """A row holding a NaN or an infinity has no finite output in the float product (NaN where a weight is zero, an
+    infinity or NaN elsewhere); the integer path must not round it into a finite int16. The other row stays exact."""
+    _, lib = built
+    x, q, scales, _ = _case(11, 2, 300, 547, 64)
+    q[7, :5] = 0
+    x[0, 7] = bad
+    out = _product(lib, "janus_linear_rows_int8", x, q, scales, 64, None)
+    assert not np.isfinite(out[0]).any()
+    _assert_close(out[1:], x[1:], _dequantized(q, scales, 64), None, _bits(lib, "janus_linear_rows_int8"))
