@@ -183,7 +183,8 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
     if (!partial) return 0;
 #if INT16_PATH
     const int n32 = N / 32 * 32;
-    int32_t *sums = calloc((size_t)threads * M * n32 + 1, sizeof(int32_t)); /* each thread's chunk sums */
+    /* each thread's chunk sums (+ 1: calloc(0) may return NULL, which would read as no memory) */
+    int32_t *sums = calloc((size_t)threads * M * n32 + 1, sizeof(int32_t));
     if (!sums) {
         free(partial);
         return 0;
@@ -200,10 +201,10 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
         float *acc = partial + (int64_t)t * M * N;
         memset(acc, 0, sizeof(float) * M * N);
 #if INT16_PATH
-        rows_int16(x, q, scales, group, acc, sums + (int64_t)t * M * n32, M, K, N, n32, k0, k1);
+        if (n32) rows_int16(x, q, scales, group, acc, sums + (int64_t)t * M * n32, M, K, N, n32, k0, k1);
 #endif
         float xs[MAX_ROWS * STEP];
-        int k = k0;
+        int k = n32 < N ? k0 : k1; /* the float path's columns [n32, N): none when the integer path took them all */
         for (; k + STEP <= k1; k += STEP) {
             for (int m = 0; m < M; m++)
                 for (int j = 0; j < STEP; j++) xs[m * STEP + j] = x[(int64_t)m * K + k + j];
