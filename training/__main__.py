@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generation-pool", type=int, default=defaults.generation_pool)
     parser.add_argument("--guidance-twins", type=float, default=defaults.guidance_twins,
                         help="share of drawing pictures also drawn unprompted, agreeing with their prompted row")
+    parser.add_argument("--twins-from", type=float, default=defaults.twins_from,
+                        help="share of the joint stage's steps before the twins start (0: from the first step)")
     parser.add_argument("--check-pictures", type=int, default=defaults.check_pictures,
                         help="held-out pictures for the check after training (0: skip it)")
     args = parser.parse_args(argv)
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                       lm_steps=args.lm_steps,
                       codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
                       decoded_pool=min(Options().decoded_pool, args.generation_pool),
-                      check_pictures=args.check_pictures, guidance_twins=args.guidance_twins)
+                      check_pictures=args.check_pictures, guidance_twins=args.guidance_twins,
+                      twins_from=args.twins_from)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "training_log.txt", "w") as log:
         summary = train_demo(args.out, options, log=log)
