@@ -24,8 +24,10 @@ from paddle import nn
 from model import cpu_kernels
 from model.cpu_kernels import int8
 
-# rows up to which the bf16 register-widening kernel beats widened tiles through MKL (measured on Janus-Pro-1B)
-BF16_ROWS_MAX = 8
+# rows up to which bf16 products take the few-row kernel (it streams the weights once, split by rows among the
+# threads); from 5 rows the register-blocked one, since it asks for its next panel's weights ahead: whole
+# Janus-Pro-1B decode steps of 5 and 6 rows took 0.87 and 0.84 of the time with it (bench.many_rows, in turns)
+BF16_ROWS_MAX = 4
 
 
 def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:

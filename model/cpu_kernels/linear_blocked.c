@@ -7,11 +7,13 @@
  * 2 * R fused multiply-adds from R broadcast activations. The widening is 2 instructions per 2 * R FMAs and never
  * touches memory; the even/odd order of the columns is undone once per tile when y is written.
  *
- * The weights are read from memory once per call: each task takes WIDTH columns and copies DEPTH weight rows of
- * them at a time (long contiguous runs, the order memory streams best) into a panel of strips, STRIP columns wide
- * and contiguous down k, that stays in the core's L1/L2 while every row block of x passes over it. Each thread
- * copies x once per call (per pass of CHUNK_ROWS rows) into row blocks laid out k-major, so that a tile's
- * broadcasts read consecutive floats.
+ * The weights are read from memory once per call: each task takes WIDTH columns, DEPTH weight rows at a time (a
+ * panel), and while it multiplies one panel it asks for the next one's cache lines (ahead.h), so that reading
+ * overlaps the arithmetic. With more than one row block the panel is copied into strips, STRIP columns wide and
+ * contiguous down k, that stay in the core's L1/L2 while every row block of x passes over them; with one (up to
+ * TILE_ROWS rows) each weight is used once and the tiles read the strips where they lie. Tasks go to the threads
+ * in turn, so that each knows its next one. Each thread copies x once per call (per pass of CHUNK_ROWS rows) into
+ * row blocks laid out k-major, so that a tile's broadcasts read consecutive floats.
  *
  * Each y value is bias + the products summed in order of k, in float32: the result does not depend on the thread
  * count or on how the columns are split into tasks.
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ahead.h"
 #include "scratch.h"
 
 /* LANES floats per vector register, tiles of up to TILE_ROWS rows: 2 * TILE_ROWS accumulators, two widened weight
@@ -95,9 +98,11 @@ static inline void store_joined(float *p, int cols, vf even, vf odd) {
 }
 
 /* y[R rows of stride ldy, cols] (+)= xp [depth][R] (a row block of x, k-major) @ strip [depth][STRIP] (bf16).
- * first: y is not read; it starts from `bias` (NULL: zero). R is a constant at every call (see tile_of). */
-static inline __attribute__((always_inline)) void tile(const int R, const float *xp, const uint16_t *strip, int depth,
-                                                       float *y, int64_t ldy, int cols, const float *bias, int first) {
+ * first: y is not read; it starts from `bias` (NULL: zero). R is a constant at every call (see tile_of). The
+ * lines of `ahead` are asked for along the way. strip: ldw bf16 between its rows. */
+static inline __attribute__((always_inline)) void tile(const int R, const float *xp, const uint16_t *strip,
+                                                       int64_t ldw, int depth, float *y, int64_t ldy, int cols,
+                                                       const float *bias, int first, Ahead ahead) {
     vf even[TILE_ROWS], odd[TILE_ROWS];
     if (first) {
         vf bias_even = {0}, bias_odd = {0};
@@ -106,9 +111,11 @@ static inline __attribute__((always_inline)) void tile(const int R, const float 
     } else {
         for (int r = 0; r < R; r++) load_split(y + r * ldy, cols, &even[r], &odd[r]);
     }
+    AheadWalk walk = ahead_walk(ahead, depth);
     for (int k = 0; k < depth; k++) {
+        ahead_step(&walk);
         vu pairs;
-        memcpy(&pairs, strip + k * STRIP, sizeof pairs);
+        memcpy(&pairs, strip + k * ldw, sizeof pairs);
         const vf w_even = (vf)(pairs << 16), w_odd = (vf)(pairs & 0xFFFF0000u);
         const float *xk = xp + k * R;
         for (int r = 0; r < R; r++) {
@@ -121,11 +128,11 @@ static inline __attribute__((always_inline)) void tile(const int R, const float 
 }
 
 /* tile() compiled for each row count, so that its loops over rows unroll and its accumulators stay in registers */
-static void tile_of(int R, const float *xp, const uint16_t *strip, int depth, float *y, int64_t ldy, int cols,
-                    const float *bias, int first) {
+static void tile_of(int R, const float *xp, const uint16_t *strip, int64_t ldw, int depth, float *y, int64_t ldy,
+                    int cols, const float *bias, int first, Ahead ahead) {
     switch (R) {
 #define TILE_CASE(n) \
-    case n: tile(n, xp, strip, depth, y, ldy, cols, bias, first); break;
+    case n: tile(n, xp, strip, ldw, depth, y, ldy, cols, bias, first, ahead); break;
         TILE_CASE(1)
         TILE_CASE(2)
         TILE_CASE(3)
@@ -184,18 +191,39 @@ static void pack_all_rows(const float *x, int K, int M, float *xs) {
  * (once per thread and chunk, not once per task: the copy is scalar, and redone for each of a product's N / WIDTH
  * tasks it cost about a sixteenth of the multiply-adds). */
 static void run_task(const float *xs, const uint16_t *w, const float *bias, float *y, int M, int K, int N, int n0,
-                     uint16_t *panel) {
+                     int next_n0, uint16_t *panel) {
     const int blocks = (M + TILE_ROWS - 1) / TILE_ROWS;
     const int cols = N - n0 < WIDTH ? N - n0 : WIDTH, strips = (cols + STRIP - 1) / STRIP;
+    /* the next panel's weights are asked for while this one is multiplied (see ahead.h), a share per strip by the
+     * first row block's tiles */
     for (int k0 = 0; k0 < K; k0 += DEPTH, xs += (int64_t)M * DEPTH) {
         const int depth = K - k0 < DEPTH ? K - k0 : DEPTH;
-        pack_panel(w + (int64_t)k0 * N + n0, N, depth, cols, panel);
+        /* the next panel: this task's next rows, or the first rows of the thread's next task */
+        const Ahead next = k0 + depth < K ? ahead_panel(w + (int64_t)(k0 + depth) * N + n0, 2 * (int64_t)N,
+                                                        K - k0 - depth < DEPTH ? K - k0 - depth : DEPTH, 2 * cols)
+                         : next_n0 >= 0 ? ahead_panel(w + next_n0, 2 * (int64_t)N, K < DEPTH ? K : DEPTH,
+                                                      2 * (N - next_n0 < WIDTH ? N - next_n0 : WIDTH))
+                                        : ahead_panel(NULL, 0, 0, 0);
+        /* one row block reads each weight once: its tiles read whole strips where they lie (the lines were asked
+         * for ahead), and only a part strip at the end is copied (zero-filled: reading past it could pass the end
+         * of w); more row blocks reuse a strip from a contiguous copy */
+        const int direct = blocks == 1, full = direct ? cols / STRIP : 0;
+        if (direct) {
+            if (full < strips)
+                pack_panel(w + (int64_t)k0 * N + n0 + full * STRIP, N, depth, cols - full * STRIP,
+                           panel + full * STRIP_STRIDE);
+        } else {
+            pack_panel(w + (int64_t)k0 * N + n0, N, depth, cols, panel);
+        }
         for (int j = 0; j < strips; j++) {
+            const uint16_t *strip = j < full ? w + (int64_t)k0 * N + n0 + j * STRIP : panel + j * STRIP_STRIDE;
+            const int64_t ldw = j < full ? N : STRIP;
             const int c0 = n0 + j * STRIP, width = cols - j * STRIP < STRIP ? cols - j * STRIP : STRIP;
+            const Ahead ahead = ahead_share(next, j, strips);
             for (int b = 0; b < blocks; b++) {
                 const int m0 = block_start(b, blocks, M), R = block_start(b + 1, blocks, M) - m0;
-                tile_of(R, xs + m0 * DEPTH, panel + j * STRIP_STRIDE, depth, y + (int64_t)m0 * N + c0, N, width,
-                        bias ? bias + c0 : NULL, k0 == 0);
+                tile_of(R, xs + m0 * DEPTH, strip, ldw, depth, y + (int64_t)m0 * N + c0, N, width,
+                        bias ? bias + c0 : NULL, k0 == 0, b == 0 ? ahead : ahead_panel(NULL, 0, 0, 0));
             }
         }
     }
@@ -233,13 +261,16 @@ int janus_linear_blocked_bf16(const float *x, const uint16_t *w, const float *bi
         int packed = -1; /* the chunk whose rows xs holds */
         for (int m0 = 0; all_ok && m0 < M; m0 += CHUNK_ROWS) {
             const int rows = M - m0 < CHUNK_ROWS ? M - m0 : CHUNK_ROWS;
-#pragma omp for schedule(monotonic: dynamic) nowait /* libiomp5 has no nonmonotonic entry points */
+            /* in turn, so that a thread knows its next task and can ask for its weights ahead */
+            const int used = omp_get_num_threads();
+#pragma omp for schedule(static, 1) nowait
             for (int t = 0; t < tasks; t++) {
                 if (packed != m0) {
                     pack_all_rows(x + (int64_t)m0 * K, K, rows, xs);
                     packed = m0;
                 }
-                run_task(xs, w, bias, y + (int64_t)m0 * N, rows, K, N, t * WIDTH, (uint16_t *)(xs + xs_floats));
+                run_task(xs, w, bias, y + (int64_t)m0 * N, rows, K, N, t * WIDTH,
+                         t + used < tasks ? (t + used) * WIDTH : -1, (uint16_t *)(xs + xs_floats));
             }
         }
     }

@@ -142,3 +142,41 @@ def test_linear_from_bf16_weights_without_the_kernels_matches_float64(monkeypatc
     layer.weight = paddle.base.framework.EagerParamBase.from_tensor(paddle.to_tensor(bits, dtype="bfloat16"))
     layer.bias.set_value(bias)
     assert_float32_close(linear(layer, paddle.to_tensor(x)).numpy(), x, bf16_to_float32(bits), bias)
+
+
+_READS_AT_THE_END = """
+import ctypes, mmap, sys
+import numpy as np
+lib = ctypes.CDLL(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+for rows, K, N in [(1, 300, 547), (5, 300, 547), (8, 17, 40), (8, 300, 33), (12, 300, 547)]:
+    page = mmap.PAGESIZE
+    size = (K * N * 2 // page + 2) * page
+    area = mmap.mmap(-1, size)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    assert libc.mprotect(base + size - page, page, 0) == 0  # reading the last page is a segmentation fault
+    w = np.frombuffer(area, np.uint16, K * N, size - page - K * N * 2).reshape(K, N)
+    rng = np.random.default_rng(rows)
+    w[:] = ((rng.standard_normal((K, N)).astype(np.float32).view(np.uint32)) >> 16).astype(np.uint16)
+    x = rng.standard_normal((rows, K)).astype(np.float32)
+    y = np.empty((rows, N), np.float32)
+    function = lib.janus_linear_blocked_bf16
+    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3
+    assert function(x.ctypes.data, w.ctypes.data, None, y.ctypes.data, rows, K, N) == 1
+    expected = x.astype(np.float64) @ (w.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    assert np.allclose(y, expected, rtol=1e-4, atol=1e-3), (rows, K, N)
+print("ok")
+"""
+
+
+def test_blocked_kernel_reads_nothing_past_the_end_of_the_weights():
+    """The weights end where an unreadable page starts: the kernel must not read a byte past them, e.g. by loading
+    a whole strip of 32 columns where fewer are left (one row block reads its strips in place, so the part strip at
+    the end must be copied first). A read past the end kills the process: it runs in one of its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _READS_AT_THE_END, str(cpu_kernels.build())], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
