@@ -154,8 +154,8 @@ def sample_rows(logits: np.ndarray, rng: np.random.Generator) -> float:
     from model.sampling import choose, guided_logits
 
     started = time.perf_counter()
-    half = len(logits) // 2
-    choose(guided_logits(logits[:half], logits[half:], 5.0), 1.0, rng)
+    half = len(logits) // 2  # an odd row count: its last row left out (guidance needs pairs)
+    choose(guided_logits(logits[:half], logits[half:2 * half], 5.0), 1.0, rng)
     return time.perf_counter() - started
 
 
