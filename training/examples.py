@@ -99,7 +99,9 @@ def generation_examples(codec: Codec, scenes: list[Scene], tokens: np.ndarray, r
     colour at 5: 94% and 99%). Trained from the start instead (a quarter of 20 pictures twinned, no random drops,
     the decoder stage at 1,000 steps to keep the hour), the whole demo model came out worse on every shape measure
     of bench.demo_quality (guidance 5: 64% against 65%, guidance 1: 58% against 81%, understanding's shapes 36%
-    against 85%), one run against one run with two changes at once; so it stays an option.
+    against 85%), one run against one run with two changes at once. Twins only in the joint stage's last third
+    (twins_from 0.667; the first two thirds are then the committed training's own, step for step): shape at
+    guidance 5 68% (committed 65%), at guidance 1 69% (81%), round trip 62% (50%) - mixed, so it stays an option.
     """
     prompts = [prompt_for(scene, rng) for scene in scenes]
     examples = [GenerationExample(codec.generation_ids(prompt), picture)

@@ -172,12 +172,8 @@ def decoded_pictures(model: JanusModel, tokens: np.ndarray, batch: int = 64) -> 
 
 def twin_phase(options: Options, step: int) -> float:
     """The share of a batch's drawing pictures that get a guidance twin at this step of the joint stage: none before
-    `twins_from` of the steps (prompts are dropped at random there, as Janus trains), `guidance_twins` after. Twins
-    late in training were what helped on the committed checkpoint (350 steps of fine-tuning with them: guidance 5
-    drew the right shape 76% of the time against 61% without), where twins from the start did not. Trained this
-    way (guidance_twins 0.25, twins_from 0.667; the first two thirds are the committed training's own), the model
-    drew the right shape at guidance 5 68% of the time (committed: 65%), at guidance 1 69% (81%), and the round
-    trip held 62% (50%): mixed, so the defaults stay off."""
+    `twins_from` of the steps (prompts are dropped at random there, as Janus trains), `guidance_twins` after (what
+    they gave, early and late: examples.generation_examples)."""
     return options.guidance_twins if step >= options.twins_from * options.lm_steps else 0.0
 
 
@@ -194,7 +190,8 @@ def train_language_model(model: JanusModel, codec: Codec, pool: list, pool_token
     for step in range(options.lm_steps):
         twins = twin_phase(options, step)
         if twins:
-            # a batch of as many rows as without twins: pictures and their twins together make generation_batch
+            # about as many rows as without twins: pictures and their twins together make generation_batch (24 at
+            # a share of 0.25: 19 and 5), as near as rounding the two counts allows
             chosen = rng.integers(len(pool), size=round(options.generation_batch / (1 + twins)))
             pictures = generation_examples(codec, [pool[i] for i in chosen], pool_tokens[chosen], rng, twins)
         else:

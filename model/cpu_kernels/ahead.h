@@ -24,6 +24,9 @@ static inline Ahead ahead_panel(const void *base, int64_t stride, int rows, int 
     return panel;
 }
 
+/* No lines to ask for. */
+static inline Ahead ahead_none(void) { return ahead_panel(NULL, 0, 0, 0); }
+
 /* Share `part` of `parts` of a panel's lines. */
 static inline Ahead ahead_share(Ahead panel, int part, int parts) {
     const int total = panel.count;

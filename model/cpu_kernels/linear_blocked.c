@@ -203,7 +203,7 @@ static void run_task(const float *xs, const uint16_t *w, const float *bias, floa
                                                         K - k0 - depth < DEPTH ? K - k0 - depth : DEPTH, 2 * cols)
                          : next_n0 >= 0 ? ahead_panel(w + next_n0, 2 * (int64_t)N, K < DEPTH ? K : DEPTH,
                                                       2 * (N - next_n0 < WIDTH ? N - next_n0 : WIDTH))
-                                        : ahead_panel(NULL, 0, 0, 0);
+                                        : ahead_none();
         /* one row block reads each weight once: its tiles read whole strips where they lie (the lines were asked
          * for ahead), and only a part strip at the end is copied (zero-filled: reading past it could pass the end
          * of w); more row blocks reuse a strip from a contiguous copy */
@@ -223,7 +223,7 @@ static void run_task(const float *xs, const uint16_t *w, const float *bias, floa
             for (int b = 0; b < blocks; b++) {
                 const int m0 = block_start(b, blocks, M), R = block_start(b + 1, blocks, M) - m0;
                 tile_of(R, xs + m0 * DEPTH, strip, ldw, depth, y + (int64_t)m0 * N + c0, N, width,
-                        bias ? bias + c0 : NULL, k0 == 0, b == 0 ? ahead : ahead_panel(NULL, 0, 0, 0));
+                        bias ? bias + c0 : NULL, k0 == 0, b == 0 ? ahead : ahead_none());
             }
         }
     }
