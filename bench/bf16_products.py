@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     lib = cpu_kernels.library()
-    base, _ = old_kernels(args.base, Path(tempfile.mkdtemp(prefix="janus-kernels-base-")))
+    with tempfile.TemporaryDirectory(prefix="janus-kernels-base-") as built:  # the loaded library outlives it
+        base, _ = old_kernels(args.base, Path(built))
     kernels = {"few-row": lib.janus_linear_rows_bf16, f"blocked {args.base}": base.janus_linear_blocked_bf16,
                "blocked": lib.janus_linear_blocked_bf16}
     rng = np.random.default_rng(0)

@@ -225,7 +225,8 @@ def main() -> None:
         raise SystemExit(f"the weights loaded as {report.weights}, not bfloat16")
     from model import cpu_kernels, layer_ops
 
-    before_lib, before_rows_max = old_kernels(args.before, Path(tempfile.mkdtemp(prefix="janus-kernels-before-")))
+    with tempfile.TemporaryDirectory(prefix="janus-kernels-before-") as built:  # the loaded library outlives it
+        before_lib, before_rows_max = old_kernels(args.before, Path(built))
     variants = {"before": (_Succeeding(before_lib), before_rows_max),
                 "after": (cpu_kernels.library(), layer_ops.BF16_ROWS_MAX)}
     longest = max(args.positions + [1]) + args.steps
