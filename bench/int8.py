@@ -324,7 +324,8 @@ def groups(args: argparse.Namespace) -> dict:
         held = []
         for w in big:
             g = group or -(-w.shape[0] // 8) * 8
-            held.append((g, w.shape, *(paddle.to_tensor(a) for a in int8.quantize(w, g))))
+            q, s = int8.quantize(w, g)
+            held.append((g, w.shape, paddle.to_tensor(int8.pair_rows(q)), paddle.to_tensor(s)))  # as the kernels read
         for rows in (1, 2):
             calls = []
             for g, (K, N), q, s in held:

@@ -51,7 +51,7 @@ class Int8Plan:
 
     @property
     def tag(self) -> str:
-        return f"int8-g{self.group}"
+        return f"int8-g{self.group}-pairs"  # the rows' order (int8.pair_rows) is part of the format
 
     def expected(self, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
         """The cache's tensors: the network's, plus each quantized weight's scales."""
@@ -134,7 +134,7 @@ def iter_converted(files: list[Path], expected: dict[str, list[int]], transposed
             origin[name] = path
             if quantized is not None and name in quantized.names:
                 q, scales = int8.quantize(arr, quantized.group)  # bf16 arrives as uint16 bits, read as such
-                yield name, q, "I8"
+                yield name, int8.pair_rows(q), "I8"
                 yield keys.scale_name(name), scales, "F32"
             elif is_bf16 and widen:
                 yield name, widen_bf16(np.ascontiguousarray(arr)), "F32"

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name)
            for name in ("attention.c", "layer_ops.c", "linear.c", "linear_blocked.c", "conv.c", "int8_rows.c",
                         "int8_blocked.c")]
-HEADERS = [Path(__file__).with_name(name) for name in ("vec.h", "scratch.h", "ahead.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("vec.h", "scratch.h", "ahead.h", "int8_pairs.h")]
 LINEAR_MAX_ROWS = 4  # rows up to which janus_linear_rows beats MKL (measured on Janus-Pro-1B)
 MODES = ("auto", "off", "require")
 _COMPILE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-std=gnu11"]

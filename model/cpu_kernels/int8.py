@@ -7,6 +7,10 @@ scales[k // group, n]. Symmetric, round to nearest: scale = max |W| over the gro
 
 The group is a multiple of 8 (the few-row kernel sums eight weight rows before it applies their scale); a group of
 at least K is one scale per output column (per channel).
+
+The kernels read q held in pairs of rows (`pair_rows`; model/cpu_kernels/int8_pairs.h): rows 2i and 2i + 1
+interleaved column by column, an odd K's last row on its own. The tensor keeps its shape [K, N]; its bytes are in
+that order. `quantize` and `dequantize` speak of the plain matrix.
 """
 
 from __future__ import annotations
@@ -58,6 +62,26 @@ def dequantize(q: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
     return (q.astype(np.float32) * np.repeat(scales, group, axis=0)[:q.shape[0]]).astype(np.float32)
 
 
+def pair_rows(q: np.ndarray) -> np.ndarray:
+    """q [K, N] -> the same bytes in pairs of rows, as the kernels read them (shape [K, N] kept)."""
+    K, N = q.shape
+    even = K - K % 2
+    out = np.empty_like(q)
+    out[:even] = q[:even].reshape(even // 2, 2, N).transpose(0, 2, 1).reshape(even, N)
+    out[even:] = q[even:]
+    return out
+
+
+def unpair_rows(held: np.ndarray) -> np.ndarray:
+    """The plain matrix q [K, N] of weights held in pairs of rows (the inverse of `pair_rows`)."""
+    K, N = held.shape
+    even = K - K % 2
+    out = np.empty_like(held)
+    out[:even] = held[:even].reshape(even // 2, N, 2).transpose(0, 2, 1).reshape(even, N)
+    out[even:] = held[even:]
+    return out
+
+
 def _as_float32(block: np.ndarray) -> np.ndarray:
     if block.dtype == np.uint16:  # bf16 bits: the top half of a float32
         return (block.astype(np.uint32) << 16).view(np.float32)
@@ -76,7 +100,8 @@ def layer_linear(layer: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
 
 def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int,
            bias: paddle.Tensor | None) -> paddle.Tensor:
-    """float32 x [..., K] @ int8 weight (q [K, N], scales) (+ float32 bias) -> float32 [..., N], in float32.
+    """float32 x [..., K] @ int8 weight (q [K, N] held in pairs of rows, scales) (+ float32 bias) -> float32 [..., N],
+    in float32.
 
     Without the kernels (off, or not on the CPU) the weight is dequantized through Paddle per call: correct, slow."""
     K, N = q.shape
@@ -84,10 +109,11 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
     lib = cpu_kernels.library() if x.place.is_cpu_place() and x.dtype == paddle.float32 else None
     if lib is None or (bias is not None and bias.dtype != paddle.float32):
-        weight = (q.astype("float32").reshape([-1, group, N]) if K % group == 0 else None)
+        plain = _unpair_rows_paddle(q).astype("float32")
+        weight = plain.reshape([-1, group, N]) if K % group == 0 else None
         if weight is None:
             full = paddle.repeat_interleave(scales, group, axis=0)[:K]
-            dequantized = q.astype("float32") * full
+            dequantized = plain * full
         else:
             dequantized = (weight * scales.unsqueeze(1)).reshape([K, N])
         out = paddle.matmul(x, dequantized.astype(x.dtype))
@@ -101,3 +127,11 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
     if not kernel(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} int8 product")
     return out
+
+
+def _unpair_rows_paddle(held: paddle.Tensor) -> paddle.Tensor:
+    """`unpair_rows` with Paddle's ops, on the tensor's device."""
+    K, N = held.shape
+    even = K - K % 2
+    plain = held[:even].reshape([even // 2, N, 2]).transpose([0, 2, 1]).reshape([even, N])
+    return plain if even == K else paddle.concat([plain, held[even:]], axis=0)

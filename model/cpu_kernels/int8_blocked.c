@@ -1,5 +1,5 @@
 /* y = x W + b for many rows (several decode rows, a speculative window, a prompt) with int8 weights W[k, n] =
- * q[k, n] * scale[k / group, n] and float32 activations, computed in float32.
+ * q[k, n] * scale[k / group, n] and float32 activations, computed in float32; q in pairs of rows (int8_pairs.h).
  *
  * The same blocking as linear_blocked.c (bf16): each task takes WIDTH columns and DEPTH weight rows at a time into
  * a panel of strips that stays in the core's L2 while every row block of x passes over it, and a tile of R rows x
@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "int8_pairs.h"
 #include "scratch.h"
 
 #if defined(__AVX512F__)
@@ -120,27 +121,75 @@ static inline vf widen_bytes(const int8_t *q) {
 #endif
 }
 
-/* dst[0..cols) = q[0..cols) * scale[0..cols): a run of one weight row, dequantized */
+/* LANES columns of a pair of rows (2 * LANES bytes, the rows' values alternating) -> LANES floats of each row:
+ * sign-extend to int16, then each 32-bit lane's low and high halves sign-extended by shifts, convert */
+static inline void widen_pair(const int8_t *pair, vf *first, vf *second) {
+#if defined(__AVX512BW__)
+    const __m512i both = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)pair));
+    *first = (vf)_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(both, 16), 16));
+    *second = (vf)_mm512_cvtepi32_ps(_mm512_srai_epi32(both, 16));
+#elif defined(__AVX2__) && !defined(__AVX512F__)
+    const __m256i both = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)pair));
+    *first = (vf)_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(both, 16), 16));
+    *second = (vf)_mm256_cvtepi32_ps(_mm256_srai_epi32(both, 16));
+#else
+    for (int i = 0; i < LANES; i++) {
+        (*first)[i] = (float)pair[2 * i];
+        (*second)[i] = (float)pair[2 * i + 1];
+    }
+#endif
+}
+
+/* dst[0..cols) = q[0..cols) * scale[0..cols): a run of an odd K's lone last row, dequantized */
 static inline void dequantize_run(const int8_t *q, const float *scale, float *dst, int cols) {
     int c = 0;
     for (; c + LANES <= cols; c += LANES) vstore(dst + c, widen_bytes(q + c) * vload(scale + c));
     for (; c < cols; c++) dst[c] = (float)q[c] * scale[c];
 }
 
+/* The same for a pair of rows from its column 0 at `pair` (both in one scale group: a group is a multiple of 8
+ * rows and a pair starts at an even row): columns [0, cols) of the first row into first, the second into second */
+static inline void dequantize_pair_run(const int8_t *pair, const float *scale, float *first, float *second,
+                                       int cols) {
+    int c = 0;
+    for (; c + LANES <= cols; c += LANES) {
+        vf a, b;
+        widen_pair(pair + 2 * c, &a, &b);
+        const vf s = vload(scale + c);
+        vstore(first + c, a * s);
+        vstore(second + c, b * s);
+    }
+    for (; c < cols; c++) {
+        first[c] = (float)pair[2 * c] * scale[c];
+        second[c] = (float)pair[2 * c + 1] * scale[c];
+    }
+}
+
+/* Rows k and k + 1 (k even; only k when it is an odd K's last) of q, columns [n0, n0 + cols), dequantized into
+ * first and second */
+static inline void dequantize_rows(const int8_t *q, const float *scales, int group, int64_t K, int64_t N, int64_t k,
+                                   int n0, int cols, float *first, float *second) {
+    const float *scale = scales + (k / group) * N + n0;
+    if (k + 1 < K)
+        dequantize_pair_run(int8_at(q, K, N, k, n0), scale, first, second, cols);
+    else
+        dequantize_run(int8_at(q, K, N, k, n0), scale, first, cols);
+}
+
 /* panel[j * STRIP_STRIDE + k * STRIP + c] = W[k0 + k, n0 + j * STRIP + c] for depth rows and cols columns (the last
- * strip zero-filled past cols) */
-static void pack_panel(const int8_t *q, const float *scales, int group, int64_t N, int k0, int n0, int depth, int cols,
-                       float *panel) {
+ * strip zero-filled past cols). k0 is even (a multiple of DEPTH), so the rows go pair by pair. */
+static void pack_panel(const int8_t *q, const float *scales, int group, int64_t K, int64_t N, int k0, int n0,
+                       int depth, int cols, float *panel) {
     const int full = cols / STRIP;
-    for (int k = 0; k < depth; k++) {
-        const int8_t *src = q + (int64_t)(k0 + k) * N + n0;
-        const float *scale = scales + (int64_t)((k0 + k) / group) * N + n0;
-        for (int j = 0; j < full; j++)
-            dequantize_run(src + j * STRIP, scale + j * STRIP, panel + j * STRIP_STRIDE + k * STRIP, STRIP);
+    for (int k = 0; k < depth; k += 2) {
+        for (int j = 0; j < full; j++) {
+            float *dst = panel + j * STRIP_STRIDE + k * STRIP;
+            dequantize_rows(q, scales, group, K, N, k0 + k, n0 + j * STRIP, STRIP, dst, dst + STRIP);
+        }
         if (full * STRIP < cols) {
             float *dst = panel + full * STRIP_STRIDE + k * STRIP;
-            memset(dst, 0, sizeof(float) * STRIP);
-            dequantize_run(src + full * STRIP, scale + full * STRIP, dst, cols - full * STRIP);
+            memset(dst, 0, sizeof(float) * STRIP * (k + 1 < depth ? 2 : 1));
+            dequantize_rows(q, scales, group, K, N, k0 + k, n0 + full * STRIP, cols - full * STRIP, dst, dst + STRIP);
         }
     }
 }
@@ -167,7 +216,7 @@ static void run_task(const float *x, const int8_t *q, const float *scales, int g
     for (int k0 = 0; k0 < K; k0 += DEPTH) {
         const int depth = K - k0 < DEPTH ? K - k0 : DEPTH;
         pack_rows(x + k0, K, M, depth, xs);
-        pack_panel(q, scales, group, N, k0, n0, depth, cols, panel);
+        pack_panel(q, scales, group, K, N, k0, n0, depth, cols, panel);
         for (int j = 0; j < strips; j++) {
             const int c0 = n0 + j * STRIP, width = cols - j * STRIP < STRIP ? cols - j * STRIP : STRIP;
             for (int b = 0; b < blocks; b++) {
@@ -183,7 +232,7 @@ static void run_task(const float *x, const int8_t *q, const float *scales, int g
 #define XS_FLOATS (CHUNK_ROWS * DEPTH)
 #define PANEL_FLOATS ((WIDTH / STRIP) * STRIP_STRIDE)
 
-/* x [M, K] contiguous, q [K, N] int8 row-major, scales [ceil(K / group), N], bias [N] or NULL, y [M, N]. Returns 0
+/* x [M, K] contiguous, q [K, N] int8 in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL, y [M, N]. Returns 0
  * (y untouched) when there is no memory for a thread's buffers or the group is not positive. */
 int janus_linear_blocked_int8(const float *x, const int8_t *q, const float *scales, int group, const float *bias,
                               float *y, int M, int K, int N) {
@@ -236,9 +285,9 @@ static int linear_int8_panels(const float *x, const int8_t *q, const float *scal
     for (int n0 = 0; n0 < N; n0 += cols) {
         const int width = N - n0 < cols ? N - n0 : cols;
 #pragma omp parallel for schedule(static)
-        for (int k = 0; k < K; k++)
-            dequantize_run(q + (int64_t)k * N + n0, scales + (int64_t)(k / group) * N + n0, panel + (int64_t)k * width,
-                           width);
+        for (int k = 0; k < K; k += 2)
+            dequantize_rows(q, scales, group, K, N, k, n0, width, panel + (int64_t)k * width,
+                            panel + (int64_t)(k + 1) * width);
         float *c = y + n0;
         for (int m = 0; m < M; m++) {
             if (bias)

@@ -1,7 +1,8 @@
 /* y = x W + b for a few rows (a decode step) with int8 weights: W[k, n] = q[k, n] * scale[k / group, n], a float32
  * scale per output column for each group of `group` weight rows (input columns of the layer), float32 activations
  * and output; the products in float32 (the float path) or, on AVX-512BW CPUs, in int32 from int16 activations
- * (the integer path, below).
+ * (the integer path, below). q is held in pairs of rows (int8_pairs.h): rows 2i and 2i + 1 interleaved column by
+ * column, a last row of an odd K on its own.
  *
  * A decode step is bound by reading the weights: int8 halves the bytes of bf16. The weights are split among the
  * threads by rows (each streams one contiguous block, as linear.c does for bf16) and widened in registers as they
@@ -17,8 +18,12 @@
  * most 128 weight rows (the largest |x| of the chunk maps to 32767, so the rounding moves each activation by at
  * most 1/65534 of that largest one, against 1/254 of a group's largest weight for the weights' own rounding), and the
  * products are summed exactly in int32 by vpdpwssd (vpmaddwd + vpaddd without VNNI), two weight rows and 16
- * columns an instruction. A chunk's int32 sums are converted once and scaled by the weight's and the activation's
- * scales. |sum| <= 128 * 127 * 32767 < 2^31: no overflow. Columns past the last whole block take the float path.
+ * columns an instruction: the pair layout puts a column's two weights side by side as vpdpwssd wants them, so
+ * 32 bytes sign-extended (vpmovsxbw) are one operand. Held row by row they needed an interleave of two rows'
+ * values first (vpunpck{l,h}wd), and the kernel alone streamed 13.7 GB/s where the pairs stream 18.2 (1 row of x;
+ * 11.3 against 15.0 at 2 rows). A chunk's int32 sums are converted once and scaled by the weight's and the
+ * activation's scales. |sum| <= 128 * 127 * 32767 < 2^31: no overflow. Columns past the last whole block take the
+ * float path.
  */
 #include <float.h>
 #include <math.h>
@@ -27,32 +32,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "int8_pairs.h"
 #include "vec.h"
 
 #define MAX_ROWS 8
 #define STEP 8 /* weight rows summed before the scale is applied */
 
-/* q[i..i+7] -> eight floats: vpmovsxbd + vcvtdq2ps. Intrinsics where there is AVX2: GCC turns the same widening
- * written with vector extensions (__builtin_convertvector of an 8-byte vector) into a byte-at-a-time sequence that
- * ran ten times slower than the bf16 kernel. Elsewhere a loop the compiler vectorises as it can. */
+/* Eight columns of a pair of rows (16 bytes, the two rows' values alternating) -> eight floats of each row:
+ * vpmovsxbw, then each 32-bit lane's low and high int16 sign-extended by shifts, vcvtdq2ps. Intrinsics where there
+ * is AVX2: GCC turns widening written with vector extensions into a byte-at-a-time sequence that ran ten times
+ * slower than the bf16 kernel. Elsewhere a loop the compiler vectorises as it can. */
 #if defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX2__)
-static inline v8 load8_int8(const int8_t *q) {
-    return (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+static inline void load8_pair(const int8_t *pair, v8 *first, v8 *second) {
+    const __m256i both = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)pair));
+    *first = (v8)_mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(both, 16), 16));
+    *second = (v8)_mm256_cvtepi32_ps(_mm256_srai_epi32(both, 16));
 }
 #else
-static inline v8 load8_int8(const int8_t *q) {
-    v8 r;
-    for (int i = 0; i < 8; i++) r[i] = (float)q[i];
-    return r;
+static inline void load8_pair(const int8_t *pair, v8 *first, v8 *second) {
+    for (int i = 0; i < 8; i++) {
+        (*first)[i] = (float)pair[2 * i];
+        (*second)[i] = (float)pair[2 * i + 1];
+    }
 }
 #endif
 
 #if defined(__AVX512BW__)
 #define INT16_PATH 1
-#define PAIRS 8 /* pairs of weight rows per sweep over the columns: 16 rows measured ~5% faster than 8 */
+#define PAIRS 16 /* pairs of weight rows per sweep over the columns */
 #define CHUNK 128 /* weight rows summed in int32 before converting: 128 * 127 * 32767 < 2^31 */
 
 /* acc += q x for two weight rows (int16 pairs, one per 32-bit lane) */
@@ -64,18 +74,17 @@ static inline __m512i dot_pairs(__m512i acc, __m512i w, __m512i x) {
 #endif
 }
 
-/* Up to PAIRS pairs of weight rows from `row` (rows 2p and 2p + 1 of them; with `odd`, the last pair has only its
- * first row) times the M rows of x, added to the int32 sums isum [M, n32] of columns [0, n32). xp: each row's
- * activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the high half, zero for a
- * missing row), CHUNK / 2 of them a row of x.
+/* Up to PAIRS pairs of weight rows from `row` (the pairs' first row; with `odd`, the last "pair" is the lone last
+ * row of an odd K, held plainly) times the M rows of x, added to the int32 sums isum [M, n32] of columns [0, n32).
+ * xp: each row's activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the high half,
+ * zero for a missing row), CHUNK / 2 of them a row of x.
  *
- * Per pair of weight rows and 32 columns: the two rows' 32 bytes sign-extended to int16 (vpmovsxbw), interleaved
- * (vpunpck{l,h}wd: in each 128-bit lane, row k's and row k + 1's value of a column side by side), one vpdpwssd per
- * row of x and half-block. The interleave leaves the first half-block's sums holding columns 0-3, 8-11, 16-19,
- * 24-27 and the second the others: isum keeps that order until `convert_chunk`. Whole sweeps over the columns,
- * sixteen weight rows at a time: sequential streams that the prefetchers follow (walking down a chunk's 128 rows
- * for each block of columns instead ran no faster than the float path; prefetching 1 KiB ahead in software made
- * it 10% slower). */
+ * Per pair of weight rows and 32 columns: 64 bytes, sign-extended to int16 32 bytes at a time (vpmovsxbw: a
+ * column's two weights in one 32-bit lane), one vpdpwssd per row of x and 16 columns. A lone row's bytes are
+ * sign-extended to int32 (its high half meets the zero activation). Whole sweeps over the columns, 32 weight rows
+ * at a time: 16 sequential streams, which the prefetchers follow better than 8 (row by row, 16 rows had been
+ * faster than 8 and 32 slower; walking down a chunk's 128 rows for each block of columns instead ran no faster
+ * than the float path; prefetching 1 KiB ahead in software made it 10% slower). */
 static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n32, int P, int odd,
                                                               const uint32_t *xp, int32_t *isum, int M) {
     for (int c = 0; c < n32; c += 32) {
@@ -85,11 +94,16 @@ static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row,
             hi[m] = _mm512_loadu_si512(isum + (int64_t)m * n32 + c + 16);
         }
         for (int p = 0; p < P; p++) {
-            const int8_t *first = row + 2 * p * N + c;
-            const int8_t *second = odd && p == P - 1 ? first : first + N; /* its activations are zero */
-            const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)first));
-            const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)second));
-            const __m512i wl = _mm512_unpacklo_epi16(a, b), wh = _mm512_unpackhi_epi16(a, b);
+            __m512i wl, wh;
+            if (odd && p == P - 1) {
+                const int8_t *lone = row + 2 * p * N + c;
+                wl = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)lone));
+                wh = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(lone + 16)));
+            } else {
+                const int8_t *pair = row + 2 * p * N + 2 * c;
+                wl = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)pair));
+                wh = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(pair + 32)));
+            }
             for (int m = 0; m < M; m++) {
                 const __m512i xv = _mm512_set1_epi32((int)xp[m * (CHUNK / 2) + p]);
                 lo[m] = dot_pairs(lo[m], wl, xv);
@@ -103,20 +117,17 @@ static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row,
     }
 }
 
-/* A chunk's int32 sums, back in column order, converted once and scaled by the weights' scale row and each row of
- * x's activation scale into acc [M, N]; isum is left zero for the next chunk. */
+/* A chunk's int32 sums converted once and scaled by the weights' scale row and each row of x's activation scale
+ * into acc [M, N]; isum is left zero for the next chunk. */
 static void convert_chunk(int32_t *isum, const float *scale, const float *xscale, float *acc, int64_t N, int n32,
                           int M) {
-    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
     for (int m = 0; m < M; m++) {
         const __m512 xs = _mm512_set1_ps(xscale[m]);
         int32_t *im = isum + (int64_t)m * n32;
         float *am = acc + (int64_t)m * N;
         for (int c = 0; c < n32; c += 32) {
-            const __m512i lo = _mm512_loadu_si512(im + c), hi = _mm512_loadu_si512(im + c + 16);
-            const __m512 v0 = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, first, hi));
-            const __m512 v1 = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, second, hi));
+            const __m512 v0 = _mm512_cvtepi32_ps(_mm512_loadu_si512(im + c));
+            const __m512 v1 = _mm512_cvtepi32_ps(_mm512_loadu_si512(im + c + 16));
             const __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(scale + c), xs);
             const __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(scale + c + 16), xs);
             _mm512_storeu_ps(am + c, _mm512_fmadd_ps(v0, s0, _mm512_loadu_ps(am + c)));
@@ -175,7 +186,7 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
 #define INT16_PATH 0
 #endif
 
-/* x [M, K] contiguous (M <= MAX_ROWS), q [K, N] row-major, scales [ceil(K / group), N], bias [N] or NULL, y [M, N] */
+/* x [M, K] contiguous (M <= MAX_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL, y [M, N] */
 static int int8_rows(const float *x, const int8_t *q, const float *scales, int group, const float *bias, float *y,
                      int M, int K, int N) {
     const int threads = (int64_t)K * N >= 131072 ? omp_get_max_threads() : 1;
@@ -208,11 +219,11 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
         for (; k + STEP <= k1; k += STEP) {
             for (int m = 0; m < M; m++)
                 for (int j = 0; j < STEP; j++) xs[m * STEP + j] = x[(int64_t)m * K + k + j];
-            const int8_t *rows = q + (int64_t)k * N;
+            const int8_t *rows = q + (int64_t)k * N; /* STEP / 2 whole pairs: k is even, k + STEP <= K */
             const float *scale = scales + (int64_t)(k / group) * N;
             for (int c = n32; c < vector_end; c += 8) {
                 v8 w[STEP];
-                for (int j = 0; j < STEP; j++) w[j] = load8_int8(rows + j * (int64_t)N + c);
+                for (int j = 0; j < STEP; j += 2) load8_pair(rows + j * (int64_t)N + 2 * c, &w[j], &w[j + 1]);
                 const v8 s = load8(scale + c);
                 for (int m = 0; m < M; m++) {
                     const float *xm = xs + m * STEP;
@@ -225,17 +236,18 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
             for (int c = vector_end; c < N; c++)
                 for (int m = 0; m < M; m++) {
                     float sum = 0.0f;
-                    for (int j = 0; j < STEP; j++) sum += xs[m * STEP + j] * (float)rows[j * (int64_t)N + c];
+                    for (int j = 0; j < STEP; j++) sum += xs[m * STEP + j] * (float)*int8_at(q, K, N, k + j, c);
                     acc[(int64_t)m * N + c] += sum * scale[c];
                 }
         }
         for (; k < k1; k++) { /* the last few rows of a K that is not a multiple of 8 */
-            const int8_t *row = q + (int64_t)k * N;
+            const int stride = int8_stride(K, k);
+            const int8_t *row = int8_at(q, K, N, k, 0);
             const float *scale = scales + (int64_t)(k / group) * N;
             for (int m = 0; m < M; m++) {
                 const float xm = x[(int64_t)m * K + k];
                 float *am = acc + (int64_t)m * N;
-                for (int c = n32; c < N; c++) am[c] += xm * (float)row[c] * scale[c];
+                for (int c = n32; c < N; c++) am[c] += xm * (float)row[(int64_t)c * stride] * scale[c];
             }
         }
 #pragma omp barrier

@@ -6,7 +6,11 @@ The kernels' blocking: the streaming kernel (int8_rows.c) sums 8 weight rows bef
 the rows among threads and handles up to 8 rows of x per pass; the blocked one (int8_blocked.c) has tiles of 3, 6
 or 8 rows by 16 or 32 columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows; from 128 rows
 with MKL, sgemm on dequantized panels. K = 300 is one panel and a part one and not a multiple of 8 or of the group,
-N = 547 two tasks and a part one whose last strip is partly filled, and not a multiple of 8."""
+N = 547 two tasks and a part one whose last strip is partly filled, and not a multiple of 8.
+
+The kernels read q held in pairs of rows: the tests hand them q laid out by `_held`, written from the layout's
+definition (model/cpu_kernels/int8_pairs.h) element by element, and compare with the plain matrix's product. Odd K
+(17, 7, 513) ends in a lone row."""
 
 from __future__ import annotations
 
@@ -52,6 +56,19 @@ def _weights(rng: np.random.Generator, K: int, N: int, group: int) -> tuple[np.n
     return q, scales
 
 
+def _held(q: np.ndarray) -> np.ndarray:
+    """q's bytes in pairs of rows, placed one row at a time from the layout's definition: q[k, n] of a pair at
+    (k - k % 2) * N + 2n + k % 2, an odd K's last row at (K - 1) * N + n."""
+    K, N = q.shape
+    flat = np.empty(K * N, np.int8)
+    for k in range(K):
+        if K % 2 and k == K - 1:
+            flat[k * N:(k + 1) * N] = q[k]
+        else:
+            flat[(k - k % 2) * N + 2 * np.arange(N) + k % 2] = q[k]
+    return flat.reshape(K, N)
+
+
 def _dequantized(q: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
     """Independent of the code under test: each weight times its group's scale, in float64."""
     rows = np.arange(q.shape[0]) // group
@@ -83,7 +100,7 @@ def _product(lib, kernel: str, x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     """y through one kernel, into an output that starts as NaN (a value it never writes shows)."""
     M, K = x.shape
     N = q.shape[1]
-    xt, qt, st = paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scales)
+    xt, qt, st = paddle.to_tensor(x), paddle.to_tensor(_held(q)), paddle.to_tensor(scales)
     bias_t = None if bias is None else paddle.to_tensor(bias)
     out = paddle.full([M, N], float("nan"), "float32")
     done = getattr(lib, kernel)(xt.data_ptr(), qt.data_ptr(), st.data_ptr(), group,
@@ -142,20 +159,21 @@ def test_int8_linear_matches_float64_through_the_wrapper(kernel_build, rows):
     """int8.linear, what the layers call: the streaming kernel up to ROWS_MAX rows, the many-row entry above, on
     [rows, 1, K] activations."""
     x, q, scales, bias = _case(rows + 1000, rows, 300, 547, 64)
-    out = int8.linear(paddle.to_tensor(x.reshape(rows, 1, 300)), paddle.to_tensor(q), paddle.to_tensor(scales), 64,
-                      paddle.to_tensor(bias))
+    out = int8.linear(paddle.to_tensor(x.reshape(rows, 1, 300)), paddle.to_tensor(_held(q)),
+                      paddle.to_tensor(scales), 64, paddle.to_tensor(bias))
     assert out.shape == [rows, 1, 547]
     lib = cpu_kernels.library()
     bits = _bits(lib, "janus_linear_rows_int8") if rows <= int8.ROWS_MAX else 32
     _assert_close(out.numpy().reshape(rows, 547), x, _dequantized(q, scales, 64), bias, bits)
 
 
-@pytest.mark.parametrize("K", [300, 256])  # a part group at the end; whole groups only
+@pytest.mark.parametrize("K", [300, 256, 301])  # a part group at the end; whole groups only; a lone last row
 def test_int8_linear_without_the_kernels_computes_the_same_product(monkeypatch, K):
-    """With the kernels off, Paddle's ops on the dequantized weight: the same product."""
+    """With the kernels off, Paddle's ops on the dequantized weight (its pairs of rows undone): the same product."""
     monkeypatch.setenv("JANUS_CPU_KERNELS", "off")
     x, q, scales, bias = _case(K, 3, K, 40, 64)
-    out = int8.linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(scales), 64, paddle.to_tensor(bias))
+    out = int8.linear(paddle.to_tensor(x), paddle.to_tensor(_held(q)), paddle.to_tensor(scales), 64,
+                      paddle.to_tensor(bias))
     _assert_close(out.numpy(), x, _dequantized(q, scales, 64), bias)
 
 

@@ -89,3 +89,19 @@ def test_a_weight_quantized_in_chunks_matches_one_quantized_whole(monkeypatch):
     chunked = int8.quantize(w, 32)
     np.testing.assert_array_equal(whole[0], chunked[0])
     np.testing.assert_array_equal(whole[1], chunked[1])
+
+
+@pytest.mark.parametrize("K", [1, 2, 7, 64])
+def test_pair_rows_interleaves_two_rows_column_by_column_and_leaves_an_odd_last_row_alone(K):
+    """The layout the kernels read (int8_pairs.h), checked byte by byte: q[k, n] of a pair at (k - k % 2) * N + 2n +
+    k % 2; an odd K's last row at (K - 1) * N + n; and unpair_rows undoes it."""
+    N = 5
+    q = np.random.default_rng(K).integers(-127, 128, size=(K, N), dtype=np.int8)
+    held = int8.pair_rows(q)
+    assert held.shape == (K, N) and held.dtype == np.int8
+    flat = held.ravel()
+    for k in range(K):
+        for n in range(N):
+            at = k * N + n if K % 2 and k == K - 1 else (k - k % 2) * N + 2 * n + k % 2
+            assert flat[at] == q[k, n], (k, n)
+    np.testing.assert_array_equal(int8.unpair_rows(held), q)

@@ -41,7 +41,8 @@ def models(bf16_dir, tmp_path_factory):
     params = dict(dequantized.named_parameters())
     for name in keys.int8_names(quantized):
         layer = layers[name.rpartition(".")[0]]
-        params[name].set_value(int8.dequantize(layer.weight.numpy(), layer.weight_scale.numpy(), layer.int8_group))
+        params[name].set_value(int8.dequantize(int8.unpair_rows(layer.weight.numpy()), layer.weight_scale.numpy(),
+                                               layer.int8_group))
     return quantized, original, dequantized
 
 
@@ -62,7 +63,7 @@ def test_language_model_projections_and_generation_head_are_int8_and_nothing_els
             K, N = param.shape
             assert layer.weight_scale.shape == [-(-K // int8.GROUP_SIZE), N]
             # every weight within half a step of its scale from the original
-            w = int8.dequantize(param.numpy(), layer.weight_scale.numpy(), layer.int8_group)
+            w = int8.dequantize(int8.unpair_rows(param.numpy()), layer.weight_scale.numpy(), layer.int8_group)
             step = np.repeat(layer.weight_scale.numpy(), layer.int8_group, axis=0)[:K]
             assert (np.abs(w - exact[name].numpy()) <= step * 0.5 * (1 + 1e-5) + 1e-12).all(), name
         else:  # as without quantization: bf16 where the CPU computes from bf16, float32 elsewhere, same values
@@ -130,7 +131,7 @@ def test_int8_cache_holds_int8_and_is_read_back_on_the_next_start(bf16_dir, tmp_
     names = keys.int8_names(first)
     assert {name for name, info in header.items() if info["dtype"] == "I8"} == names
     assert {name for name, info in header.items() if name.endswith("_scale")} == {keys.scale_name(n) for n in names}
-    assert safetensors_io.read_metadata(_cache_file(tmp_path))["quantization"] == f"int8-g{int8.GROUP_SIZE}"
+    assert safetensors_io.read_metadata(_cache_file(tmp_path))["quantization"] == f"int8-g{int8.GROUP_SIZE}-pairs"
     again = dict(second.named_parameters())
     for name, param in first.named_parameters():
         np.testing.assert_array_equal(param.astype("float32").numpy(), again[name].astype("float32").numpy())
@@ -155,11 +156,17 @@ def _foreign_quantization(header) -> None:
     header["__metadata__"]["quantization"] = "int8-g32"
 
 
+def _rows_held_one_by_one(header) -> None:
+    """What a cache written before the weights were held in pairs of rows says of itself."""
+    header["__metadata__"]["quantization"] = f"int8-g{int8.GROUP_SIZE}"
+
+
 def _int8_weight_stored_as_unsigned(header) -> None:
     header["language_model.lm_head.weight"]["dtype"] = "U8"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "foreign quantization", "unsigned bytes", "garbage header"])
+@pytest.mark.parametrize("damage", ["truncated", "foreign quantization", "rows one by one", "unsigned bytes",
+                                    "garbage header"])
 def test_a_corrupt_or_foreign_int8_cache_is_refused_and_rebuilt(bf16_dir, tmp_path, damage, caplog):
     reference, _ = load_janus(bf16_dir, cache_dir=tmp_path, keep_bf16=True, quantization="int8")
     path = _cache_file(tmp_path)
@@ -167,6 +174,8 @@ def test_a_corrupt_or_foreign_int8_cache_is_refused_and_rebuilt(bf16_dir, tmp_pa
         path.write_bytes(path.read_bytes()[:-1000])
     elif damage == "foreign quantization":
         _rewrite_header(path, _foreign_quantization)
+    elif damage == "rows one by one":
+        _rewrite_header(path, _rows_held_one_by_one)
     elif damage == "unsigned bytes":
         _rewrite_header(path, _int8_weight_stored_as_unsigned)
     else:

@@ -44,7 +44,8 @@ def int8_model(tiny_dir):
     layers, params = dict(quantized.named_sublayers()), dict(model.named_parameters())
     for name in keys.int8_names(quantized):
         layer = layers[name.rpartition(".")[0]]
-        params[name].set_value(int8.dequantize(layer.weight.numpy(), layer.weight_scale.numpy(), layer.int8_group))
+        params[name].set_value(int8.dequantize(int8.unpair_rows(layer.weight.numpy()), layer.weight_scale.numpy(),
+                                               layer.int8_group))
     return model
 
 
