@@ -1,11 +1,13 @@
 """The published Janus-Pro-1B (or 7B) architecture (random weights) on this machine: load, prefill, decode steps,
 VQ decoding, memory, and the decode step against the memory-bandwidth floor measured in the same run.
 
-    python -m bench.fullsize [--size 1B] [--weights bfloat16|float32] [--dir DIR] [--rows 1 8 32] [--context 300]
+    python -m bench.fullsize [--size 1B] [--weights bfloat16|float32] [--quantization none|int8] [--dir DIR]
+                             [--rows 1 8 32] [--context 300]
 
 `--weights bfloat16` keeps the checkpoint's bf16 weights (what JANUS_DTYPE=auto does on the CPU), float32 widens
-them. A decode step reads every backbone weight once, so it cannot beat (weight bytes / memory bandwidth). The
-report gives step time / that floor: 1.0 would be perfect; large values mean per-op overhead or extra copies.
+them; `--quantization int8` holds the projections as int8 (JANUS_QUANTIZATION=int8; use it with bfloat16). A
+decode step reads every backbone weight once, so it cannot beat (weight bytes / memory bandwidth). The report gives
+step time / that floor: 1.0 would be perfect; large values mean per-op overhead or extra copies.
 `python -m bench.bf16_weights` runs this for both storages side by side.
 """
 
@@ -45,12 +47,16 @@ def resident_gib() -> float:
 
 
 def step_weight_bytes(janus) -> int:  # noqa: ANN001
-    """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner."""
+    """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner, and
+    the scales of int8 weights (a float32 per column and group of rows: 1/16 of the int8 bytes at groups of 64)."""
     total = 0
-    for name, param in janus.named_parameters():
-        if name.startswith(("language_model.llama.layers.", "language_model.llama.norm", "gen_head.",
-                            "gen_aligner.", "gen_embed.")):
-            total += int(np.prod(param.shape)) * param.element_size()
+    for name, layer in janus.named_sublayers():
+        if not name.startswith(("language_model.llama.layers.", "language_model.llama.norm", "gen_head.",
+                                "gen_aligner.", "gen_embed.")):
+            continue
+        for tensor in [*layer.parameters(include_sublayers=False), getattr(layer, "weight_scale", None)]:
+            if tensor is not None:
+                total += int(np.prod(tensor.shape)) * tensor.element_size()
     return total
 
 
@@ -113,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=["1B", "7B"], default="1B")
     parser.add_argument("--weights", choices=["bfloat16", "float32"], default="float32")
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none")
     parser.add_argument("--dir", type=Path, default=None, help="default: a random checkpoint under the temp folder")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "janus-bench-cache")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
@@ -128,12 +135,15 @@ def main() -> None:
     bandwidth = memory_bandwidth_gbs()
     directory = args.dir or build(Path(tempfile.gettempdir()) / f"janus-{args.size.lower()}-random", args.size)
     keep_bf16 = args.weights == "bfloat16"
-    load_janus(directory, cache_dir=args.cache, keep_bf16=keep_bf16)  # the converted cache: we time a later start
+    held = {"keep_bf16": keep_bf16, "quantization": args.quantization}
+    load_janus(directory, cache_dir=args.cache, **held)  # the converted cache: we time a later start
     started = time.perf_counter()
-    janus, report = load_janus(directory, cache_dir=args.cache, keep_bf16=keep_bf16)
+    janus, report = load_janus(directory, cache_dir=args.cache, **held)
     load_s = time.perf_counter() - started
     rss_after_load = resident_gib()
-    weights_gib = sum(int(np.prod(p.shape)) * p.element_size() for p in janus.parameters()) / 2**30
+    weights_gib = sum(int(np.prod(t.shape)) * t.element_size() for t in [
+        *janus.parameters(), *(getattr(layer, "weight_scale", None) for layer in janus.sublayers())]
+        if t is not None) / 2**30
     prompt_blocks, pool_blocks = blocks_needed(max(args.rows), args.context, args.steps)
     cache = janus.new_cache(pool_blocks, BLOCK)
     prompt_table = list(range(prompt_blocks))
@@ -158,7 +168,8 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({
         "model": f"Janus-Pro-{args.size} shape, random weights", "weights": report.weights,
-        "parameters": report.parameters, "weights_gib": weights_gib, "rss_after_load_gib": rss_after_load,
+        "quantization": args.quantization, "parameters": report.parameters, "weights_gib": weights_gib,
+        "rss_after_load_gib": rss_after_load,
         "load_s": load_s, "load_source": report.source,
         "prefill_one_image_s": prefill_s, "vq_decode_one_image_s": vq_s, "prompt_tokens": T,
         "context_tokens": args.context,
