@@ -2,6 +2,7 @@
 earlier revision and of this checkout taking turns in one process.
 
     python -m bench.many_rows [--before REV] [--rows 1 2 4 8 16 32] [--positions 2 4 8] [--rounds 5] [--profile]
+                              [--own-context]
 
 A step of R rows is one image-token decode step of R rows continuing a one-image prompt at position 300, as the rows
 of a generation do (`bench.fullsize`'s workload). "2 rows x k positions" is a step in which each of two rows appends
@@ -9,6 +10,11 @@ k positions (a speculative window: k drafted tokens checked in one forward), wit
 The floor of a step is the larger of reading its weights once (bytes / copy bandwidth) and its arithmetic (FLOPs of
 its products and attention / the rate of a square float32 sgemm through paddle.matmul, i.e. MKL), both measured in
 this run.
+
+The rows share the prompt's keys and values, so attention reads them from the caches. A generation's rows are
+different: past its short prompt each row's keys and values are its own. `--own-context` gives every row its own
+blocks for all CONTEXT positions (a constant: the values do not change the work), so that attention reads them from
+memory as a real step of that many rows does; the floor then counts those bytes too.
 
 `--before REV` compiles that revision's kernels and dispatches bf16 products with its row threshold; each round runs
 every step with both, the one that goes first alternating, and the first round only warms up. Prints the median
@@ -66,6 +72,19 @@ def step_shape(janus) -> tuple[int, int]:  # noqa: ANN001
             if len(param.shape) == 2 and not name.startswith("gen_embed."):
                 products += int(np.prod(param.shape))
     return nbytes, products
+
+
+def kv_bytes(janus, rows: int) -> int:  # noqa: ANN001
+    """Bytes of keys and values that `rows` rows of CONTEXT positions each hold (float32, every layer)."""
+    cfg = janus.cfg.language
+    kv_width = cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads
+    return rows * CONTEXT * cfg.num_hidden_layers * 2 * kv_width * 4
+
+
+def own_tables(rows: int, positions: int, first_free: int) -> list[list[int]]:
+    """Block tables of `rows` rows that share nothing: each its own blocks for `positions` positions."""
+    per_row = -(-positions // BLOCK)
+    return [list(range(first_free + r * per_row, first_free + (r + 1) * per_row)) for r in range(rows)]
 
 
 def step_flops(janus, positions: int) -> float:  # noqa: ANN001
@@ -217,6 +236,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per row count per round (the median counts)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--own-context", action="store_true",
+                        help="every row its own keys and values for all CONTEXT positions (as in a generation)")
     args = parser.parse_args()
     paddle.set_grad_enabled(False)
     directory = args.dir or build(Path(tempfile.gettempdir()) / "janus-1b-random", "1B")
@@ -231,16 +252,27 @@ def main() -> None:
                 "after": (cpu_kernels.library(), layer_ops.BF16_ROWS_MAX)}
     longest = max(args.positions + [1]) + args.steps
     prompt_blocks = -(-len(ONE_IMAGE_PROMPT) // BLOCK)
-    own = -(-(CONTEXT + longest + 1) // BLOCK) - CONTEXT // BLOCK
+    own = -(-(CONTEXT + longest + 1) // BLOCK) - (0 if args.own_context else CONTEXT // BLOCK)
     cache = janus.new_cache(prompt_blocks + max(args.rows + [2]) * own, BLOCK)
+    if args.own_context:  # written, as a real row's blocks are: pages never written all read the one zero page
+        from model.host_memory import host_view
+
+        for pool in cache.keys + cache.values:
+            host_view(pool)[...] = 0.01
     prompt_table = list(range(prompt_blocks))
     one_image_prefill(janus, cache, prompt_table)
+
+    def tables_of(rows: int) -> list[list[int]]:
+        if args.own_context:
+            return own_tables(rows, CONTEXT + longest + 1, prompt_blocks)
+        return decode_tables(prompt_table, rows, CONTEXT, longest, prompt_blocks)
+
     workloads: dict[str, tuple[int, Callable[[], float]]] = {}
     for rows in args.rows:
-        tables = decode_tables(prompt_table, rows, CONTEXT, longest, prompt_blocks)
+        tables = tables_of(rows)
         workloads[f"{rows} rows"] = (rows, lambda tables=tables: window_step(janus, cache, tables, 1))
     for positions in args.positions:
-        tables = decode_tables(prompt_table, 2, CONTEXT, longest, prompt_blocks)
+        tables = tables_of(2)
         workloads[f"2 rows x {positions} positions"] = (
             2 * positions, lambda tables=tables, positions=positions: window_step(janus, cache, tables, positions))
 
@@ -258,21 +290,23 @@ def main() -> None:
     weight_bytes, _ = step_shape(janus)
     result = {}
     for label, (positions, _) in workloads.items():
-        floor = max(weight_bytes / (bandwidth * 1e9), step_flops(janus, positions) / (gflops * 1e9))
+        rows = int(label.split()[0])
+        read = weight_bytes + (kv_bytes(janus, rows) if args.own_context else 0)
+        floor = max(read / (bandwidth * 1e9), step_flops(janus, positions) / (gflops * 1e9))
         ratios = [a / b for a, b in zip(times["after"][label], times["before"][label], strict=True)]
         after = float(np.median(times["after"][label]))
         result[label] = {"before_ms": 1e3 * float(np.median(times["before"][label])), "after_ms": 1e3 * after,
                          "after_over_before": float(np.median(ratios)),
                          "after_over_before_quartiles": np.percentile(ratios, [25, 75]).round(3).tolist(),
                          "floor_ms": 1e3 * floor, "after_over_floor": after / floor}
-    output = {"before": args.before, "before_bf16_rows_max": variants["before"][1],
+    output = {"own_context": args.own_context, "before": args.before, "before_bf16_rows_max": variants["before"][1],
               "after_bf16_rows_max": variants["after"][1], "rounds": args.rounds,
               "memory_bandwidth_gbs": bandwidth, "sgemm_gflops": gflops, "step_weight_gib": weight_bytes / 2**30,
               "steps": result}
     if args.profile:
         output["profile_ms"] = {}
         for rows in args.rows:
-            tables = decode_tables(prompt_table, rows, CONTEXT, longest, prompt_blocks)
+            tables = tables_of(rows)
             profile_step(janus, cache, tables)  # warm
             parts = [profile_step(janus, cache, tables) for _ in range(3)]
             output["profile_ms"][f"{rows} rows"] = {k: round(1e3 * float(np.median([p[k] for p in parts])), 2)
