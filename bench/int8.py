@@ -3,7 +3,7 @@
     python -m bench.int8 [--dir DIR] [--rows 1 2 8 32] [--rounds 5] [--no-float32]   # speed and memory
     python -m bench.int8 --quality [--dir DIR] [--steps 256]                         # int8 against bf16 logits
     python -m bench.int8 --groups                                                    # error and speed per group
-    python -m bench.int8 --crossover [--rounds 5]                  # int8 steps of 1-8 rows: streaming or blocked
+    python -m bench.int8 --crossover [--rounds 5] [--rows ...]     # int8 steps of 1-8 rows: streaming or blocked
 
 Default checkpoint: a random one with the Janus-Pro-1B shape (`bench.big_checkpoint`).
 
@@ -20,8 +20,9 @@ over the reference's tokens (teacher-forced, so every step sees the same input) 
 largest logit difference relative to the reference's largest logit, and the share of steps whose greedy choice
 agrees; and int8 decoding on its own, how many steps it agrees with the reference before it first parts.
 
-Crossover: int8 decode steps of 1 to 8 rows with every product on the streaming kernel and with every product on
-the blocked one (alternating per round), to place `model.cpu_kernels.int8.ROWS_MAX`.
+Crossover: int8 decode steps of 1 to 8 rows (or `--rows`) with every product on the streaming kernel (more than 8
+rows in passes of 8, each reading the weights again) and with every product on the blocked one (alternating per
+round), to place `model.cpu_kernels.int8.ROWS_MAX`.
 
 Groups: for groups of 32, 64, 128 weight rows and one scale per column, the products' relative RMS error on the
 demo model's trained weights and on the random 1B weights, and the time of 1- and 2-row products through four of
@@ -127,7 +128,8 @@ def crossover(args: argparse.Namespace) -> dict:
     janus, _ = _load(directory, args.scratch / "int8-cache", "int8")
     prompt_blocks = -(-len(ONE_IMAGE_PROMPT) // BLOCK)
     own = -(-(CONTEXT + 64 + 1) // BLOCK) - CONTEXT // BLOCK
-    cache = janus.new_cache(prompt_blocks + 8 * own, BLOCK)
+    row_counts = args.rows or list(range(1, 9))
+    cache = janus.new_cache(prompt_blocks + max(row_counts) * own, BLOCK)
     table = list(range(prompt_blocks))
     one_image_prefill(janus, cache, table)
     times: dict[str, dict[int, list[float]]] = {"streaming": defaultdict(list), "blocked": defaultdict(list)}
@@ -135,8 +137,8 @@ def crossover(args: argparse.Namespace) -> dict:
     try:
         for round_ in range(args.rounds + 1):
             for kernel in (("streaming", "blocked") if round_ % 2 else ("blocked", "streaming")):
-                int8.ROWS_MAX = 8 if kernel == "streaming" else 0
-                for rows in range(1, 9):
+                int8.ROWS_MAX = max(row_counts) if kernel == "streaming" else 0
+                for rows in row_counts:
                     tables = decode_tables(table, rows, CONTEXT, 64, prompt_blocks)
                     taken = float(np.median([decode_step(janus, cache, tables, CONTEXT + i) for i in range(3)]))
                     if round_:
@@ -349,7 +351,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="default: a random 1B checkpoint in the temp folder")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "janus-bench-cache",
                         help="converted cache of the bf16 and float32 loads")
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 8, 32])
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="default: 1 2 8 32 (crossover: 1-8)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-float32", dest="float32", action="store_false")
     parser.add_argument("--quality", action="store_true")
@@ -357,6 +359,8 @@ def main() -> None:
     parser.add_argument("--groups", action="store_true")
     parser.add_argument("--crossover", action="store_true")
     args = parser.parse_args()
+    if args.rows is None and not args.crossover:
+        args.rows = [1, 2, 8, 32]
     started = time.time()
     mode = quality if args.quality else groups if args.groups else crossover if args.crossover else speed
     # the int8 caches (2.6 GiB for the 1B shape) are made for this run and go with it, also when it fails

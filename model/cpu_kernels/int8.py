@@ -23,8 +23,23 @@ import paddle
 from model import cpu_kernels
 
 GROUP_SIZE = 64  # weight rows per scale
-ROWS_MAX = 4  # rows up to which the streaming kernel runs; the blocked one above
+# Rows up to which products take the streaming kernel (int8_rows.c; more than 8 rows in passes of 8, each reading
+# the weights again), the many-row entry above (MKL on dequantized panels from 128 rows, the blocked kernel without
+# MKL). On the integer path (AVX-512BW) streaming won at every count measured on the 1B shape (python -m bench.int8
+# --crossover --rows 2 4 5 6 8 12 16 32: 8 rows 161 against 332 ms, 32 rows 514 against 691), and a row's result
+# is then the same whatever the step's row count up to 127 (its activations are rounded on their own). The float
+# path keeps the earlier threshold. None: by the path; a number overrides it (benchmarks).
+ROWS_MAX: int | None = None
+ROWS_MAX_INTEGER_PATH = 127
+ROWS_MAX_FLOAT_PATH = 4
 _CHUNK_FLOATS = 1 << 24  # quantized at a time (64 MiB of float32): the float32 copy of a weight never exists whole
+
+
+def rows_max(lib) -> int:  # noqa: ANN001 (the loaded kernels)
+    """Rows up to which `linear` takes the streaming kernel of these kernels."""
+    if ROWS_MAX is not None:
+        return ROWS_MAX
+    return ROWS_MAX_INTEGER_PATH if lib.janus_int8_rows_activation_bits() == 16 else ROWS_MAX_FLOAT_PATH
 
 
 def check_group(group: int) -> None:
@@ -123,7 +138,7 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
     out = paddle.empty([*x.shape[:-1], N], "float32")
     args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), group, None if bias is None else bias.data_ptr(),
             out.data_ptr(), rows, K, N)
-    kernel = lib.janus_linear_rows_int8 if rows <= ROWS_MAX else lib.janus_linear_int8
+    kernel = lib.janus_linear_rows_int8 if rows <= rows_max(lib) else lib.janus_linear_int8
     if not kernel(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} int8 product")
     return out
