@@ -4,14 +4,16 @@ and Pillow, not the model).
     python -m bench.demo_quality                    # the committed demo checkpoint, a server started here
     python -m bench.demo_quality --model-dir DIR    # another trained checkpoint (python -m training --out DIR)
     python -m bench.demo_quality --quantization int8  # the server holding int8 weights (JANUS_QUANTIZATION)
+    python -m bench.demo_quality --seeds 32           # 32 seeds per prompt instead of 4 (a tighter estimate)
 
-- generation: every colour x shape, four seeds each, guidance 5 and temperature 1 (and guidance 1 for the
+- generation: every colour x shape, four seeds each (`--seeds`), guidance 5 and temperature 1 (and guidance 1 for the
   colour: how much guidance matters); the requested colour and shape as the judge sees them;
 - understanding: probe pictures drawn independently of the training data (`training.probes`: Pillow's named
   colours, other sizes, some not square, some JPEG, some drawn at 2x), three questions each;
 - round trip: each guided image of the generation part is sent back with "What is in this picture?";
 - time per image and per answer, one request at a time.
-Writes bench/results/demo_quality.json and prints a markdown table.
+Writes bench/results/demo_quality.json (with each generated image's verdicts, in order, so that two runs on the
+same seeds can be compared image by image) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ def names(text: str, word: str) -> bool:
     return f" {word} " in f" {text.replace('.', ' ').replace(',', ' ')} "
 
 
-def measure(base: str, workers: int = 8) -> dict:
+def measure(base: str, seeds: tuple[int, ...] = SEEDS, workers: int = 8) -> dict:
     api = httpx.Client(base_url=base, timeout=600)
     pool = ThreadPoolExecutor(workers)  # requests in flight together: the engine batches them
     out: dict = {}
 
     # generation
-    asks = [(c, s, seed) for c in PROBE_COLOURS for s in PROBE_SHAPES for seed in SEEDS]
+    asks = [(c, s, seed) for c in PROBE_COLOURS for s in PROBE_SHAPES for seed in seeds]
     guided = list(pool.map(lambda a: generate(api, f"{article(a[0])} {a[0]} {a[1]}", a[2], 5.0), asks))
     unguided = list(pool.map(lambda a: generate(api, f"{article(a[0])} {a[0]} {a[1]}", a[2], 1.0), asks))
     verdicts = [judge(p) for p in guided]
@@ -76,6 +78,9 @@ def measure(base: str, workers: int = 8) -> dict:
         "shape": sum(v.shape == a[1] for v, a in zip(verdicts, asks, strict=True)) / len(asks),
         "colour_cfg1": sum(v.colour == a[0] for v, a in zip(verdicts_cfg1, asks, strict=True)) / len(asks),
         "shape_cfg1": sum(v.shape == a[1] for v, a in zip(verdicts_cfg1, asks, strict=True)) / len(asks),
+        "asked": [list(a) for a in asks],
+        "shape_right": [v.shape == a[1] for v, a in zip(verdicts, asks, strict=True)],
+        "shape_right_cfg1": [v.shape == a[1] for v, a in zip(verdicts_cfg1, asks, strict=True)],
     }
 
     # understanding
@@ -97,7 +102,7 @@ def measure(base: str, workers: int = 8) -> dict:
     # round trip
     answers = list(pool.map(lambda p: ask(api, p, "What is in this picture?"), guided))
     both = [names(t, a[0]) and names(t, a[1]) for t, a in zip(answers, asks, strict=True)]
-    out["round_trip"] = {"images": len(asks), "both_right": sum(both) / len(asks)}
+    out["round_trip"] = {"images": len(asks), "both_right": sum(both) / len(asks), "right": both}
 
     # time, one request at a time
     started = time.perf_counter()
@@ -136,15 +141,17 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="default: the committed demo checkpoint")
     parser.add_argument("--quantization", choices=["none", "int8"], default="none",
                         help="how the server holds the weights (JANUS_QUANTIZATION)")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per prompt (from 101 on)")
     args = parser.parse_args()
     from model.demo import demo_model_dir
 
     model_dir = args.model_dir or demo_model_dir()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.quantization == "none" else f"_{args.quantization}"
+    suffix = ("" if args.quantization == "none" else f"_{args.quantization}") + (
+        "" if args.seeds == len(SEEDS) else f"_{args.seeds}seeds")
     with server_process(model_dir, 32, 1024, RESULTS / f"server-demo-quality{suffix}.log",
                         extra_env={"JANUS_QUANTIZATION": args.quantization}) as (base, _):
-        result = measure(base)
+        result = measure(base, tuple(range(SEEDS[0], SEEDS[0] + args.seeds)))
     result["model_dir"] = str(model_dir)
     result["quantization"] = args.quantization
     (RESULTS / f"demo_quality{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
