@@ -15,6 +15,7 @@ that order. `quantize` and `dequantize` speak of the plain matrix.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -39,7 +40,13 @@ def rows_max(lib) -> int:  # noqa: ANN001 (the loaded kernels)
     """Rows up to which `linear` takes the streaming kernel of these kernels."""
     if ROWS_MAX is not None:
         return ROWS_MAX
-    return ROWS_MAX_INTEGER_PATH if lib.janus_int8_rows_activation_bits() == 16 else ROWS_MAX_FLOAT_PATH
+    return ROWS_MAX_INTEGER_PATH if _activation_bits(lib) == 16 else ROWS_MAX_FLOAT_PATH
+
+
+@functools.cache
+def _activation_bits(lib) -> int:  # noqa: ANN001
+    """What the library's few-row kernel rounds activations to (asked once per library, not at every product)."""
+    return int(lib.janus_int8_rows_activation_bits())
 
 
 def check_group(group: int) -> None:
