@@ -232,8 +232,8 @@ static void run_task(const float *x, const int8_t *q, const float *scales, int g
 #define XS_FLOATS (CHUNK_ROWS * DEPTH)
 #define PANEL_FLOATS ((WIDTH / STRIP) * STRIP_STRIDE)
 
-/* x [M, K] contiguous, q [K, N] int8 in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL, y [M, N]. Returns 0
- * (y untouched) when there is no memory for a thread's buffers or the group is not positive. */
+/* x [M, K] contiguous, q [K, N] int8 in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL, y [M, N].
+ * Returns 0 (y untouched) when there is no memory for a thread's buffers or the group is not positive. */
 int janus_linear_blocked_int8(const float *x, const int8_t *q, const float *scales, int group, const float *bias,
                               float *y, int M, int K, int N) {
     if (group <= 0) return 0;

@@ -186,7 +186,8 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
 #define INT16_PATH 0
 #endif
 
-/* x [M, K] contiguous (M <= MAX_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL, y [M, N] */
+/* x [M, K] contiguous (M <= MAX_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL,
+ * y [M, N] */
 static int int8_rows(const float *x, const int8_t *q, const float *scales, int group, const float *bias, float *y,
                      int M, int K, int N) {
     const int threads = (int64_t)K * N >= 131072 ? omp_get_max_threads() : 1;
@@ -236,7 +237,8 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
             for (int c = vector_end; c < N; c++)
                 for (int m = 0; m < M; m++) {
                     float sum = 0.0f;
-                    for (int j = 0; j < STEP; j++) sum += xs[m * STEP + j] * (float)*int8_at(q, K, N, k + j, c);
+                    for (int j = 0; j < STEP; j++)
+                        sum += xs[m * STEP + j] * (float)*int8_at(q, K, N, k + j, c);
                     acc[(int64_t)m * N + c] += sum * scale[c];
                 }
         }
