@@ -126,14 +126,15 @@ def old_kernels(revision: str, out: Path) -> tuple[ctypes.CDLL, int]:
 
 
 class _Succeeding:
-    """An older library whose many-row entry returned nothing: it reports success as this checkout's does."""
+    """An older library whose many-row entry (and, before they could report a failed allocation, few-row kernels)
+    returned nothing: it reports success as this checkout's do."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
 
     def __getattr__(self, name: str):  # noqa: ANN204
         function = getattr(self._lib, name)
-        if name != "janus_linear_bf16":
+        if name not in ("janus_linear_bf16", "janus_linear_rows_bf16", "janus_linear_rows"):
             return function
         return lambda *args: function(*args) or 1
 

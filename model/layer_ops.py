@@ -45,8 +45,9 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
         if lib is not None:
             K, N = weight.shape
             out = paddle.empty([*x.shape[:-1], N], "float32")
-            lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
-                                  out.data_ptr(), rows, K, N)
+            if not lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                                         out.data_ptr(), rows, K, N):
+                raise MemoryError(f"no memory for the partial sums of a {rows} x {K} x {N} product")
             return out
     out = paddle.matmul(x, weight)
     return out if bias is None else add_bias_(out, bias)
@@ -73,9 +74,7 @@ def bf16_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | N
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
     out = paddle.empty([*x.shape[:-1], N], "float32")
     args = (x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
-    if rows <= BF16_ROWS_MAX:
-        lib.janus_linear_rows_bf16(*args)
-    elif not lib.janus_linear_bf16(*args):
+    if not (lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16)(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
     return out
 

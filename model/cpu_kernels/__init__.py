@@ -71,9 +71,11 @@ _SIGNATURES = {
        for name in ("janus_linear_rows_int8", "janus_linear_blocked_int8", "janus_linear_int8")},
     "janus_int8_rows_activation_bits": [],
 }
-# 0: no memory for the kernel's buffers (the output is untouched)
-_RETURNS = {"janus_linear_bf16": _I, "janus_linear_blocked_bf16": _I, "janus_linear_rows_int8": _I,
-            "janus_linear_blocked_int8": _I, "janus_linear_int8": _I, "janus_int8_rows_activation_bits": _I}
+# 0: no memory for the kernel's buffers (the output is untouched, or for the few-row kernels' passes of 8 rows,
+# written only for the passes before)
+_RETURNS = {"janus_linear_rows": _I, "janus_linear_rows_bf16": _I, "janus_linear_bf16": _I,
+            "janus_linear_blocked_bf16": _I, "janus_linear_rows_int8": _I, "janus_linear_blocked_int8": _I,
+            "janus_linear_int8": _I, "janus_int8_rows_activation_bits": _I}
 
 
 class KernelBuildError(RuntimeError):

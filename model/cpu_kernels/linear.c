@@ -46,11 +46,13 @@ static inline __attribute__((always_inline)) int slot(int c, int vector_end, int
     return bf16 && c < vector_end ? (c & ~15) + ((c & 1) << 3) + ((c & 15) >> 1) : c;
 }
 
-/* x [M, K] contiguous (M <= MAX_ROWS), w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N]. */
-static inline __attribute__((always_inline)) void linear_rows(const float *x, const void *w, const float *bias,
-                                                              float *y, int M, int K, int N, int bf16) {
+/* x [M, K] contiguous (M <= MAX_ROWS), w [K, N] row-major (Paddle's Linear layout), bias [N] or NULL, y [M, N].
+ * Returns 0 (y untouched) when there is no memory for the threads' partial sums. */
+static inline __attribute__((always_inline)) int linear_rows(const float *x, const void *w, const float *bias,
+                                                             float *y, int M, int K, int N, int bf16) {
     const int threads = (int64_t)K * N >= 65536 ? omp_get_max_threads() : 1;
     float *partial = malloc(sizeof(float) * (size_t)threads * M * N);
+    if (!partial) return 0;
     const int vector_end = bf16 ? N / 16 * 16 : N / 8 * 8;
 #pragma omp parallel num_threads(threads)
     {
@@ -126,18 +128,25 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, co
         }
     }
     free(partial);
+    return 1;
 }
 
 /* Few-row projections: meant for up to MAX_ROWS rows; more are done MAX_ROWS at a time (each pass reads all of w
- * again). */
-void janus_linear_rows(const float *x, const float *w, const float *bias, float *y, int M, int K, int N) {
+ * again). Return 0 when there is no memory for the partial sums (rows before the failing pass are written). */
+int janus_linear_rows(const float *x, const float *w, const float *bias, float *y, int M, int K, int N) {
     for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
-        linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 0);
+        if (!linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K,
+                         N, 0))
+            return 0;
+    return 1;
 }
 
-void janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
+int janus_linear_rows_bf16(const float *x, const uint16_t *w, const float *bias, float *y, int M, int K, int N) {
     for (int m0 = 0; m0 < M; m0 += MAX_ROWS)
-        linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K, N, 1);
+        if (!linear_rows(x + (int64_t)m0 * K, w, bias, y + (int64_t)m0 * N, M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS, K,
+                         N, 1))
+            return 0;
+    return 1;
 }
 
 #ifdef JANUS_WITH_MKL
