@@ -100,11 +100,11 @@ def test_int8_network_computes_what_its_dequantized_weights_do(models):
     # the understanding prompt's prefill, under 128 positions on this tiny network): far under what a lost weight
     # row or a wrong scale does, and under the weights' own rounding (the next test allows 2% of the logits' range).
     lib = cpu_kernels.library()
-    streaming = 2e-3 if lib and lib.janus_int8_rows_activation_bits() == 16 else 1e-4
+    integer = bool(lib) and lib.janus_int8_rows_activation_bits() == 16
     np.testing.assert_allclose(_understanding_logits(quantized, cfg), _understanding_logits(dequantized, cfg),
-                               rtol=0, atol=streaming)
+                               rtol=0, atol=2e-3 if integer else 1e-4)
     prompt = np.random.default_rng(3).integers(10, cfg.language.vocab_size, 10)
-    for rows, atol in ((2, streaming), (130, 1e-4)):
+    for rows, atol in ((2, 1e-3 if integer else 1e-4), (130, 1e-4)):
         np.testing.assert_allclose(_image_logits(quantized, prompt, rows), _image_logits(dequantized, prompt, rows),
                                    rtol=0, atol=atol)
     texts = [greedy_text(m, prompt, None, IMAGE_ID, eos_id=-1, max_new_tokens=16) for m in (quantized, dequantized)]
