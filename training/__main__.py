@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of drawing pictures also drawn unprompted, agreeing with their prompted row")
     parser.add_argument("--twins-from", type=float, default=defaults.twins_from,
                         help="share of the joint stage's steps before the twins start (0: from the first step)")
+    parser.add_argument("--grid", type=int, default=defaults.grid,
+                        help="pixels: the drawing pictures' shapes on this grid (0: anywhere)")
     parser.add_argument("--check-pictures", type=int, default=defaults.check_pictures,
                         help="held-out pictures for the check after training (0: skip it)")
     args = parser.parse_args(argv)
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                       codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
                       decoded_pool=min(Options().decoded_pool, args.generation_pool),
                       check_pictures=args.check_pictures, guidance_twins=args.guidance_twins,
-                      twins_from=args.twins_from)
+                      twins_from=args.twins_from, grid=args.grid)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "training_log.txt", "w") as log:
         summary = train_demo(args.out, options, log=log)

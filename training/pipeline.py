@@ -50,7 +50,7 @@ from training.losses import generation_loss, understanding_loss
 from training.optimisation import Progress, init_transformer_weights, optimiser, seed_convolutions
 from training.patch_codebook import PatchCodebook, train_codebook
 from training.quick_check import quick_check
-from training.scenes import random_scene, render
+from training.scenes import Scene, on_grid, random_scene, render
 from training.vision_pretraining import pretrain_vision, start_with_edge_filters
 
 GENERATION_BACKGROUNDS = 0.15  # share of generation pictures on a coloured background
@@ -75,6 +75,7 @@ class Options:
     token_noise: float = 0.1  # input image tokens replaced by random ones (see examples.generation_batch)
     lm_lr: float = 1e-3
     check_pictures: int = 60  # held-out pictures for the quick check (0: none)
+    grid: int = 0  # pixels: the drawing pictures' shapes on this grid (scenes.on_grid; 0: anywhere)
 
 
 def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
@@ -95,7 +96,7 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
     # image tokens
     mark = time.perf_counter()
     size = cfg.gen_vision.image_size
-    scenes = [random_scene(rng, coloured_background=GENERATION_BACKGROUNDS) for _ in range(options.codebook_pictures)]
+    scenes = drawing_scenes(rng, options.codebook_pictures, size, options.grid)
     pictures = np.stack([np.asarray(render(s, size)) for s in scenes])
     grid = cfg.gen_vision.grid
     codebook = train_codebook(pictures, cfg.gen_vision.image_token_size, grid, size // grid, rng,
@@ -113,7 +114,7 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
 
     # the language model, the vision encoder and everything around them
     mark = time.perf_counter()
-    pool = [random_scene(rng, coloured_background=GENERATION_BACKGROUNDS) for _ in range(options.generation_pool)]
+    pool = drawing_scenes(rng, options.generation_pool, size, options.grid)
     pool_tokens = codebook.encode(np.stack([np.asarray(render(s, size)) for s in pool]))
     drawn = decoded_pictures(model, pool_tokens[:options.decoded_pool])
     processor = ImageProcessor.from_dir(out)
@@ -145,6 +146,13 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
                "losses": {"decoder": decoder_history[-1:], "vision": vision_history[-1:], "lm": lm_history[-1:]}}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def drawing_scenes(rng: np.random.Generator, count: int, size: int, grid: int) -> list[Scene]:
+    """Scenes of the kind the model learns to draw (and the image tokenizer to code): `size` px pictures, their
+    shapes on a `grid`-pixel grid (0: anywhere)."""
+    scenes = [random_scene(rng, coloured_background=GENERATION_BACKGROUNDS) for _ in range(count)]
+    return [on_grid(scene, size, grid) for scene in scenes] if grid else scenes
 
 
 def codebook_embedding(codebook: PatchCodebook) -> np.ndarray:
