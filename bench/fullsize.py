@@ -46,18 +46,21 @@ def resident_gib() -> float:
     return float("nan")
 
 
-def step_weight_bytes(janus) -> int:  # noqa: ANN001
-    """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner, and
-    the scales of int8 weights (a float32 per column and group of rows: 1/16 of the int8 bytes at groups of 64)."""
+def held_bytes(layers) -> int:  # noqa: ANN001
+    """Bytes of the layers' own weights (not their sublayers'), with the scales of int8 ones: a float32 per column
+    and group of rows, 1/16 of the int8 bytes at groups of 64."""
     total = 0
-    for name, layer in janus.named_sublayers():
-        if not name.startswith(("language_model.llama.layers.", "language_model.llama.norm", "gen_head.",
-                                "gen_aligner.", "gen_embed.")):
-            continue
+    for layer in layers:
         for tensor in [*layer.parameters(include_sublayers=False), getattr(layer, "weight_scale", None)]:
             if tensor is not None:
                 total += int(np.prod(tensor.shape)) * tensor.element_size()
     return total
+
+
+def step_weight_bytes(janus) -> int:  # noqa: ANN001
+    """Weights one image-token decode step reads: the backbone layers, final norm, gen head, gen embed/aligner."""
+    return held_bytes(layer for name, layer in janus.named_sublayers() if name.startswith((
+        "language_model.llama.layers.", "language_model.llama.norm", "gen_head.", "gen_aligner.", "gen_embed.")))
 
 
 ONE_IMAGE_PROMPT = np.concatenate([[100000], np.arange(1000, 1020), [100016], np.full(576, 100581), [100017],
@@ -141,9 +144,7 @@ def main() -> None:
     janus, report = load_janus(directory, cache_dir=args.cache, **held)
     load_s = time.perf_counter() - started
     rss_after_load = resident_gib()
-    weights_gib = sum(int(np.prod(t.shape)) * t.element_size() for t in [
-        *janus.parameters(), *(getattr(layer, "weight_scale", None) for layer in janus.sublayers())]
-        if t is not None) / 2**30
+    weights_gib = held_bytes(janus.sublayers(include_self=True)) / 2**30
     prompt_blocks, pool_blocks = blocks_needed(max(args.rows), args.context, args.steps)
     cache = janus.new_cache(pool_blocks, BLOCK)
     prompt_table = list(range(prompt_blocks))
