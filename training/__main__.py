@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of the joint stage's steps before the twins start (0: from the first step)")
     parser.add_argument("--grid", type=int, default=defaults.grid,
                         help="pixels: the drawing pictures' shapes on this grid (0: anywhere)")
+    parser.add_argument("--guidance-steps", type=int, default=defaults.guidance_steps,
+                        help="steps of the guidance stage after the joint stage (0: none)")
+    parser.add_argument("--resume-guidance", type=Path, default=None, metavar="DIR",
+                        help="run only the guidance stage, on DIR: the checkpoint of a run with --guidance-steps 0 "
+                             "and otherwise these options")
     parser.add_argument("--check-pictures", type=int, default=defaults.check_pictures,
                         help="held-out pictures for the check after training (0: skip it)")
     args = parser.parse_args(argv)
@@ -39,10 +45,17 @@ def main(argv: list[str] | None = None) -> int:
                       codebook_pictures=args.codebook_pictures, generation_pool=args.generation_pool,
                       decoded_pool=min(Options().decoded_pool, args.generation_pool),
                       check_pictures=args.check_pictures, guidance_twins=args.guidance_twins,
-                      twins_from=args.twins_from, grid=args.grid)
+                      twins_from=args.twins_from, grid=args.grid, guidance_steps=args.guidance_steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "training_log.txt", "w") as log:
-        summary = train_demo(args.out, options, log=log)
+    if args.resume_guidance:  # the loss log goes on from the joint stage's
+        shutil.copyfile(args.resume_guidance / "training_log.txt", args.out / "training_log.txt")
+    with open(args.out / "training_log.txt", "a" if args.resume_guidance else "w") as log:
+        if args.resume_guidance:
+            from training.pipeline import resume_guidance_stage
+
+            summary = resume_guidance_stage(args.resume_guidance, args.out, options, log=log)
+        else:
+            summary = train_demo(args.out, options, log=log)
     print(f"checkpoint written to {args.out} in {summary['timings']['total_s'] / 60:.1f} min", file=sys.stderr)
     for name, value in summary["quick_check"].items():
         print(f"  {name}: {value:.0%}", file=sys.stderr)

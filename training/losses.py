@@ -16,10 +16,17 @@ from model.janus import JanusModel
 from training.examples import GenerationBatch, UnderstandingBatch
 
 
-def generation_loss(model: JanusModel, batch: GenerationBatch) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """(the cross-entropy of every row's next image token, the twins' agreement): the mean over the twins' positions
-    of KL(c || u), c the conditional row's distribution held fixed (it learns from its tokens alone), u its
-    unconditional twin's (`examples.generation_examples` says why); zero without twins."""
+def generation_loss(model: JanusModel, batch: GenerationBatch,
+                    guidance: float = 0.0) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """(the cross-entropy of every row's next image token, the twins' term; zero without twins).
+
+    The twins' term, c the conditional row's distribution held fixed (it learns from its tokens alone) and u its
+    unconditional twin's (`examples.generation_examples` says why twins):
+    - guidance 0: the mean over the twins' positions of KL(c || u);
+    - guidance w > 1: the cross-entropy of the picture's tokens under the guided distribution the service samples
+      from at that weight, softmax(w log c - (w - 1) log u) (`model.sampling`'s guided logits). It trains u so
+      that guidance at w draws the pictures; KL(c || u) hardly sees the tokens that guidance breaks pictures
+      with: where c is small but u much smaller, c log(c / u) is small while c^w / u^(w - 1) is not."""
     B, T = batch.ids.shape
     embeds = model.embed_text(paddle.to_tensor(batch.ids))
     C = embeds.shape[-1]
@@ -32,8 +39,13 @@ def generation_loss(model: JanusModel, batch: GenerationBatch) -> tuple[paddle.T
         return drawing, paddle.zeros([])
     vocabulary = logits.shape[-1]
     by_row = logits.reshape([B, -1])  # target positions are row after row, the same number each
-    conditional = _log_probs(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 0])).detach(), vocabulary)
-    unconditional = _log_probs(paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 1])), vocabulary)
+    conditional = paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 0])).detach()
+    unconditional = paddle.gather(by_row, paddle.to_tensor(batch.twins[:, 1]))
+    if guidance:
+        guided = (guidance * conditional - (guidance - 1) * unconditional).reshape([-1, vocabulary])
+        targets = batch.targets.reshape([B, -1])[batch.twins[:, 0]].reshape([-1, 1])
+        return drawing, F.cross_entropy(guided, paddle.to_tensor(targets))
+    conditional, unconditional = _log_probs(conditional, vocabulary), _log_probs(unconditional, vocabulary)
     agreement = (conditional.exp() * (conditional - unconditional)).sum(-1).mean()
     return drawing, agreement
 
