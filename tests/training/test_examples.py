@@ -167,20 +167,30 @@ def _row_log_probs(model, batch, row: int) -> np.ndarray:
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
-def test_the_agreement_loss_is_the_kl_of_each_conditional_row_to_its_twin(codec):
+def _untrained_model_and_twins(codec, seed: int):
+    """A demo-shaped network at its initial weights and a batch of 8 drawing pictures (random tokens) with two
+    twins, noised as in training."""
     import paddle
 
     from model.janus import JanusModel
-    from training.examples import GenerationExample, generation_examples
-    from training.losses import generation_loss
+    from training.examples import generation_examples
 
     paddle.seed(0)
     model = JanusModel(demo_config())
     model.eval()
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     scenes = [random_scene(rng) for _ in range(8)]
     tokens = rng.integers(16, size=(8, 64))
-    batch = generation_batch(generation_examples(codec, scenes, tokens, rng, 0.25), rng, 0.1, 16)
+    return model, generation_batch(generation_examples(codec, scenes, tokens, rng, 0.25), rng, 0.1, 16), tokens
+
+
+def test_the_agreement_loss_is_the_kl_of_each_conditional_row_to_its_twin(codec):
+    import paddle
+
+    from training.examples import GenerationExample
+    from training.losses import generation_loss
+
+    model, batch, tokens = _untrained_model_and_twins(codec, 4)
     with paddle.no_grad():
         drawing, agreement = generation_loss(model, batch)
         expected = []
@@ -201,17 +211,9 @@ def test_the_guided_loss_is_the_cross_entropy_of_the_picture_under_guidance(code
     each row run alone and combined in numpy."""
     import paddle
 
-    from model.janus import JanusModel
-    from training.examples import generation_examples
     from training.losses import generation_loss
 
-    paddle.seed(0)
-    model = JanusModel(demo_config())
-    model.eval()
-    rng = np.random.default_rng(5)
-    scenes = [random_scene(rng) for _ in range(8)]
-    tokens = rng.integers(16, size=(8, 64))
-    batch = generation_batch(generation_examples(codec, scenes, tokens, rng, 0.25), rng, 0.1, 16)
+    model, batch, _ = _untrained_model_and_twins(codec, 5)
     with paddle.no_grad():
         _, guided = generation_loss(model, batch, guidance=5.0)
         _, kl = generation_loss(model, batch)
