@@ -55,6 +55,7 @@ from training.scenes import Scene, on_grid, random_scene, render
 from training.vision_pretraining import pretrain_vision, start_with_edge_filters
 
 GENERATION_BACKGROUNDS = 0.15  # share of generation pictures on a coloured background
+PLAYGROUND_EXAMPLES = {"prompts": list(SUGGESTED_PROMPTS), "questions": list(SUGGESTED_QUESTIONS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
         mark = time.perf_counter()
         check = quick_check(model, codec, np.random.default_rng(options.seed + 1), options.check_pictures)
         timings["check_s"] = time.perf_counter() - mark
-    write_checkpoint(model, out, out, {"prompts": list(SUGGESTED_PROMPTS), "questions": list(SUGGESTED_QUESTIONS)})
+    write_checkpoint(model, out, out, PLAYGROUND_EXAMPLES)
     timings["total_s"] = time.perf_counter() - started
     summary = {"options": asdict(options), "timings": timings, "quick_check": check,
                "losses": {"decoder": decoder_history[-1:], "vision": vision_history[-1:], "lm": lm_history[-1:],
@@ -185,7 +186,7 @@ def resume_guidance_stage(joint: Path, out: Path, options: Options, log: TextIO 
     history = guidance_stage(model, codec, options, log)
     check = quick_check(model, codec, np.random.default_rng(options.seed + 1), options.check_pictures) \
         if options.check_pictures else {}
-    write_checkpoint(model, joint, out, {"prompts": list(SUGGESTED_PROMPTS), "questions": list(SUGGESTED_QUESTIONS)})
+    write_checkpoint(model, joint, out, PLAYGROUND_EXAMPLES)
     summary = json.loads((joint / "training.json").read_text())
     summary["options"] = asdict(options)
     summary["timings"]["guidance_s"] = time.perf_counter() - started
@@ -303,7 +304,5 @@ def guidance_stage(model: JanusModel, codec: Codec, options: Options, log: TextI
     drawn = decoded_pictures(model, pool_tokens[:GUIDANCE_POOL // 10])
     stage = replace(options, lm_steps=options.guidance_steps, lm_lr=options.guidance_lr,
                     guidance_twins=GUIDANCE_TWINS, twins_from=0.0)
-    history = train_language_model(model, codec, pool, pool_tokens, drawn, stage, rng, log, stage="guidance",
-                                   guidance=options.guidance_weight, term=options.guidance_term)
-    model.eval()
-    return history
+    return train_language_model(model, codec, pool, pool_tokens, drawn, stage, rng, log, stage="guidance",
+                                guidance=options.guidance_weight, term=options.guidance_term)

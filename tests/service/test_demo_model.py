@@ -65,8 +65,9 @@ def test_draws_the_colour_and_shape_asked_for(demo):
     colours = sum(v.colour == colour for v, (colour, _) in zip(verdicts, asks, strict=True))
     shapes = sum(v.shape == shape for v, (_, shape) in zip(verdicts, asks, strict=True))
     # one seed per prompt, all in one batch; bench.demo_quality has the full table (24 seeds per prompt: colour
-    # 99%, shape 88% at this guidance). Chance would be 3 colours and 6 shapes of 18.
-    assert colours >= 16 and shapes >= 9, (colours, shapes, verdicts)
+    # 99%, shape 88% at this guidance). The goals: colour 90%, shape 80% (16 and 14 of 18; the previous checkpoint,
+    # at 58% shape, drew 11 here). Chance would be 3 colours and 6 shapes of 18.
+    assert colours >= 16 and shapes >= 14, (colours, shapes, verdicts)
 
 
 def test_names_the_colour_and_shape_of_pictures_it_never_saw(demo):
@@ -85,6 +86,7 @@ def test_names_the_colour_and_shape_of_pictures_it_never_saw(demo):
     colours = sum(p.colour in text for p, text in zip(pictures, described, strict=True))
     shapes = sum(p.shape in text for p, text in zip(pictures, described, strict=True))
     asked = sum(p.shape in text for p, text in zip(pictures, shaped, strict=True))
-    # bench.demo_quality on 72 such pictures: colour 100%, shape 88% described and 93% asked (chance: a third)
+    # bench.demo_quality on 72 such pictures: colour 100%, shape 88% described and 93% asked (chance: a third);
+    # the goals: colour 90%, shape 85% (16 and 15 of 18)
     assert colours >= 16, (colours, described)
-    assert shapes >= 12 and asked >= 12, (shapes, asked, described, shaped)
+    assert shapes >= 15 and asked >= 15, (shapes, asked, described, shaped)
