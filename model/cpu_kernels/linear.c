@@ -74,7 +74,8 @@ static inline __attribute__((always_inline)) int linear_rows(const float *x, con
             if (bf16) { /* 16 columns per load: even ones to acc[c..c+7], odd ones to acc[c+8..c+15] */
                 /* With two rows of x or more, every 32 columns ask for the same line of the next eight weight rows
                  * (into L2), so their streams are under way when their pass starts. Whole 1B bf16 decode steps in
-                 * turns with and without: 2 rows 0.88-0.93, 4 rows 0.88-0.90 of the time; one row goes without (no gain). */
+                 * turns with and without: 2 rows 0.88-0.93, 4 rows 0.88-0.90 of the time; one row goes without
+                 * (no gain). */
                 const uint16_t *next = M >= 2 && k + 2 * group <= k1 ? (const uint16_t *)w + r0 + group * (int64_t)N
                                                                       : NULL;
                 for (int c = 0; c < vector_end; c += 16) {
