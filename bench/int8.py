@@ -1,6 +1,6 @@
 """int8 weights (JANUS_QUANTIZATION=int8) against bf16 and float32 on one checkpoint, in one process.
 
-    python -m bench.int8 [--dir DIR] [--rows 1 2 8 32] [--rounds 5] [--no-float32]   # speed and memory
+    python -m bench.int8 [--dir DIR] [--rows 1 2 8 32] [--rounds 5] [--no-float32] [--profile]  # speed, memory
     python -m bench.int8 --quality [--dir DIR] [--steps 256]                         # int8 against bf16 logits
     python -m bench.int8 --groups                                                    # error and speed per group
     python -m bench.int8 --crossover [--rounds 5] [--rows ...]     # int8 steps of 1-8 rows: streaming or blocked
@@ -115,7 +115,26 @@ def speed(args: argparse.Namespace) -> dict:
     output["int8_over_bf16"] = {k: round(output["ms"]["int8"][k] / output["ms"]["bf16"][k], 3)
                                 for k in output["ms"]["int8"]}
     output["rounds"] = args.rounds
+    if args.profile:
+        output["profile_ms"] = {storage: profile(work[storage], args.rows, longest, prompt_blocks)
+                                for storage in storages}
     return output
+
+
+def profile(work: tuple, row_counts: list[int], longest: int, prompt_blocks: int) -> dict:
+    """Where one decode step's time goes, for each row count (median of three steps, ms): `projections` is the
+    weight products of the decoder layers, the part whose bytes int8 halves; the rest of the step (attention over
+    the float32 keys and values, norms, the generation head, Python) costs each storage about the same."""
+    from bench.many_rows import profile_step
+
+    janus, cache, table, _ = work
+    result = {}
+    for rows in row_counts:
+        tables = decode_tables(table, rows, CONTEXT, longest, prompt_blocks * 2)
+        parts = [profile_step(janus, cache, tables) for _ in range(3)]
+        result[f"decode {rows} rows"] = {part: round(1e3 * float(np.median([p[part] for p in parts])), 1)
+                                         for part in parts[0]}
+    return result
 
 
 def crossover(args: argparse.Namespace) -> dict:
@@ -358,6 +377,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=256, help="quality: greedy steps")
     parser.add_argument("--groups", action="store_true")
     parser.add_argument("--crossover", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="speed: also where a decode step's time goes, per storage and row count")
     args = parser.parse_args()
     if args.rows is None and not args.crossover:
         args.rows = [1, 2, 8, 32]
