@@ -36,7 +36,7 @@ def prompt_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, start
         return _paddle_prompt_attention(q, k, v, starts, causal)
     if list(k.strides) != list(v.strides) or not _rows_of_heads(k) or not _rows_of_heads(q):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = paddle.empty([B, T, H * D], dtype="float32")
+    out = cpu_kernels.empty_float32([B, T, H * D])
     start_array = None if starts is None else np.ascontiguousarray(starts, dtype=np.int64)
     lib.janus_prompt_attention(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, T, H, k.shape[2], D,
@@ -61,7 +61,7 @@ def paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddl
         q = q.contiguous()
     KVH, block_size = key_pool.shape[1], key_pool.shape[2]
     tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
-    out = paddle.empty([B, T, H * D], dtype="float32")
+    out = cpu_kernels.empty_float32([B, T, H * D])
     if T == 1 and not rows.pad.any():
         lengths = np.ascontiguousarray(rows.lengths(1), dtype=np.int64)
         if q.strides[0] != H * D:

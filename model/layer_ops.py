@@ -34,17 +34,18 @@ def linear(layer: nn.Linear, x: paddle.Tensor) -> paddle.Tensor:
     """x [..., in] -> [..., out] with the layer's weight ([in, out]) and bias.
 
     A few rows (a decode step) on the CPU: the kernel that streams the weights at the machine's read bandwidth."""
-    if layer.weight.dtype == paddle.int8:  # JANUS_QUANTIZATION=int8
+    weight = layer.weight
+    if cpu_kernels.is_dtype(weight, paddle.int8):  # JANUS_QUANTIZATION=int8
         return int8.layer_linear(layer, x)
-    weight, bias = layer.weight, layer.bias
-    if weight.dtype == paddle.bfloat16 and x.dtype == paddle.float32:
+    bias = layer.bias
+    if cpu_kernels.is_dtype(weight, paddle.bfloat16) and cpu_kernels.is_dtype(x, paddle.float32):
         return bf16_linear(x, weight, bias)
     rows = math.prod(x.shape[:-1])
     if rows <= cpu_kernels.LINEAR_MAX_ROWS and weight.shape[0] == x.shape[-1]:
         lib = cpu_kernels.for_tensors(x, weight, *([] if bias is None else [bias]))
         if lib is not None:
             K, N = weight.shape
-            out = paddle.empty([*x.shape[:-1], N], "float32")
+            out = cpu_kernels.empty_float32([*x.shape[:-1], N])
             if not lib.janus_linear_rows(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
                                          out.data_ptr(), rows, K, N):
                 raise MemoryError(f"no memory for the partial sums of a {rows} x {K} x {N} product")
@@ -72,7 +73,7 @@ def bf16_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | N
     K, N = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
-    out = paddle.empty([*x.shape[:-1], N], "float32")
+    out = cpu_kernels.empty_float32([*x.shape[:-1], N])
     args = (x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
     if not (lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16)(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
@@ -90,7 +91,7 @@ def embedding(layer: nn.Embedding, ids: paddle.Tensor) -> paddle.Tensor:
     flat = np.ascontiguousarray(ids.numpy().reshape(-1), dtype=np.int64)
     if flat.size and not 0 <= flat.min() <= flat.max() < table.shape[0]:  # the kernel would read past the table
         raise ValueError(f"token ids must lie in [0, {table.shape[0]})")
-    out = paddle.empty([*ids.shape, table.shape[1]], "float32")
+    out = cpu_kernels.empty_float32([*ids.shape, table.shape[1]])
     lib.janus_embedding_bf16(flat.ctypes.data, table.data_ptr(), out.data_ptr(), flat.size, table.shape[1])
     return out
 
@@ -112,7 +113,7 @@ def rms_norm(x: paddle.Tensor, norm: nn.Layer) -> paddle.Tensor:
     lib = cpu_kernels.for_tensors(x, norm.weight)
     if lib is None:
         return _paddle_rms_norm(x, norm)
-    out = paddle.empty(x.shape, "float32")
+    out = cpu_kernels.empty_float32(x.shape)
     dim = x.shape[-1]
     lib.janus_rms_norm(x.data_ptr(), norm.weight.data_ptr(), out.data_ptr(), math.prod(x.shape) // dim, dim,
                        norm.variance_epsilon)
@@ -126,8 +127,8 @@ def add_rms_norm(residual: paddle.Tensor, delta: paddle.Tensor,
     if lib is None:
         total = residual + delta
         return total, _paddle_rms_norm(total, norm)
-    total = paddle.empty(residual.shape, "float32")
-    out = paddle.empty(residual.shape, "float32")
+    total = cpu_kernels.empty_float32(residual.shape)
+    out = cpu_kernels.empty_float32(residual.shape)
     dim = residual.shape[-1]
     lib.janus_add_rms_norm(residual.data_ptr(), delta.data_ptr(), norm.weight.data_ptr(), total.data_ptr(),
                            out.data_ptr(), math.prod(residual.shape) // dim, dim, norm.variance_epsilon)
@@ -139,7 +140,7 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor) -> paddle.Tensor:
     lib = cpu_kernels.for_tensors(gate, up)
     if lib is None:
         return F.swiglu(gate, up)
-    out = paddle.empty(gate.shape, "float32")
+    out = cpu_kernels.empty_float32(gate.shape)
     lib.janus_swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), math.prod(gate.shape))
     return out
 
@@ -149,7 +150,7 @@ def gelu(x: paddle.Tensor) -> paddle.Tensor:
     lib = cpu_kernels.for_tensors(x)
     if lib is None:
         return F.gelu(x)
-    out = paddle.empty(x.shape, "float32")
+    out = cpu_kernels.empty_float32(x.shape)
     lib.janus_gelu(x.data_ptr(), out.data_ptr(), math.prod(x.shape))
     return out
 

@@ -113,7 +113,9 @@ def _as_float32(block: np.ndarray) -> np.ndarray:
 def layer_linear(layer: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
     """x [..., K] through a layer whose weight is held as int8 (`weight_scale` and `int8_group` beside it, as the
     loader leaves them)."""
-    if getattr(layer, "int8_device", "cpu") == "gpu":
+    # a plain attribute, in the layer's __dict__ when set (gpu_int8); getattr would go through Paddle's slow
+    # Layer.__getattr__ and an exception on every CPU product
+    if layer.__dict__.get("int8_device", "cpu") == "gpu":
         from model.checkpoint import gpu_int8  # Paddle's weight-only kernels (GPU only)
 
         return gpu_int8.linear(layer, x)
@@ -129,8 +131,8 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
     K, N = q.shape
     if x.shape[-1] != K:
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
-    lib = cpu_kernels.library() if x.place.is_cpu_place() and x.dtype == paddle.float32 else None
-    if lib is None or (bias is not None and bias.dtype != paddle.float32):
+    lib = cpu_kernels.library() if x.place.is_cpu_place() and cpu_kernels.is_dtype(x, paddle.float32) else None
+    if lib is None or (bias is not None and not cpu_kernels.is_dtype(bias, paddle.float32)):
         plain = _unpair_rows_paddle(q).astype("float32")
         weight = plain.reshape([-1, group, N]) if K % group == 0 else None
         if weight is None:
@@ -142,7 +144,7 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
         return out if bias is None else out + bias.astype(x.dtype)
     x = x if x.is_contiguous() else x.contiguous()
     rows = math.prod(x.shape[:-1])
-    out = paddle.empty([*x.shape[:-1], N], "float32")
+    out = cpu_kernels.empty_float32([*x.shape[:-1], N])
     args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), group, None if bias is None else bias.data_ptr(),
             out.data_ptr(), rows, K, N)
     kernel = lib.janus_linear_rows_int8 if rows <= rows_max(lib) else lib.janus_linear_int8
