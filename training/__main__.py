@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                       check_pictures=args.check_pictures, guidance_twins=args.guidance_twins,
                       twins_from=args.twins_from, grid=args.grid, guidance_steps=args.guidance_steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.resume_guidance:  # the loss log goes on from the joint stage's
-        shutil.copyfile(args.resume_guidance / "training_log.txt", args.out / "training_log.txt")
-    with open(args.out / "training_log.txt", "a" if args.resume_guidance else "w") as log:
-        if args.resume_guidance:
-            from training.pipeline import resume_guidance_stage
+    log_path = args.out / "training_log.txt"
+    if args.resume_guidance:
+        from training.pipeline import resume_guidance_stage
 
+        shutil.copyfile(args.resume_guidance / "training_log.txt", log_path)  # the loss log goes on from there
+        with open(log_path, "a") as log:
             summary = resume_guidance_stage(args.resume_guidance, args.out, options, log=log)
-        else:
+    else:
+        with open(log_path, "w") as log:
             summary = train_demo(args.out, options, log=log)
     print(f"checkpoint written to {args.out} in {summary['timings']['total_s'] / 60:.1f} min", file=sys.stderr)
     for name, value in summary["quick_check"].items():

@@ -101,7 +101,6 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
 
     # image tokens
     mark = time.perf_counter()
-    size = cfg.gen_vision.image_size
     codebook, pictures = image_codebook(cfg, options, rng)
     timings["codebook_s"] = time.perf_counter() - mark
 
@@ -116,9 +115,8 @@ def train_demo(out: Path, options: Options, log: TextIO | None = None) -> dict:
 
     # the language model, the vision encoder and everything around them
     mark = time.perf_counter()
-    pool = drawing_scenes(rng, options.generation_pool, size, options.grid)
-    pool_tokens = codebook.encode(np.stack([np.asarray(render(s, size)) for s in pool]))
-    drawn = decoded_pictures(model, pool_tokens[:options.decoded_pool])
+    pool, pool_tokens, drawn = drawing_pool(model, codebook, rng, options.generation_pool, options.decoded_pool,
+                                            options.grid)
     processor = ImageProcessor.from_dir(out)
     codec = Codec(tokenizer, processor, codebook, cfg.vision.num_tokens)
     init_transformer_weights(model, rng, cfg.language.num_hidden_layers)
@@ -218,6 +216,16 @@ def codebook_embedding(codebook: PatchCodebook) -> np.ndarray:
     return np.concatenate([mean * 2 - 1, parts], axis=1).astype(np.float32)
 
 
+def drawing_pool(model: JanusModel, codebook: PatchCodebook, rng: np.random.Generator, count: int, decoded: int,
+                 grid: int) -> tuple[list[Scene], np.ndarray, np.ndarray]:
+    """A stage's drawing scenes, their pictures' image tokens, and the first `decoded` of them drawn back by the
+    model's VQ decoder (for understanding examples about decoded pictures)."""
+    size = model.cfg.gen_vision.image_size
+    pool = drawing_scenes(rng, count, size, grid)
+    tokens = codebook.encode(np.stack([np.asarray(render(s, size)) for s in pool]))
+    return pool, tokens, decoded_pictures(model, tokens[:decoded])
+
+
 def decoded_pictures(model: JanusModel, tokens: np.ndarray, batch: int = 64) -> np.ndarray:
     """uint8 pictures [N, S, S, 3] as the trained decoder draws them (what the service returns for these tokens)."""
     out = []
@@ -298,10 +306,8 @@ def guidance_stage(model: JanusModel, codec: Codec, options: Options, log: TextI
     Its own random numbers and pictures (from the seed, not from the stages before), so that the stage can be run
     again on the joint stage's checkpoint (`resume_guidance_stage`) and give what a whole run gives."""
     rng = np.random.default_rng([options.seed, 2])
-    size = model.cfg.gen_vision.image_size
-    pool = drawing_scenes(rng, GUIDANCE_POOL, size, options.grid)
-    pool_tokens = codec.codebook.encode(np.stack([np.asarray(render(s, size)) for s in pool]))
-    drawn = decoded_pictures(model, pool_tokens[:GUIDANCE_POOL // 10])
+    pool, pool_tokens, drawn = drawing_pool(model, codec.codebook, rng, GUIDANCE_POOL, GUIDANCE_POOL // 10,
+                                            options.grid)
     stage = replace(options, lm_steps=options.guidance_steps, lm_lr=options.guidance_lr,
                     guidance_twins=GUIDANCE_TWINS, twins_from=0.0)
     return train_language_model(model, codec, pool, pool_tokens, drawn, stage, rng, log, stage="guidance",
