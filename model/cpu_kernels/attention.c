@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "vec.h"
 
 #define QB 4 /* queries per register tile */
@@ -329,35 +331,82 @@ static void dot_keys(const float *q, const float *const *krows, int n, int D, fl
     }
 }
 
-/* dst[0..D) = inv * sum_i p[i] * vrows[i]: per eight floats of D, the even keys and the odd keys in two sums added
- * at the end; four such pieces of D at a time, for eight sums in flight. */
-static void weigh_values(const float *p, const float *const *vrows, int n, int D, float inv, float *dst) {
+/* even[0..D) += the even keys' p[k] * vrow_k, odd[0..D) the odd keys', for `count` keys from key index `index`
+ * (rows D floats apart from `vrows`): a block's share of a query's weighted sum, each sum in key order. Per eight
+ * floats of D, four such pieces at a time for eight sums in flight. */
+static void weigh_values(const float *p, const float *vrows, int count, int index, int D, float *even, float *odd) {
     int d = 0;
     for (; d + 32 <= D; d += 32) {
-        v8 even[4], odd[4];
-        for (int u = 0; u < 4; u++) even[u] = odd[u] = splat(0.0f);
-        int i = 0;
-        for (; i + 1 < n; i += 2) {
-            const v8 p0 = splat(p[i]), p1 = splat(p[i + 1]);
+        v8 e[4], o[4];
+        for (int u = 0; u < 4; u++) {
+            e[u] = load8(even + d + 8 * u);
+            o[u] = load8(odd + d + 8 * u);
+        }
+        int k = 0;
+        if (index & 1) {
+            for (int u = 0; u < 4; u++) o[u] += splat(p[0]) * load8(vrows + d + 8 * u);
+            k = 1;
+        }
+        for (; k + 1 < count; k += 2) {
+            const v8 p0 = splat(p[k]), p1 = splat(p[k + 1]);
+            const float *v0 = vrows + (int64_t)k * D + d, *v1 = v0 + D;
             for (int u = 0; u < 4; u++) {
-                even[u] += p0 * load8(vrows[i] + d + 8 * u);
-                odd[u] += p1 * load8(vrows[i + 1] + d + 8 * u);
+                e[u] += p0 * load8(v0 + 8 * u);
+                o[u] += p1 * load8(v1 + 8 * u);
             }
         }
-        if (i < n)
-            for (int u = 0; u < 4; u++) even[u] += splat(p[i]) * load8(vrows[i] + d + 8 * u);
-        for (int u = 0; u < 4; u++) store8(dst + d + 8 * u, (even[u] + odd[u]) * splat(inv));
+        if (k < count)
+            for (int u = 0; u < 4; u++) e[u] += splat(p[k]) * load8(vrows + (int64_t)k * D + d + 8 * u);
+        for (int u = 0; u < 4; u++) {
+            store8(even + d + 8 * u, e[u]);
+            store8(odd + d + 8 * u, o[u]);
+        }
     }
     for (; d < D; d += 8) {
-        v8 even = splat(0.0f), odd = splat(0.0f);
-        int i = 0;
-        for (; i + 1 < n; i += 2) {
-            even += splat(p[i]) * load8(vrows[i] + d);
-            odd += splat(p[i + 1]) * load8(vrows[i + 1] + d);
+        v8 e = load8(even + d), o = load8(odd + d);
+        int k = 0;
+        if (index & 1) {
+            o += splat(p[0]) * load8(vrows + d);
+            k = 1;
         }
-        if (i < n) even += splat(p[i]) * load8(vrows[i] + d);
-        store8(dst + d, (even + odd) * splat(inv));
+        for (; k + 1 < count; k += 2) {
+            e += splat(p[k]) * load8(vrows + (int64_t)k * D + d);
+            o += splat(p[k + 1]) * load8(vrows + (int64_t)(k + 1) * D + d);
+        }
+        if (k < count) e += splat(p[k]) * load8(vrows + (int64_t)k * D + d);
+        store8(even + d, e);
+        store8(odd + d, o);
     }
+}
+
+/* Asks for `floats` from `p` on into L2, a line at a time: the next block's slice while this one is multiplied.
+ * The pool's blocks lie apart, and the hardware's prefetcher starts afresh at each (reading a row's keys block
+ * after block without it ran at about half the machine's read bandwidth). */
+static inline void fetch_ahead(const float *p, int64_t floats) {
+    for (int64_t at = 0; at < floats; at += 16) __builtin_prefetch(p + at, 0, 2);
+}
+
+/* Whether more than a quarter of the rows' block reads are of blocks another row reads too (a prompt the rows share:
+ * a generation's images, several answers to one question). Counted with a small hash set of block ids. */
+static int rows_share_blocks(const int64_t *tables, int64_t table_stride, const int64_t *ends, int B, int block_size) {
+    int64_t total = 0;
+    for (int b = 0; b < B; b++) total += (ends[b] + block_size - 1) / block_size;
+    int64_t size = 64;
+    while (size < 2 * total) size *= 2;
+    int64_t *set = malloc(sizeof(int64_t) * size), repeats = 0;
+    if (!set) return 0;
+    for (int64_t i = 0; i < size; i++) set[i] = -1;
+    for (int b = 0; b < B; b++) {
+        const int64_t *table = tables + b * table_stride, blocks = (ends[b] + block_size - 1) / block_size;
+        for (int64_t i = 0; i < blocks; i++) {
+            int64_t at = (int64_t)(((uint64_t)table[i] * 0x9E3779B97F4A7C15ull) >> 20) & (size - 1);
+            while (set[at] >= 0 && set[at] != table[i]) at = (at + 1) & (size - 1);
+            repeats += set[at] == table[i];
+            set[at] = table[i];
+        }
+    }
+    free(set);
+    return repeats * 4 > total;
 }
 
 /* A few new positions per row (a decode step: one; a window of drafted tokens: several) against the paged pool, read
@@ -367,7 +416,11 @@ static void weigh_values(const float *p, const float *const *vrows, int n, int D
  *   ends[b]: positions row b's last query attends (its own, already written, included); query t attends
  *        ends[b] - (T - 1 - t) of them
  *   out  [B, T, H, D] contiguous
- * Each query's scores and weighted sum are computed as the decode step always has been, one query at a time. */
+ * A unit of work is a row and a run of its key heads. It walks the row's blocks in order, each block's slices of
+ * those heads lying side by side in the pool (one run of memory instead of one head's slice at a time), once for
+ * the scores and once for the values. A query's arithmetic is the same whichever unit holds it: each score a sum
+ * over d in order, the softmax over the query's whole row, the weighted sums of its even and its odd keys each in
+ * key order, added at the end. */
 static void paged_rows_attention(const float *q, const float *k_pool, const float *v_pool, float *out, int B, int T,
                                  int H, int KVH, int D, int64_t q_b, int64_t q_t, int block_size,
                                  const int64_t *tables, int64_t table_stride, const int64_t *ends, const int64_t *pad,
@@ -376,40 +429,85 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
     int longest = 1;
     for (int b = 0; b < B; b++) longest = ends[b] > longest ? (int)ends[b] : longest;
     const int padded = (longest + 7) / 8 * 8;
+    /* Rows with keys of their own: a unit is a row and as many key heads as leave two units a thread (rows differ
+     * in length). Rows sharing most of their blocks: one key head a unit, units head by head (a head's slices
+     * of the shared blocks, read for one row, are in L2 for the next). */
+    const int shared = B > 1 && rows_share_blocks(tables, table_stride, ends, B, block_size);
+    int span = KVH;
+    while (span % 2 == 0 && (shared || (int64_t)B * (KVH / span) < 2 * (int64_t)omp_get_max_threads())) span /= 2;
+    const int per_row = KVH / span, heads = span * G; /* units a row, query heads a unit */
+    const int64_t slice = (int64_t)block_size * D; /* one key head's share of a block, floats */
 #pragma omp parallel
     {
-        float *scores = malloc(sizeof(float) * padded);
-        const float **krows = malloc(sizeof(float *) * padded), **vrows = malloc(sizeof(float *) * padded);
-        /* head-major: a thread takes every row of a head in turn, so the blocks its rows share (a generation's
-         * prompt) are read from memory once and then from L2 (one head's 300 positions of keys and values are
-         * 300 KiB; all heads' are 4.7 MiB per layer on Janus-Pro-1B) */
-#pragma omp for schedule(static)
-        for (int hb = 0; hb < H * B; hb++) {
-            const int h = hb / B, b = hb % B, kh = h / G, n_last = (int)ends[b], first = pad ? (int)pad[b] : 0;
+        float *scores = malloc(sizeof(float) * (size_t)T * heads * padded);
+        float *sums = malloc(sizeof(float) * (size_t)T * heads * 2 * D); /* per query: even keys' D, odd keys' D */
+        float *inverse = malloc(sizeof(float) * (size_t)T * heads);
+        const float **krows = malloc(sizeof(float *) * block_size);
+#pragma omp for schedule(monotonic: dynamic)
+        for (int unit = 0; unit < B * per_row; unit++) {
+            const int b = shared ? unit % B : unit / per_row, kh0 = (shared ? unit / B : unit % per_row) * span;
+            const int n_last = (int)ends[b];
+            const int first = pad ? (int)pad[b] : 0, blocks = (n_last + block_size - 1) / block_size;
             const int64_t *table = tables + b * table_stride;
-            for (int j0 = 0; j0 < n_last; j0 += block_size) { /* the rows of this head, block by block */
-                const int64_t at = ((table[j0 / block_size] * KVH + kh) * block_size) * (int64_t)D;
-                for (int j = j0; j < n_last && j < j0 + block_size; j++) {
-                    krows[j] = k_pool + at + (int64_t)(j - j0) * D;
-                    vrows[j] = v_pool + at + (int64_t)(j - j0) * D;
+            /* query t's keys: n_last - (T - 1 - t); none for padding queries */
+#define KEYS(t) ((t) < first ? 0 : n_last - (T - 1 - (t)))
+#define SLICE(pool, i, s) ((pool) + ((table[i] * KVH + kh0 + (s)) * slice))
+            for (int i = 0; i < blocks; i++) {
+                const int j0 = i * block_size;
+                for (int s = 0; s < span; s++) {
+                    fetch_ahead(i + 1 < blocks ? SLICE(k_pool, i + 1, s) : SLICE(v_pool, 0, s), slice);
+                    const float *keys = SLICE(k_pool, i, s);
+                    for (int j = 0; j < block_size; j++) krows[j] = keys + (int64_t)j * D;
+                    for (int t = 0; t < T; t++) {
+                        const int n = KEYS(t), count = (n < j0 + block_size ? n : j0 + block_size) - j0;
+                        for (int g = 0; g < G && count > 0; g++)
+                            dot_keys(q + b * q_b + t * q_t + (int64_t)((kh0 + s) * G + g) * D, krows, count, D, scale,
+                                     scores + ((int64_t)t * heads + s * G + g) * padded + j0);
+                    }
                 }
             }
             for (int t = 0; t < T; t++) {
-                const float *qrow = q + b * q_b + t * q_t + (int64_t)h * D;
-                float *dst = out + (((int64_t)b * T + t) * H + h) * D;
-                const int n = n_last - (T - 1 - t);
-                if (t < first || n <= 0) { /* padding (or, impossibly, a row with nothing): stay finite */
-                    memset(dst, 0, sizeof(float) * D);
-                    continue;
+                const int n = KEYS(t);
+                for (int u = 0; u < heads && n > 0; u++) {
+                    inverse[t * heads + u] = 1.0f / exp_row(scores + ((int64_t)t * heads + u) * padded, n, (n + 7) / 8 * 8);
+                    memset(sums + ((int64_t)t * heads + u) * 2 * D, 0, sizeof(float) * 2 * D);
                 }
-                dot_keys(qrow, krows, n, D, scale, scores);
-                const float inv = 1.0f / exp_row(scores, n, (n + 7) / 8 * 8);
-                weigh_values(scores, vrows, n, D, inv, dst);
             }
+            for (int i = 0; i < blocks; i++) {
+                const int j0 = i * block_size;
+                for (int s = 0; s < span; s++) {
+                    if (i + 1 < blocks) fetch_ahead(SLICE(v_pool, i + 1, s), slice);
+                    const float *values = SLICE(v_pool, i, s);
+                    for (int t = 0; t < T; t++) {
+                        const int n = KEYS(t), count = (n < j0 + block_size ? n : j0 + block_size) - j0;
+                        for (int g = 0; g < G && count > 0; g++) {
+                            const int64_t u = (int64_t)t * heads + s * G + g;
+                            weigh_values(scores + u * padded + j0, values, count, j0, D, sums + u * 2 * D,
+                                         sums + u * 2 * D + D);
+                        }
+                    }
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                const int n = KEYS(t);
+                for (int u = 0; u < heads; u++) {
+                    float *dst = out + (((int64_t)b * T + t) * H + kh0 * G + u) * D;
+                    if (n <= 0) { /* padding (or, impossibly, a row with nothing): stay finite */
+                        memset(dst, 0, sizeof(float) * D);
+                        continue;
+                    }
+                    const float *even = sums + ((int64_t)t * heads + u) * 2 * D, *odd = even + D;
+                    const v8 inv = splat(inverse[t * heads + u]);
+                    for (int d = 0; d < D; d += 8) store8(dst + d, (load8(even + d) + load8(odd + d)) * inv);
+                }
+            }
+#undef KEYS
+#undef SLICE
         }
         free(scores);
+        free(sums);
+        free(inverse);
         free(krows);
-        free(vrows);
     }
 }
 

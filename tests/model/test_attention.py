@@ -137,6 +137,7 @@ def _numpy_paged(q: np.ndarray, rows: RowBatch, keys: list[np.ndarray], values: 
     ([9, 33, 70], 9, 4, 2, 16, 16),  # prefill after a cached prefix (the first row has none), left-padded
     ([40, 3, 129], 40, 2, 1, 64, 16),  # whole prompts of different lengths
     ([130, 131], 3, 4, 4, 8, 32),  # a few positions at once (several draft tokens) ending mid-block
+    ([23, 7, 41], 3, 4, 2, 40, 5),  # odd blocks (every other one starts at an odd key), D not a multiple of 32
 ])
 def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, kernel_build, lengths, T, H, KVH, D,
                                                                block_size):
