@@ -430,11 +430,14 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
     for (int b = 0; b < B; b++) longest = ends[b] > longest ? (int)ends[b] : longest;
     const int padded = (longest + 7) / 8 * 8;
     /* Rows with keys of their own: a unit is a row and as many key heads as leave two units a thread (rows differ
-     * in length). Rows sharing most of their blocks: one key head a unit, units head by head (a head's slices
-     * of the shared blocks, read for one row, are in L2 for the next). */
+     * in length) and keep a unit's scores within 4 MiB (long contexts, windows). Rows sharing most of their
+     * blocks: one key head a unit, units head by head (a head's slices of the shared blocks, read for one row,
+     * are in L2 for the next). */
     const int shared = B > 1 && rows_share_blocks(tables, table_stride, ends, B, block_size);
     int span = KVH;
-    while (span % 2 == 0 && (shared || (int64_t)B * (KVH / span) < 2 * (int64_t)omp_get_max_threads())) span /= 2;
+    while (span % 2 == 0 && (shared || (int64_t)B * (KVH / span) < 2 * (int64_t)omp_get_max_threads() ||
+                             (int64_t)T * span * G * padded > (1 << 20)))
+        span /= 2;
     const int per_row = KVH / span, heads = span * G; /* units a row, query heads a unit */
     const int64_t slice = (int64_t)block_size * D; /* one key head's share of a block, floats */
 #pragma omp parallel

@@ -151,6 +151,16 @@ def test_paged_attention_equals_attention_over_contiguous_rows(paddle_ops, kerne
     np.testing.assert_allclose(fallback, expected, atol=2e-5, rtol=0)
 
 
+def test_long_contexts_in_a_window_match_float64(kernel_build):
+    """Rows of 8,200 positions appending a window of 16: a unit of all eight heads would hold 16 x 8 x 8,200 scores
+    (more than its 4 MiB), so units take fewer heads; their outputs are still the attention of each query."""
+    rng = np.random.default_rng(5)
+    q, pool_k, pool_v, rows, keys, values = _paged_case(rng, [8200, 8190, 8203, 8200], WINDOW_MAX_POSITIONS, 8, 8, 8,
+                                                        16)
+    expected = _numpy_paged(q.numpy(), rows, keys, values)
+    np.testing.assert_allclose(paged_attention(q, pool_k, pool_v, rows).numpy(), expected, atol=2e-5, rtol=0)
+
+
 def _shared_prompt_case(rng: np.random.Generator, rows: int, prompt: int, T: int, H: int, D: int, block_size: int,
                         ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor, RowBatch, list[np.ndarray],
                                    list[np.ndarray]]:
