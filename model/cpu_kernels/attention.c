@@ -472,8 +472,9 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
             for (int t = 0; t < T; t++) {
                 const int n = KEYS(t);
                 for (int u = 0; u < heads && n > 0; u++) {
-                    inverse[t * heads + u] = 1.0f / exp_row(scores + ((int64_t)t * heads + u) * padded, n, (n + 7) / 8 * 8);
-                    memset(sums + ((int64_t)t * heads + u) * 2 * D, 0, sizeof(float) * 2 * D);
+                    const int64_t at = (int64_t)t * heads + u;
+                    inverse[at] = 1.0f / exp_row(scores + at * padded, n, (n + 7) / 8 * 8);
+                    memset(sums + at * 2 * D, 0, sizeof(float) * 2 * D);
                 }
             }
             for (int i = 0; i < blocks; i++) {
