@@ -310,23 +310,23 @@ void janus_paged_prompt_attention(const float *q, const float *k_pool, const flo
     free(zero);
 }
 
-/* scores[i] = (q . krows[i]) * scale for n keys: eight keys at a time, so that eight independent sums are in flight
- * (one at a time, each key waited on its own chain of D / 8 multiply-adds). Each key's sum runs over d in order
- * and is reduced by hsum8, as for a single key. */
-static void dot_keys(const float *q, const float *const *krows, int n, int D, float scale, float *scores) {
+/* scores[i] = (q . key_i) * scale for n keys D floats apart from `keys` (a block's slice of one head): eight keys at
+ * a time, so that eight independent sums are in flight (one at a time, each key waited on its own chain of D / 8
+ * multiply-adds). Each key's sum runs over d in order and is reduced by hsum8, as for a single key. */
+static void dot_keys(const float *q, const float *keys, int n, int D, float scale, float *scores) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         v8 s[8];
         for (int u = 0; u < 8; u++) s[u] = splat(0.0f);
         for (int d = 0; d < D; d += 8) {
             const v8 qd = load8(q + d);
-            for (int u = 0; u < 8; u++) s[u] += qd * load8(krows[i + u] + d);
+            for (int u = 0; u < 8; u++) s[u] += qd * load8(keys + (int64_t)(i + u) * D + d);
         }
         for (int u = 0; u < 8; u++) scores[i + u] = hsum8(s[u]) * scale;
     }
     for (; i < n; i++) {
         v8 s = splat(0.0f);
-        for (int d = 0; d < D; d += 8) s += load8(q + d) * load8(krows[i] + d);
+        for (int d = 0; d < D; d += 8) s += load8(q + d) * load8(keys + (int64_t)i * D + d);
         scores[i] = hsum8(s) * scale;
     }
 }
@@ -445,7 +445,6 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
         float *scores = malloc(sizeof(float) * (size_t)T * heads * padded);
         float *sums = malloc(sizeof(float) * (size_t)T * heads * 2 * D); /* per query: even keys' D, odd keys' D */
         float *inverse = malloc(sizeof(float) * (size_t)T * heads);
-        const float **krows = malloc(sizeof(float *) * block_size);
 #pragma omp for schedule(monotonic: dynamic)
         for (int unit = 0; unit < B * per_row; unit++) {
             const int b = shared ? unit % B : unit / per_row, kh0 = (shared ? unit / B : unit % per_row) * span;
@@ -460,11 +459,10 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
                 for (int s = 0; s < span; s++) {
                     fetch_ahead(i + 1 < blocks ? SLICE(k_pool, i + 1, s) : SLICE(v_pool, 0, s), slice);
                     const float *keys = SLICE(k_pool, i, s);
-                    for (int j = 0; j < block_size; j++) krows[j] = keys + (int64_t)j * D;
                     for (int t = 0; t < T; t++) {
                         const int n = KEYS(t), count = (n < j0 + block_size ? n : j0 + block_size) - j0;
                         for (int g = 0; g < G && count > 0; g++)
-                            dot_keys(q + b * q_b + t * q_t + (int64_t)((kh0 + s) * G + g) * D, krows, count, D, scale,
+                            dot_keys(q + b * q_b + t * q_t + (int64_t)((kh0 + s) * G + g) * D, keys, count, D, scale,
                                      scores + ((int64_t)t * heads + s * G + g) * padded + j0);
                     }
                 }
@@ -511,7 +509,6 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
         free(scores);
         free(sums);
         free(inverse);
-        free(krows);
     }
 }
 
