@@ -213,6 +213,26 @@ def test_a_rows_attention_does_not_depend_on_the_other_rows(kernel_build, T):
         np.testing.assert_array_equal(paged_attention(q[b:b + 1], pool_k, pool_v, alone).numpy()[0], together[b])
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_window_gives_the_bits_of_one_decode_step_per_position(kernel_build, shared):
+    """What makes speculative decoding exact: each query of a window (several positions a row, grouped query
+    heads, rows holding the same blocks: queries that go through a block together) comes out bit for bit as the
+    decode step of its position alone. Blocks of 5 (every other one starting at an odd key) and D 40 take the
+    tails of every loop."""
+    rng = np.random.default_rng(31 + shared)
+    T = 6
+    if shared:  # six rows on one prompt's blocks: queries of several rows together
+        q, pool_k, pool_v, rows, _, _ = _shared_prompt_case(rng, 6, 50, T, 4, 40, 5)
+    else:  # rows of their own with two query heads per key head
+        q, pool_k, pool_v, rows, _, _ = _paged_case(rng, [23, 41, 60], T, 8, 4, 40, 5)
+    window = paged_attention(q, pool_k, pool_v, rows).numpy()
+    tables = [table.tolist() for table in rows.tables]
+    for t in range(T):
+        step = RowBatch.of(tables, [int(c) + t for c in rows.cached])
+        np.testing.assert_array_equal(paged_attention(q[:, t:t + 1], pool_k, pool_v, step).numpy()[:, 0],
+                                      window[:, t], err_msg=f"position {t}")
+
+
 def test_paged_attention_reads_only_the_rows_own_positions(kernel_build):
     # a row never sees positions past its length, nor blocks that are not in its table
     rng = np.random.default_rng(11)
