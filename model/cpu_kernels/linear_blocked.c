@@ -9,11 +9,13 @@
  *
  * The weights are read from memory once per call: each task takes WIDTH columns, DEPTH weight rows at a time (a
  * panel), and while it multiplies one panel it asks for the next one's cache lines (ahead.h), so that reading
- * overlaps the arithmetic. With more than one row block the panel is copied into strips, STRIP columns wide and
- * contiguous down k, that stay in the core's L1/L2 while every row block of x passes over them; with one (up to
- * TILE_ROWS rows) each weight is used once and the tiles read the strips where they lie. Tasks go to the threads
- * in turn, so that each knows its next one. Each thread copies x once per call (per pass of CHUNK_ROWS rows) into
- * row blocks laid out k-major, so that a tile's broadcasts read consecutive floats.
+ * overlaps the arithmetic. Every row block's tiles read the panel's strips (STRIP columns down k) where they lie:
+ * with several row blocks the later ones find a strip in L2, whose bandwidth a tile's one load of a line per 2 *
+ * TILE_ROWS multiply-adds is far from using. (Copying each panel into contiguous strips first, so that they would
+ * not alias in L1, cost 4-13% at 12-64 rows.) Only a part strip at a panel's right edge is copied, zero-filled,
+ * as reading past it could pass the end of w. Tasks go to the threads in turn, so that each knows its next one.
+ * Each thread copies x once per call (per pass of CHUNK_ROWS rows) into row blocks laid out k-major, so that a
+ * tile's broadcasts read consecutive floats.
  *
  * Each y value is bias + the products summed in order of k, in float32: the result does not depend on the thread
  * count or on how the columns are split into tasks.
@@ -42,7 +44,6 @@
 #define STRIP (2 * LANES) /* columns of a tile: one load of bf16 pairs */
 #define DEPTH 256         /* weight rows per panel */
 #define WIDTH 256         /* columns per task: a panel of DEPTH x WIDTH bf16 is 128 KiB */
-#define STRIP_STRIDE (DEPTH * STRIP + 32) /* bf16 between strips in a panel: padded so strips do not alias in L1 */
 
 typedef float vf __attribute__((vector_size(LANES * 4)));
 typedef uint32_t vu __attribute__((vector_size(LANES * 4)));
@@ -149,18 +150,11 @@ static void tile_of(int R, const float *xp, const uint16_t *strip, int64_t ldw, 
     }
 }
 
-/* panel[j * STRIP_STRIDE + k * STRIP + c] = w[k * N + j * STRIP + c] for depth rows and cols columns (the last
- * strip zero-filled past cols) */
-static void pack_panel(const uint16_t *w, int64_t N, int depth, int cols, uint16_t *panel) {
-    const int full = cols / STRIP;
+/* strip[k * STRIP + c] = w[k * N + c] for depth rows and cols < STRIP columns, zero past cols */
+static void copy_part_strip(const uint16_t *w, int64_t N, int depth, int cols, uint16_t *strip) {
     for (int k = 0; k < depth; k++) {
-        const uint16_t *src = w + k * N;
-        for (int j = 0; j < full; j++) memcpy(panel + j * STRIP_STRIDE + k * STRIP, src + j * STRIP, STRIP * 2);
-        if (full * STRIP < cols) {
-            uint16_t *dst = panel + full * STRIP_STRIDE + k * STRIP;
-            memset(dst, 0, STRIP * 2);
-            memcpy(dst, src + full * STRIP, (size_t)(cols - full * STRIP) * 2);
-        }
+        memset(strip + k * STRIP, 0, STRIP * 2);
+        memcpy(strip + k * STRIP, w + k * N, (size_t)cols * 2);
     }
 }
 
@@ -191,7 +185,7 @@ static void pack_all_rows(const float *x, int K, int M, float *xs) {
  * (once per thread and chunk, not once per task: the copy is scalar, and redone for each of a product's N / WIDTH
  * tasks it cost about a sixteenth of the multiply-adds). */
 static void run_task(const float *xs, const uint16_t *w, const float *bias, float *y, int M, int K, int N, int n0,
-                     int next_n0, uint16_t *panel) {
+                     int next_n0, uint16_t *part) {
     const int blocks = (M + TILE_ROWS - 1) / TILE_ROWS;
     const int cols = N - n0 < WIDTH ? N - n0 : WIDTH, strips = (cols + STRIP - 1) / STRIP;
     /* the next panel's weights are asked for while this one is multiplied (see ahead.h), a share per strip by the
@@ -204,19 +198,13 @@ static void run_task(const float *xs, const uint16_t *w, const float *bias, floa
                          : next_n0 >= 0 ? ahead_panel(w + next_n0, 2 * (int64_t)N, K < DEPTH ? K : DEPTH,
                                                       2 * (N - next_n0 < WIDTH ? N - next_n0 : WIDTH))
                                         : ahead_none();
-        /* one row block reads each weight once: its tiles read whole strips where they lie (the lines were asked
-         * for ahead), and only a part strip at the end is copied (zero-filled: reading past it could pass the end
-         * of w); more row blocks reuse a strip from a contiguous copy */
-        const int direct = blocks == 1, full = direct ? cols / STRIP : 0;
-        if (direct) {
-            if (full < strips)
-                pack_panel(w + (int64_t)k0 * N + n0 + full * STRIP, N, depth, cols - full * STRIP,
-                           panel + full * STRIP_STRIDE);
-        } else {
-            pack_panel(w + (int64_t)k0 * N + n0, N, depth, cols, panel);
-        }
+        /* the tiles read whole strips where they lie (their lines were asked for ahead); a part strip at the end
+         * is copied */
+        const int full = cols / STRIP;
+        if (full < strips)
+            copy_part_strip(w + (int64_t)k0 * N + n0 + full * STRIP, N, depth, cols - full * STRIP, part);
         for (int j = 0; j < strips; j++) {
-            const uint16_t *strip = j < full ? w + (int64_t)k0 * N + n0 + j * STRIP : panel + j * STRIP_STRIDE;
+            const uint16_t *strip = j < full ? w + (int64_t)k0 * N + n0 + j * STRIP : part;
             const int64_t ldw = j < full ? N : STRIP;
             const int c0 = n0 + j * STRIP, width = cols - j * STRIP < STRIP ? cols - j * STRIP : STRIP;
             const Ahead ahead = ahead_share(next, j, strips);
@@ -230,7 +218,7 @@ static void run_task(const float *xs, const uint16_t *w, const float *bias, floa
 }
 
 #define CHUNK_ROWS 128 /* rows per pass over the weights (a panel's worth of their copy of x stays in L2) */
-#define PANEL_FLOATS ((WIDTH / STRIP) * STRIP_STRIDE / 2)
+#define PART_FLOATS (DEPTH * STRIP / 2) /* a part strip's bf16 */
 
 /* x [M, K] contiguous, w [K, N] bf16 row-major, bias [N] or NULL, y [M, N] contiguous. Returns 0 (y untouched)
  * when there is no memory for a thread's buffers. */
@@ -244,12 +232,12 @@ int janus_linear_blocked_bf16(const float *x, const uint16_t *w, const float *bi
     const int tasks = (N + WIDTH - 1) / WIDTH;
     const int threads = (int64_t)M * K * N >= (1 << 20) && tasks > 1 ? omp_get_max_threads() : 1;
     /* a thread's copy of x for a chunk: every panel of K, DEPTH floats per row each (a multiple of 64 bytes: the
-     * weight panel after it stays aligned) */
+     * part strip after it stays aligned) */
     const int64_t xs_floats = (int64_t)(M < CHUNK_ROWS ? M : CHUNK_ROWS) * ((K + DEPTH - 1) / DEPTH) * DEPTH;
     int ok = 1;
 #pragma omp parallel num_threads(threads)
     {
-        float *xs = scratch_buffer(xs_floats + PANEL_FLOATS);
+        float *xs = scratch_buffer(xs_floats + PART_FLOATS);
         if (!xs) {
 #pragma omp atomic write
             ok = 0;
