@@ -35,8 +35,9 @@
 #include "int8_pairs.h"
 #include "vec.h"
 
-#define MAX_ROWS 8
-#define STEP 8 /* weight rows summed before the scale is applied */
+#define MAX_ROWS 8   /* rows of x whose sums stay in registers down a sweep */
+#define PASS_ROWS 32 /* rows of x per pass over the weights: a sweep's weights serve each group of MAX_ROWS from L2 */
+#define STEP 8       /* weight rows summed before the scale is applied */
 
 /* Eight columns of a pair of rows (16 bytes, the two rows' values alternating) -> eight floats of each row:
  * vpmovsxbw, then each 32-bit lane's low and high int16 sign-extended by shifts, vcvtdq2ps. Intrinsics where there
@@ -149,11 +150,14 @@ static void convert_chunk(int32_t *isum, const float *scale, const float *xscale
 }
 
 /* Weight rows [k0, k1) of one thread, columns [0, n32), through the integer path, chunk by chunk (a chunk: at most
- * CHUNK rows, never across two scale groups). isum: [M, n32] int32, zero on entry. */
+ * CHUNK rows, never across two scale groups). isum: [M, n32] int32, zero on entry. Each sweep's weights (PAIRS pairs
+ * of rows, all columns: 64-512 KiB on Janus-Pro-1B's shapes) go to every group of MAX_ROWS rows of x in turn, the
+ * later groups reading them from L2: more than MAX_ROWS rows had been done a pass each, and 32 rows read the weights
+ * from memory four times. */
 static void rows_int16(const float *x, const int8_t *q, const float *scales, int group, float *acc, int32_t *isum,
                        int M, int K, int64_t N, int n32, int k0, int k1) {
-    uint32_t xp[MAX_ROWS * (CHUNK / 2)];
-    float xscale[MAX_ROWS];
+    uint32_t xp[PASS_ROWS * (CHUNK / 2)];
+    float xscale[PASS_ROWS];
     for (int k = k0; k < k1;) {
         const int group_end = (k / group + 1) * group;
         int end = k + CHUNK < group_end ? k + CHUNK : group_end;
@@ -182,12 +186,19 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
             const int8_t *row = q + (int64_t)(k + 2 * i) * N;
             const int next_row = k + 2 * i + 2 * PAIRS;
             const int8_t *next = next_row + 2 * PAIRS <= k1 ? q + (int64_t)next_row * N : NULL;
-            switch (M) { /* a constant M per copy: the sums stay in registers */
-            case 1: pairs_int16(row, N, n32, P, odd, xp + i, isum, 1, next); break;
-            case 2: pairs_int16(row, N, n32, P, odd, xp + i, isum, 2, next); break;
-            case 3: pairs_int16(row, N, n32, P, odd, xp + i, isum, 3, next); break;
-            case 4: pairs_int16(row, N, n32, P, odd, xp + i, isum, 4, next); break;
-            default: pairs_int16(row, N, n32, P, odd, xp + i, isum, M, next); break;
+            for (int m0 = 0; m0 < M; m0 += MAX_ROWS) {
+                const int rows = M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS;
+                const uint32_t *xg = xp + m0 * (CHUNK / 2) + i;
+                int32_t *ig = isum + (int64_t)m0 * n32;
+                const int8_t *ahead = m0 == 0 ? next : NULL; /* the first group asks for the next sweep */
+                switch (rows) { /* a constant count per copy: the sums stay in registers */
+                case 1: pairs_int16(row, N, n32, P, odd, xg, ig, 1, ahead); break;
+                case 2: pairs_int16(row, N, n32, P, odd, xg, ig, 2, ahead); break;
+                case 3: pairs_int16(row, N, n32, P, odd, xg, ig, 3, ahead); break;
+                case 4: pairs_int16(row, N, n32, P, odd, xg, ig, 4, ahead); break;
+                case 8: pairs_int16(row, N, n32, P, odd, xg, ig, 8, ahead); break;
+                default: pairs_int16(row, N, n32, P, odd, xg, ig, rows, ahead); break;
+                }
             }
         }
         convert_chunk(isum, scales + (int64_t)(k / group) * N, xscale, acc, N, n32, M);
@@ -198,7 +209,7 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
 #define INT16_PATH 0
 #endif
 
-/* x [M, K] contiguous (M <= MAX_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL,
+/* x [M, K] contiguous (M <= PASS_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL,
  * y [M, N] */
 static int int8_rows(const float *x, const int8_t *q, const float *scales, int group, const float *bias, float *y,
                      int M, int K, int N) {
@@ -227,7 +238,7 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
 #if INT16_PATH
         if (n32) rows_int16(x, q, scales, group, acc, sums + (int64_t)t * M * n32, M, K, N, n32, k0, k1);
 #endif
-        float xs[MAX_ROWS * STEP];
+        float xs[PASS_ROWS * STEP];
         int k = n32 < N ? k0 : k1; /* the float path's columns [n32, N): none when the integer path took them all */
         for (; k + STEP <= k1; k += STEP) {
             for (int m = 0; m < M; m++)
@@ -281,15 +292,15 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
     return 1;
 }
 
-/* Few-row products from int8 weights: `group` (a multiple of 8) weight rows share a scale row. Meant for up to
- * MAX_ROWS rows; more are done MAX_ROWS at a time (each pass reads all of q again). Returns 0 (y untouched) when
+/* Few-row products from int8 weights: `group` (a multiple of 8) weight rows share a scale row. PASS_ROWS rows at a
+ * time (each pass reads all of q again). Returns 0 (y untouched) when
  * there is no memory for the per-thread sums or the group is not a positive multiple of 8. */
 int janus_linear_rows_int8(const float *x, const int8_t *q, const float *scales, int group, const float *bias,
                            float *y, int M, int K, int N) {
     if (group <= 0 || group % STEP != 0) return 0;
     if (M <= 0 || N <= 0) return 1;
-    for (int m0 = 0; m0 < M; m0 += MAX_ROWS) {
-        const int rows = M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS;
+    for (int m0 = 0; m0 < M; m0 += PASS_ROWS) {
+        const int rows = M - m0 < PASS_ROWS ? M - m0 : PASS_ROWS;
         if (!int8_rows(x + (int64_t)m0 * K, q, scales, group, bias, y + (int64_t)m0 * N, rows, K, N)) return 0;
     }
     return 1;
