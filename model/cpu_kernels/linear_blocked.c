@@ -207,8 +207,8 @@ static void pack_all_rows(const float *x, int K, int M, float *xs) {
 }
 
 /* One task: y[M, WIDTH columns from n0] for a chunk of at most CHUNK_ROWS rows, from its x packed by pack_all_rows
- * (once per thread and chunk, not once per task: the copy is scalar, and redone for each of a product's N / WIDTH
- * tasks it cost about a sixteenth of the multiply-adds). */
+ * (once per thread and chunk, not once per task: redone for each of a product's N / WIDTH tasks, the copy one
+ * float at a time cost about a sixteenth of the multiply-adds). */
 static void run_task(const float *xs, const uint16_t *w, const float *bias, float *y, int M, int K, int N, int n0,
                      int next_n0, uint16_t *part) {
     const int blocks = (M + TILE_ROWS - 1) / TILE_ROWS;
