@@ -216,8 +216,8 @@ def test_a_rows_attention_does_not_depend_on_the_other_rows(kernel_build, T):
 @pytest.mark.parametrize("shared", [False, True])
 def test_a_window_gives_the_bits_of_one_decode_step_per_position(kernel_build, shared):
     """What makes speculative decoding exact: each query of a window (several positions a row, grouped query
-    heads, rows holding the same blocks: queries that go through a block together) comes out bit for bit as the
-    decode step of its position alone. Blocks of 5 (every other one starting at an odd key) and D 40 take the
+    heads, rows holding the same blocks: queries a kernel may well compute side by side) comes out bit for bit as
+    the decode step of its position alone. Blocks of 5 (every other one starting at an odd key) and D 40 take the
     tails of every loop."""
     rng = np.random.default_rng(31 + shared)
     T = 6
