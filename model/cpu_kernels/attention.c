@@ -453,6 +453,8 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
             const int64_t *table = tables + b * table_stride;
             /* query t's keys: n_last - (T - 1 - t); none for padding queries */
 #define KEYS(t) ((t) < first ? 0 : n_last - (T - 1 - (t)))
+/* how many of the block from key j0 query t attends (<= 0: none) */
+#define BLOCK_KEYS(t, j0) ((KEYS(t) < (j0) + block_size ? KEYS(t) : (j0) + block_size) - (j0))
 #define SLICE(pool, i, s) ((pool) + ((table[i] * KVH + kh0 + (s)) * slice))
             for (int i = 0; i < blocks; i++) {
                 const int j0 = i * block_size;
@@ -460,7 +462,7 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
                     fetch_ahead(i + 1 < blocks ? SLICE(k_pool, i + 1, s) : SLICE(v_pool, 0, s), slice);
                     const float *keys = SLICE(k_pool, i, s);
                     for (int t = 0; t < T; t++) {
-                        const int n = KEYS(t), count = (n < j0 + block_size ? n : j0 + block_size) - j0;
+                        const int count = BLOCK_KEYS(t, j0);
                         for (int g = 0; g < G && count > 0; g++)
                             dot_keys(q + b * q_b + t * q_t + (int64_t)((kh0 + s) * G + g) * D, keys, count, D, scale,
                                      scores + ((int64_t)t * heads + s * G + g) * padded + j0);
@@ -481,7 +483,7 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
                     if (i + 1 < blocks) fetch_ahead(SLICE(v_pool, i + 1, s), slice);
                     const float *values = SLICE(v_pool, i, s);
                     for (int t = 0; t < T; t++) {
-                        const int n = KEYS(t), count = (n < j0 + block_size ? n : j0 + block_size) - j0;
+                        const int count = BLOCK_KEYS(t, j0);
                         for (int g = 0; g < G && count > 0; g++) {
                             const int64_t u = (int64_t)t * heads + s * G + g;
                             weigh_values(scores + u * padded + j0, values, count, j0, D, sums + u * 2 * D,
@@ -503,6 +505,7 @@ static void paged_rows_attention(const float *q, const float *k_pool, const floa
                     for (int d = 0; d < D; d += 8) store8(dst + d, (load8(even + d) + load8(odd + d)) * inv);
                 }
             }
+#undef BLOCK_KEYS
 #undef KEYS
 #undef SLICE
         }
