@@ -5,8 +5,9 @@ without MKL, AVX2 without AVX-512, and the compiler's portable default (plain SS
 
 Its blocking (see linear_blocked.c): tiles of up to 3 (portable), 6 (AVX2) or 8 (AVX-512) rows by 16 or 32
 columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows. K = 300 is one panel and a part one,
-N = 547 two tasks and a part one whose last strip is partly filled. The few-row kernel (up to 8 rows per pass) is
-checked the same way in each build, and `linear` with the kernels switched off."""
+N = 547 two tasks and a part one whose last strip is partly filled. The row-streaming kernel (up to 32 rows a pass,
+tiles of up to 8 rows by 16 or 32 columns, columns in chunks of 65,536 / rows sums) is checked the same way in each
+build, and `linear` with the kernels switched off."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from paddle import nn
 
 from model import cpu_kernels
-from model.layer_ops import linear
+from model.layer_ops import BF16_ROWS_MAX, linear
 from tests.model.bf16_values import assert_float32_close, bf16_bits, bf16_to_float32
 
 EVERY_ROW_COUNT = [*range(1, 41), 63, 64, 65, 127]
@@ -105,18 +106,36 @@ def test_blocked_kernel_does_not_depend_on_the_rows_beside_a_row(built):
     np.testing.assert_array_equal(alone, together)
 
 
-@pytest.mark.parametrize("rows", range(1, 18))
+FEW_ROW_COUNTS = [*range(1, 18), 23, 24, 31, 32, 33, 40, 64, 65]
+
+
+@pytest.mark.parametrize("rows", FEW_ROW_COUNTS)
 @pytest.mark.parametrize(("K", "N"), [(300, 547), (17, 5), (1, 40), (64, 2080)])
 def test_few_row_kernel_matches_float64_in_every_build(built, rows, K, N):
     """janus_linear_rows_bf16, what `linear` calls up to BF16_ROWS_MAX rows, in each build: every row count of one
-    pass (up to 8 rows) and of two and three passes; K = 300 leaves each thread's range of weight rows a part group
-    of eight, N = 547 columns past its last 16-column vector, (17, 5) no vector at all, (1, 40) a single weight
-    row, (64, 2080) many vectors on one thread."""
+    tile (up to 8 rows) and of two and three, row counts of one pass (up to 32) and of two and three passes;
+    K = 300 leaves each thread's range of weight rows a part group of eight, N = 547 columns past its last vector
+    pair, (17, 5) no vector at all, (1, 40) a single weight row, (64, 2080) many vectors on one thread and, from 32
+    rows, two column chunks."""
     _, lib = built
     x, bits, bias = _case(rows * 7 + K, rows, K, N)
     w = bf16_to_float32(bits)
     assert_float32_close(_product(lib, "janus_linear_rows_bf16", x, bits, bias), x, w, bias)
     assert_float32_close(_product(lib, "janus_linear_rows_bf16", x, bits, None), x, w, np.zeros(N))
+
+
+@pytest.mark.parametrize(("K", "N"), [(300, 547), (64, 2080)])
+def test_few_row_kernel_gives_each_row_its_product_alone(built, K, N):
+    """Up to BF16_ROWS_MAX rows a row's outputs are the bits of its product computed alone, whatever the rows beside
+    it, the tile it falls in or the column chunks its row count makes: what lets a speculative window of several
+    positions and a decode step of one agree exactly."""
+    _, lib = built
+    x, bits, bias = _case(K + N, BF16_ROWS_MAX, K, N)
+    alone = np.stack([_product(lib, "janus_linear_rows_bf16", x[i:i + 1], bits, bias)[0]
+                      for i in range(BF16_ROWS_MAX)])
+    for rows in (2, 3, 8, 9, 12, 16, 17, 24, BF16_ROWS_MAX):
+        together = _product(lib, "janus_linear_rows_bf16", x[:rows], bits, bias)
+        np.testing.assert_array_equal(together, alone[:rows], err_msg=f"{rows} rows")
 
 
 @pytest.mark.parametrize("rows", EVERY_ROW_COUNT)
