@@ -214,12 +214,17 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
 static int int8_rows(const float *x, const int8_t *q, const float *scales, int group, const float *bias, float *y,
                      int M, int K, int N) {
     const int threads = (int64_t)K * N >= 131072 ? omp_get_max_threads() : 1;
-    float *partial = malloc(sizeof(float) * (size_t)threads * M * N);
-    if (!partial) return 0;
+    /* the partial and chunk sums on whole cache lines: with malloc's 16-byte alignment every 64-byte load and store
+     * of them was two lines' work (16 and 32 rows took 0.96-0.98 of the time aligned) */
+    float *partial = NULL;
+    if (posix_memalign((void **)&partial, 64, sizeof(float) * (size_t)threads * M * N)) return 0;
 #if INT16_PATH
     const int n32 = N / 32 * 32;
-    /* each thread's chunk sums (+ 1: calloc(0) may return NULL, which would read as no memory) */
-    int32_t *sums = calloc((size_t)threads * M * n32 + 1, sizeof(int32_t));
+    /* each thread's chunk sums (+ 1: an allocation of 0 bytes may return NULL, which would read as no memory) */
+    const size_t sum_bytes = sizeof(int32_t) * ((size_t)threads * M * n32 + 1);
+    int32_t *sums = NULL;
+    if (posix_memalign((void **)&sums, 64, sum_bytes)) sums = NULL;
+    if (sums) memset(sums, 0, sum_bytes);
     if (!sums) {
         free(partial);
         return 0;
@@ -276,8 +281,19 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
             }
         }
 #pragma omp barrier
+        /* y = bias + the threads' partials in thread order, eight columns at a time (one at a time cost 4-5% of a
+         * 16-32 row product) */
+#pragma omp for schedule(static) nowait
+        for (int c = 0; c < vector_end; c += 8) {
+            const v8 b = bias ? load8(bias + c) : splat(0.0f);
+            for (int m = 0; m < M; m++) {
+                v8 sum = b;
+                for (int p = 0; p < used; p++) sum += load8(partial + ((int64_t)p * M + m) * N + c);
+                store8(y + (int64_t)m * N + c, sum);
+            }
+        }
 #pragma omp for schedule(static)
-        for (int c = 0; c < N; c++) {
+        for (int c = vector_end; c < N; c++) {
             for (int m = 0; m < M; m++) {
                 float sum = bias ? bias[c] : 0.0f;
                 for (int p = 0; p < used; p++) sum += partial[((int64_t)p * M + m) * N + c];
