@@ -11,9 +11,9 @@
  * With bf16 weights the same streaming serves up to 32 rows a pass (a decode step of several rows, a speculative
  * window): the rows go in register tiles of up to 8, whose sums stay in registers over eight weight rows, so that
  * the arithmetic keeps up with the stream. On a Xeon with AVX-512 this beat the register-blocked kernel of
- * linear_blocked.c at every row count up to 48 (that one reads the weights a panel of columns at a time, in runs
- * of 512 bytes per weight row, which its hardware prefetchers followed at half the bandwidth). Past 32 rows the
- * blocked kernel takes over; prefill-sized products (128 rows and more) with the paddle wheel's MKL widen panels
+ * linear_blocked.c at every row count up to 64 (that one reads the weights a panel of columns at a time, in runs
+ * of 512 bytes per weight row, which its hardware prefetchers followed at half the bandwidth). Past 64 rows (two
+ * passes) the blocked kernel takes over; prefill-sized products (128 rows and more) with the paddle wheel's MKL widen panels
  * of whole columns and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole weight.
  */
 #include <omp.h>
