@@ -13,8 +13,9 @@
  * the arithmetic keeps up with the stream. On a Xeon with AVX-512 this beat the register-blocked kernel of
  * linear_blocked.c at every row count up to 64 (that one reads the weights a panel of columns at a time, in runs
  * of 512 bytes per weight row, which its hardware prefetchers followed at half the bandwidth). Past 64 rows (two
- * passes) the blocked kernel takes over; prefill-sized products (128 rows and more) with the paddle wheel's MKL widen panels
- * of whole columns and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole weight.
+ * passes) the blocked kernel takes over; prefill-sized products (128 rows and more) with the paddle wheel's MKL
+ * widen panels of whole columns and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole
+ * weight.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -164,7 +165,8 @@ static void bf16_part(const float *x, const uint16_t *w, int M, int K, int N, in
         for (int c = vector_end; c < N; c++)
             for (int m = 0; m < M; m++) {
                 float sum = acc[(int64_t)m * N + c];
-                for (int j = 0; j < 8; j++) sum += x[(int64_t)m * K + k + j] * bf16_to_float(w[(int64_t)(k + j) * N + c]);
+                for (int j = 0; j < 8; j++)
+                    sum += x[(int64_t)m * K + k + j] * bf16_to_float(w[(int64_t)(k + j) * N + c]);
                 acc[(int64_t)m * N + c] = sum;
             }
     for (int k = groups_end; k < k1; k++) /* the weight rows past the last group of eight */
@@ -218,7 +220,8 @@ static inline __attribute__((always_inline)) int linear_rows(const float *x, con
                 for (int c = vector_end; c < N; c++)
                     for (int m = 0; m < M; m++) {
                         float sum = acc[(int64_t)m * N + c];
-                        for (int j = 0; j < group; j++) sum += xs[m * group + j] * weight1(w, r0 + j * (int64_t)N + c, 0);
+                        for (int j = 0; j < group; j++)
+                            sum += xs[m * group + j] * weight1(w, r0 + j * (int64_t)N + c, 0);
                         acc[(int64_t)m * N + c] = sum;
                     }
             }
