@@ -132,10 +132,6 @@ static int tile_rows_for(int64_t image_pixels) {
     return image_pixels < MIN_TILE_ROWS ? (int)image_pixels : MIN_TILE_ROWS;
 }
 
-static float *aligned_floats(int64_t count) { /* a cache-line-aligned block, whichever thread asks */
-    return aligned_alloc(64, (sizeof(float) * count + 63) / 64 * 64);
-}
-
 /* y [B, Ho, Wo, cout] = conv(x) + bias (+ residual), x [B, H, W, cin], all contiguous NHWC.
  *   ksize 3 (zero padding 1) or 1; stride 1.
  *   upsample: the convolution reads x upsampled 2x (nearest): Ho = 2H, Wo = 2W; else Ho = H, Wo = W.
@@ -155,7 +151,7 @@ void janus_conv2d_nhwc(const float *x, const float *w, const float *bias, const 
 #pragma omp parallel
     {
         const int previous = single_threaded_blas();
-        float *cols = gather ? aligned_floats(tile_rows * K) : NULL;
+        float *cols = gather ? line_aligned(sizeof(float) * tile_rows * K) : NULL;
 #pragma omp for schedule(monotonic: dynamic) /* libiomp5 has no nonmonotonic entry points */
         for (int64_t tile = 0; tile < tiles; tile++) {
             const int64_t first = tile % per_image * tile_rows, p0 = tile / per_image * image + first;

@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "vec.h"
+
 struct scratch {
     size_t floats;
     float *data;
@@ -34,7 +36,7 @@ static float *scratch_buffer(size_t floats) {
     }
     if (scratch->floats < floats) {
         free(scratch->data);
-        scratch->data = aligned_alloc(64, (sizeof(float) * floats + 63) / 64 * 64);
+        scratch->data = line_aligned(sizeof(float) * floats);
         scratch->floats = scratch->data ? floats : 0;
     }
     return scratch->data;

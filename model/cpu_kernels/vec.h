@@ -1,10 +1,16 @@
-/* Eight-float vectors (one AVX register) through GCC/Clang vector extensions, and a vectorised exp, shared by
- * the kernels. Extensions rather than intrinsics: the code builds with any x86-64 or ARM compiler. */
+/* Eight-float vectors (one AVX register) through GCC/Clang vector extensions, a vectorised exp, and memory on
+ * whole cache lines, shared by the kernels. Extensions rather than intrinsics: the code builds with any x86-64 or
+ * ARM compiler. */
 #ifndef JANUS_VEC_H
 #define JANUS_VEC_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* `bytes` of memory on whole 64-byte cache lines (free() releases it), NULL when there is none: at malloc's 16-byte
+ * alignment every 64-byte vector load or store touches two lines. */
+static inline void *line_aligned(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
