@@ -9,13 +9,14 @@
  * partial y; the partials are added at the end. bf16 weights are widened in registers as they are loaded.
  *
  * With bf16 weights the same streaming serves up to 32 rows a pass (a decode step of several rows, a speculative
- * window): the rows go in register tiles of up to 8, whose sums stay in registers over eight weight rows, so that
- * the arithmetic keeps up with the stream. On a Xeon with AVX-512 this beat the register-blocked kernel of
- * linear_blocked.c at every row count up to 64 (that one reads the weights a panel of columns at a time, in runs
- * of 512 bytes per weight row, which its hardware prefetchers followed at half the bandwidth). Past 64 rows (two
- * passes) the blocked kernel takes over; prefill-sized products (128 rows and more) with the paddle wheel's MKL
- * widen panels of whole columns and run one threaded sgemm per panel, as Paddle's float32 matmul does on the whole
- * weight.
+ * window): the rows go in register tiles (up to 8 rows with AVX-512, 4 with AVX2), whose sums stay in registers
+ * over eight weight rows, so that the arithmetic keeps up with the stream. On a Xeon with AVX-512 this beat the
+ * register-blocked kernel of linear_blocked.c at every row count up to 64 (that one reads the weights a panel of
+ * columns at a time, in runs of 512 bytes per weight row, which its hardware prefetchers followed at half the
+ * bandwidth); on an AMD EPYC with AVX2 it took 0.58 of its time at 8 rows, 0.79 at 16-24 and 0.82-0.98 at 32-64
+ * (two runs, in turns). Past 64 rows (two passes) the blocked kernel takes over; prefill-sized products (128 rows
+ * and more) with the paddle wheel's MKL widen panels of whole columns and run one threaded sgemm per panel, as
+ * Paddle's float32 matmul does on the whole weight.
  */
 #include <omp.h>
 #include <stdint.h>
@@ -46,6 +47,11 @@ static inline __attribute__((always_inline)) float weight1(const void *w, int64_
 #define PAIR_LANES 8
 #endif
 #define PAIR_COLS (2 * PAIR_LANES)
+/* Rows of x in a register tile: each takes two vectors of sums, beside the two of widened weights and a broadcast.
+ * AVX-512's 32 registers hold 8 rows' sums; with AVX2's 16, 8 rows spilled and the kernel alone took 1.3x the time
+ * of tiles of 4, and 5-6 rows were 4-18% slower than 4 past 12 rows (AMD EPYC, 24 layers' 7 projections of
+ * Janus-Pro-1B, in turns). */
+#define TILE_ROWS (PAIR_LANES == 16 ? 8 : 4)
 typedef float vp __attribute__((vector_size(PAIR_LANES * 4)));
 typedef uint32_t vpu __attribute__((vector_size(PAIR_LANES * 4)));
 static inline vp load_vp(const float *p) { vp r; memcpy(&r, p, sizeof r); return r; }
@@ -138,13 +144,13 @@ static void bf16_rows_of(int R, const float *xs, const uint16_t *w, int64_t r0, 
 /* acc [M, N] (slot order, zeroed) = x[:, k0..k1] w[k0..k1, :] with bf16 w: one thread's share of the weight rows.
  * The columns go in chunks whose sums fit in L2 (past a few rows all N columns' would not: 32 rows of the
  * generation head's 16,384 are 2 MiB), and within a chunk eight weight rows at a time, every row of x in tiles of
- * up to 8 rows. Every column's products are added in order of k, whatever the chunk or the tile: a row's sums do
- * not depend on the other rows, nor on how many there are. xs: room for MAX_ROWS * 8 floats. */
+ * up to TILE_ROWS rows. Every column's products are added in order of k, whatever the chunk or the tile: a row's
+ * sums do not depend on the other rows, nor on how many there are. xs: room for MAX_ROWS * 8 floats. */
 static void bf16_part(const float *x, const uint16_t *w, int M, int K, int N, int k0, int k1, int vector_end,
                       float *acc, float *xs) {
     int chunk = ACC_FLOATS / M / PAIR_COLS * PAIR_COLS;
     if (chunk < PAIR_COLS) chunk = PAIR_COLS;
-    const int groups_end = k0 + (k1 - k0) / 8 * 8, tiles = (M + 7) / 8;
+    const int groups_end = k0 + (k1 - k0) / 8 * 8, tiles = (M + TILE_ROWS - 1) / TILE_ROWS;
     for (int c0 = 0; c0 < vector_end; c0 += chunk) {
         const int c1 = vector_end - c0 < chunk ? vector_end : c0 + chunk;
         for (int k = k0; k < groups_end; k += 8) {
