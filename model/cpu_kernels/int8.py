@@ -24,12 +24,14 @@ import paddle
 from model import cpu_kernels
 
 GROUP_SIZE = 64  # weight rows per scale
-# Rows up to which products take the streaming kernel (int8_rows.c; more than 8 rows in passes of 8, each reading
-# the weights again), the many-row entry above (MKL on dequantized panels from 128 rows, the blocked kernel without
-# MKL). On the integer path (AVX-512BW) streaming won at every count measured on the 1B shape (python -m bench.int8
-# --crossover --rows 2 4 5 6 8 12 16 32: 8 rows 161 against 332 ms, 32 rows 514 against 691), and a row's result
-# is then the same whatever the step's row count up to 127 (its activations are rounded on their own). The float
-# path keeps the earlier threshold. None: by the path; a number overrides it (benchmarks).
+# Rows up to which products take the streaming kernel (int8_rows.c; 32 rows a pass, each sweep's weights going to
+# every group of 4-8 rows from L2), the many-row entry above (MKL on dequantized panels from 128 rows, the blocked
+# kernel without MKL). On the integer path (AVX2 or AVX-512BW) streaming won at every count measured on the 1B shape
+# (AVX-512, python -m bench.int8 --crossover --rows 2 4 5 6 8 12 16 32: 8 rows 161 against 332 ms, 32 rows 514
+# against 691; AMD EPYC with AVX2, the kernels alone: 8 rows 0.42, 32 rows 0.80, 64-127 rows 0.97-0.98 of the
+# entry's time), and a row's result is then the same whatever the step's row count up to 127 (its activations are
+# rounded on their own). The float path keeps the earlier threshold. None: by the path; a number overrides it
+# (benchmarks).
 ROWS_MAX: int | None = None
 ROWS_MAX_INTEGER_PATH = 127
 ROWS_MAX_FLOAT_PATH = 4

@@ -1,29 +1,30 @@
 /* y = x W + b for a few rows (a decode step) with int8 weights: W[k, n] = q[k, n] * scale[k / group, n], a float32
- * scale per output column for each group of `group` weight rows (input columns of the layer), float32 activations
- * and output; the products in float32 (the float path) or, on AVX-512BW CPUs, in int32 from int16 activations
- * (the integer path, below). q is held in pairs of rows (int8_pairs.h): rows 2i and 2i + 1 interleaved column by
- * column, a last row of an odd K on its own.
+ * scale per output column for each group of `group` weight rows (input columns of the layer), float32 activations and
+ * output; the products in int32 from int16 activations (the integer path, below) on CPUs with AVX2 or AVX-512BW,
+ * elsewhere in float32 (the float path). q is held in pairs of rows (int8_pairs.h): rows 2i and 2i + 1 interleaved
+ * column by column, a last row of an odd K on its own.
  *
- * A decode step is bound by reading the weights: int8 halves the bytes of bf16. The weights are split among the
- * threads by rows (each streams one contiguous block, as linear.c does for bf16) and widened in registers as they
- * are loaded (sign-extend, convert: two instructions per eight weights). The scale is not applied to each weight:
- * eight weight rows are summed unscaled, t = sum_j x[k + j] q[k + j, c], and folded into the column's running sum
- * with one fused multiply-add, acc += t * scale[g, c], which costs what the plain add acc += t would. A group is a
- * multiple of eight rows, so eight rows never straddle two groups.
+ * A decode step is bound by reading the weights: int8 halves the bytes of bf16. The weights are split among the threads
+ * by rows (each streams one contiguous block, as linear.c does for bf16) and widened in registers as they are loaded
+ * (sign-extend, convert: two instructions per eight weights). The scale is not applied to each weight: eight weight
+ * rows are summed unscaled, t = sum_j x[k + j] q[k + j, c], and folded into the column's running sum with one fused
+ * multiply-add, acc += t * scale[g, c], which costs what the plain add acc += t would. A group is a multiple of eight
+ * rows, so eight rows never straddle two groups.
  *
- * That float path widens each weight with two instructions and multiplies it with a third: on a 2-core AVX-512 CPU
- * it measured about 9 GB/s of weights a thread, so the two cores read 17 GB/s of the 25-30 the machine has and the
- * int8 step was 0.85-0.9x the bf16 one. Where there is AVX-512BW the columns of whole
- * 32-column blocks take an integer path instead: each row of x is rounded to int16 with a scale per chunk of at
- * most 128 weight rows (the largest |x| of the chunk maps to 32767, so the rounding moves each activation by at
- * most 1/65534 of that largest one, against 1/254 of a group's largest weight for the weights' own rounding), and the
- * products are summed exactly in int32 by vpdpwssd (vpmaddwd + vpaddd without VNNI), two weight rows and 16
- * columns an instruction: the pair layout puts a column's two weights side by side as vpdpwssd wants them, so
- * 32 bytes sign-extended (vpmovsxbw) are one operand. Held row by row they needed an interleave of two rows'
- * values first (vpunpck{l,h}wd), and the kernel alone streamed 13.7 GB/s where the pairs stream 18.2 (1 row of x;
- * 11.3 against 15.0 at 2 rows). A chunk's int32 sums are converted once and scaled by the weight's and the
- * activation's scales. |sum| <= 128 * 127 * 32767 < 2^31: no overflow. Columns past the last whole block take the
- * float path.
+ * That float path widens each weight with two instructions and multiplies it with a third: on a 2-core AVX-512 CPU it
+ * measured about 9 GB/s of weights a thread, so the two cores read 17 GB/s of the 25-30 the machine has and the int8
+ * step was 0.85-0.9x the bf16 one (on an AVX2 CPU 1.0-1.1x at 1-2 rows). Where there is AVX2 or AVX-512BW the columns
+ * of whole blocks (16 or 32 columns) take an integer path instead: each row of x is rounded to int16 with a scale per
+ * chunk of at most 128 weight rows (the largest |x| of the chunk maps to 32767, so the rounding moves each activation
+ * by at most 1/65534 of that largest one, against 1/254 of a group's largest weight for the weights' own rounding), and
+ * the products are summed exactly in int32 by vpdpwssd (vpmaddwd + vpaddd without VNNI), two weight rows and 16 (8 with
+ * AVX2) columns an instruction: the pair layout puts a column's two weights side by side as vpdpwssd wants them, so 32
+ * bytes (16 with AVX2) sign-extended (vpmovsxbw) are one operand. Held row by row they needed an interleave of two
+ * rows' values first (vpunpck{l,h}wd), and the kernel alone streamed 13.7 GB/s where the pairs stream 18.2 (1 row of x;
+ * 11.3 against 15.0 at 2 rows). A chunk's int32 sums are converted once and scaled by the weight's and the activation's
+ * scales. |sum| <= 128 * 127 * 32767 < 2^31: no overflow. Columns past the last whole block take the float path. With
+ * AVX2 (AMD EPYC, 24 layers' projections of Janus-Pro-1B, in turns) the kernel alone took 0.72 / 0.73 / 0.76 of the
+ * float path's time at 1 / 2 / 4 rows, and 0.42 / 0.80 of the blocked kernel's at 8 / 32 rows.
  */
 #include <float.h>
 #include <math.h>
@@ -35,8 +36,7 @@
 #include "int8_pairs.h"
 #include "vec.h"
 
-#define MAX_ROWS 8   /* rows of x whose sums stay in registers down a sweep */
-#define PASS_ROWS 32 /* rows of x per pass over the weights: a sweep's weights serve each group of MAX_ROWS from L2 */
+#define PASS_ROWS 32 /* rows of x per pass over the weights: a sweep's weights serve each group of rows from L2 */
 #define STEP 8       /* weight rows summed before the scale is applied */
 
 /* Eight columns of a pair of rows (16 bytes, the two rows' values alternating) -> eight floats of each row:
@@ -61,101 +61,146 @@ static inline void load8_pair(const int8_t *pair, v8 *first, v8 *second) {
 }
 #endif
 
+/* The integer path in whole vectors of int32 sums: IV_LANES columns a vector, BLOCK = 2 * IV_LANES columns a block
+ * (a pair of weight rows' bytes for a block are 2 * BLOCK, widened to int16 a vector's width at a time), GROUP_ROWS
+ * rows of x whose sums stay in registers: each row takes two vectors of sums beside the widened weights, the
+ * broadcast activations and (without VNNI) vpmaddwd's product, so AVX-512's 32 registers hold 8 rows and AVX2's 16
+ * hold 4. Both give the same sums (int32, exact) and so, on columns of whole blocks of 32, the same outputs. */
 #if defined(__AVX512BW__)
 #define INT16_PATH 1
-#define PAIRS 16 /* pairs of weight rows per sweep over the columns */
-#define CHUNK 128 /* weight rows summed in int32 before converting: 128 * 127 * 32767 < 2^31 */
-
+#define IV_LANES 16
+#define GROUP_ROWS 8
+typedef __m512i ivec;
+typedef __m512 fvec;
+static inline ivec iv_load(const int32_t *p) { return _mm512_loadu_si512(p); }
+static inline void iv_store(int32_t *p, ivec v) { _mm512_storeu_si512(p, v); }
+static inline ivec iv_splat(uint32_t v) { return _mm512_set1_epi32((int)v); }
+static inline ivec iv_zero(void) { return _mm512_setzero_si512(); }
+/* IV_LANES columns of a pair of rows (2 * IV_LANES bytes) -> int16 pairs, one column a 32-bit lane (vpmovsxbw) */
+static inline ivec iv_widen_pairs(const int8_t *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const void *)p)); }
+/* IV_LANES columns of a lone row (IV_LANES bytes) -> int32 (its high half meets a zero activation) */
+static inline ivec iv_widen_lone(const int8_t *p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)p)); }
 /* acc += q x for two weight rows (int16 pairs, one per 32-bit lane) */
-static inline __m512i dot_pairs(__m512i acc, __m512i w, __m512i x) {
+static inline ivec dot_pairs(ivec acc, ivec w, ivec x) {
 #if defined(__AVX512VNNI__)
     return _mm512_dpwssd_epi32(acc, w, x);
 #else
     return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
 #endif
 }
+static inline fvec fv_of(ivec v) { return _mm512_cvtepi32_ps(v); }
+static inline fvec fv_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void fv_store(float *p, fvec v) { _mm512_storeu_ps(p, v); }
+static inline fvec fv_splat(float v) { return _mm512_set1_ps(v); }
+static inline fvec fv_mul(fvec a, fvec b) { return _mm512_mul_ps(a, b); }
+static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm512_fmadd_ps(a, b, c); }
+#elif defined(__AVX2__)
+/* vpmaddwd on 256-bit registers: two int16 multiply-adds per 32-bit lane, twice the multiply-adds of an FMA per
+ * instruction. Without it (before this path) AVX2 CPUs multiplied int8 weights in float32 and the int8 step was
+ * slower than the bf16 one (AMD EPYC: 1.02x at 1 row, 2.1x at 8 rows). */
+#define INT16_PATH 1
+#define IV_LANES 8
+#define GROUP_ROWS 4
+typedef __m256i ivec;
+typedef __m256 fvec;
+static inline ivec iv_load(const int32_t *p) { return _mm256_loadu_si256((const void *)p); }
+static inline void iv_store(int32_t *p, ivec v) { _mm256_storeu_si256((void *)p, v); }
+static inline ivec iv_splat(uint32_t v) { return _mm256_set1_epi32((int)v); }
+static inline ivec iv_zero(void) { return _mm256_setzero_si256(); }
+static inline ivec iv_widen_pairs(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)p)); }
+static inline ivec iv_widen_lone(const int8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const void *)p)); }
+static inline ivec dot_pairs(ivec acc, ivec w, ivec x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)); }
+static inline fvec fv_of(ivec v) { return _mm256_cvtepi32_ps(v); }
+static inline fvec fv_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void fv_store(float *p, fvec v) { _mm256_storeu_ps(p, v); }
+static inline fvec fv_splat(float v) { return _mm256_set1_ps(v); }
+static inline fvec fv_mul(fvec a, fvec b) { return _mm256_mul_ps(a, b); }
+static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm256_fmadd_ps(a, b, c); }
+#else
+#define INT16_PATH 0
+#endif
+
+#if INT16_PATH
+#define BLOCK (2 * IV_LANES)
+#define PAIRS 16 /* pairs of weight rows per sweep over the columns */
+#define CHUNK 128 /* weight rows summed in int32 before converting: 128 * 127 * 32767 < 2^31 */
 
 /* Up to PAIRS pairs of weight rows from `row` (the pairs' first row; with `odd`, the last "pair" is the lone last
- * row of an odd K, held plainly) times the M rows of x, added to the int32 sums isum [M, n32] of columns [0, n32).
- * xp: each row's activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the high half,
- * zero for a missing row), CHUNK / 2 of them a row of x.
+ * row of an odd K, held plainly) times the M rows of x, added to the int32 sums isum [M, n_int] of columns
+ * [0, n_int). xp: each row's activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the
+ * high half, zero for a missing row), CHUNK / 2 of them a row of x.
  *
- * Per pair of weight rows and 32 columns: 64 bytes, sign-extended to int16 32 bytes at a time (vpmovsxbw: a
- * column's two weights in one 32-bit lane), one vpdpwssd per row of x and 16 columns. A lone row's bytes are
- * sign-extended to int32 (its high half meets the zero activation). Whole sweeps over the columns, 32 weight rows
- * at a time: 16 sequential streams, which the prefetchers follow better than 8 (row by row, 16 rows had been
- * faster than 8 and 32 slower; walking down a chunk's 128 rows for each block of columns instead ran no faster
- * than the float path; prefetching 1 KiB ahead in software made it 10% slower).
+ * Per pair of weight rows and BLOCK columns: 2 * BLOCK bytes, sign-extended to int16 half at a time (vpmovsxbw: a
+ * column's two weights in one 32-bit lane), one vpdpwssd (vpmaddwd + vpaddd) per row of x and IV_LANES columns. A
+ * lone row's bytes are sign-extended to int32 (its high half meets the zero activation). Whole sweeps over the
+ * columns, 32 weight rows at a time: 16 sequential streams, which the prefetchers follow better than 8 (row by row,
+ * 16 rows had been faster than 8 and 32 slower; walking down a chunk's 128 rows for each block of columns instead
+ * ran no faster than the float path; prefetching 1 KiB ahead in software made it 10% slower).
  *
  * next: the following sweep's first row (NULL: none, or not all of its PAIRS pairs are this thread's). With two
- * rows of x or more, each block of columns asks for the same block of the next sweep's pairs (into L2): 16 more
- * lines in flight a block, so a sweep's 16 streams are under way when it starts instead of each starting cold.
- * Whole 1B decode steps, int8, in turns with and without it: 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows
+ * rows of x or more, each 32 columns ask for the same line of the next sweep's pairs (into L2): 16 more lines in
+ * flight at a time, so a sweep's 16 streams are under way when it starts instead of each starting cold. Whole 1B
+ * decode steps, int8, in turns with and without it (AVX-512): 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows
  * 0.96, 32 rows 0.98 of the time; with one row it made the step 2% slower (the hardware prefetchers keep up with
  * one row's arithmetic), so one row goes without. */
-static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n32, int P, int odd,
-                                                              const uint32_t *xp, int32_t *isum, int M,
+static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n_int, int P,
+                                                              int odd, const uint32_t *xp, int32_t *isum, int M,
                                                               const int8_t *next) {
-    for (int c = 0; c < n32; c += 32) {
-        if (next && M >= 2)
+    for (int c = 0; c < n_int; c += BLOCK) {
+        if (next && M >= 2 && !(c & 31))
             for (int p = 0; p < PAIRS; p++) __builtin_prefetch(next + 2 * p * N + 2 * c, 0, 2);
-        __m512i lo[MAX_ROWS], hi[MAX_ROWS];
+        ivec lo[GROUP_ROWS], hi[GROUP_ROWS];
         for (int m = 0; m < M; m++) {
-            lo[m] = _mm512_loadu_si512(isum + (int64_t)m * n32 + c);
-            hi[m] = _mm512_loadu_si512(isum + (int64_t)m * n32 + c + 16);
+            lo[m] = iv_load(isum + (int64_t)m * n_int + c);
+            hi[m] = iv_load(isum + (int64_t)m * n_int + c + IV_LANES);
         }
         for (int p = 0; p < P; p++) {
-            __m512i wl, wh;
+            ivec wl, wh;
             if (odd && p == P - 1) {
                 const int8_t *lone = row + 2 * p * N + c;
-                wl = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)lone));
-                wh = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(lone + 16)));
+                wl = iv_widen_lone(lone);
+                wh = iv_widen_lone(lone + IV_LANES);
             } else {
                 const int8_t *pair = row + 2 * p * N + 2 * c;
-                wl = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)pair));
-                wh = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(pair + 32)));
+                wl = iv_widen_pairs(pair);
+                wh = iv_widen_pairs(pair + BLOCK);
             }
             for (int m = 0; m < M; m++) {
-                const __m512i xv = _mm512_set1_epi32((int)xp[m * (CHUNK / 2) + p]);
+                const ivec xv = iv_splat(xp[m * (CHUNK / 2) + p]);
                 lo[m] = dot_pairs(lo[m], wl, xv);
                 hi[m] = dot_pairs(hi[m], wh, xv);
             }
         }
         for (int m = 0; m < M; m++) {
-            _mm512_storeu_si512(isum + (int64_t)m * n32 + c, lo[m]);
-            _mm512_storeu_si512(isum + (int64_t)m * n32 + c + 16, hi[m]);
+            iv_store(isum + (int64_t)m * n_int + c, lo[m]);
+            iv_store(isum + (int64_t)m * n_int + c + IV_LANES, hi[m]);
         }
     }
 }
 
 /* A chunk's int32 sums converted once and scaled by the weights' scale row and each row of x's activation scale
  * into acc [M, N]; isum is left zero for the next chunk. */
-static void convert_chunk(int32_t *isum, const float *scale, const float *xscale, float *acc, int64_t N, int n32,
+static void convert_chunk(int32_t *isum, const float *scale, const float *xscale, float *acc, int64_t N, int n_int,
                           int M) {
     for (int m = 0; m < M; m++) {
-        const __m512 xs = _mm512_set1_ps(xscale[m]);
-        int32_t *im = isum + (int64_t)m * n32;
+        const fvec xs = fv_splat(xscale[m]);
+        int32_t *im = isum + (int64_t)m * n_int;
         float *am = acc + (int64_t)m * N;
-        for (int c = 0; c < n32; c += 32) {
-            const __m512 v0 = _mm512_cvtepi32_ps(_mm512_loadu_si512(im + c));
-            const __m512 v1 = _mm512_cvtepi32_ps(_mm512_loadu_si512(im + c + 16));
-            const __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(scale + c), xs);
-            const __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(scale + c + 16), xs);
-            _mm512_storeu_ps(am + c, _mm512_fmadd_ps(v0, s0, _mm512_loadu_ps(am + c)));
-            _mm512_storeu_ps(am + c + 16, _mm512_fmadd_ps(v1, s1, _mm512_loadu_ps(am + c + 16)));
-            _mm512_storeu_si512(im + c, _mm512_setzero_si512());
-            _mm512_storeu_si512(im + c + 16, _mm512_setzero_si512());
+        for (int c = 0; c < n_int; c += IV_LANES) {
+            const fvec s = fv_mul(fv_load(scale + c), xs);
+            fv_store(am + c, fv_fmadd(fv_of(iv_load(im + c)), s, fv_load(am + c)));
+            iv_store(im + c, iv_zero());
         }
     }
 }
 
-/* Weight rows [k0, k1) of one thread, columns [0, n32), through the integer path, chunk by chunk (a chunk: at most
- * CHUNK rows, never across two scale groups). isum: [M, n32] int32, zero on entry. Each sweep's weights (PAIRS pairs
- * of rows, all columns: 64-512 KiB on Janus-Pro-1B's shapes) go to every group of MAX_ROWS rows of x in turn, the
- * later groups reading them from L2: more than MAX_ROWS rows had been done a pass each, and 32 rows read the weights
- * from memory four times. */
+/* Weight rows [k0, k1) of one thread, columns [0, n_int), through the integer path, chunk by chunk (a chunk: at
+ * most CHUNK rows, never across two scale groups). isum: [M, n_int] int32, zero on entry. Each sweep's weights
+ * (PAIRS pairs of rows, all columns: 64-512 KiB on Janus-Pro-1B's shapes) go to every group of GROUP_ROWS rows of x
+ * in turn, the later groups reading them from L2: more than a group's rows had been done a pass each, and 32 rows
+ * read the weights from memory four times. */
 static void rows_int16(const float *x, const int8_t *q, const float *scales, int group, float *acc, int32_t *isum,
-                       int M, int K, int64_t N, int n32, int k0, int k1) {
+                       int M, int K, int64_t N, int n_int, int k0, int k1) {
     uint32_t xp[PASS_ROWS * (CHUNK / 2)];
     float xscale[PASS_ROWS];
     for (int k = k0; k < k1;) {
@@ -186,27 +231,27 @@ static void rows_int16(const float *x, const int8_t *q, const float *scales, int
             const int8_t *row = q + (int64_t)(k + 2 * i) * N;
             const int next_row = k + 2 * i + 2 * PAIRS;
             const int8_t *next = next_row + 2 * PAIRS <= k1 ? q + (int64_t)next_row * N : NULL;
-            for (int m0 = 0; m0 < M; m0 += MAX_ROWS) {
-                const int rows = M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS;
+            for (int m0 = 0; m0 < M; m0 += GROUP_ROWS) {
+                const int rows = M - m0 < GROUP_ROWS ? M - m0 : GROUP_ROWS;
                 const uint32_t *xg = xp + m0 * (CHUNK / 2) + i;
-                int32_t *ig = isum + (int64_t)m0 * n32;
+                int32_t *ig = isum + (int64_t)m0 * n_int;
                 const int8_t *ahead = m0 == 0 ? next : NULL; /* the first group asks for the next sweep */
                 switch (rows) { /* a constant count per copy: the sums stay in registers */
-                case 1: pairs_int16(row, N, n32, P, odd, xg, ig, 1, ahead); break;
-                case 2: pairs_int16(row, N, n32, P, odd, xg, ig, 2, ahead); break;
-                case 3: pairs_int16(row, N, n32, P, odd, xg, ig, 3, ahead); break;
-                case 4: pairs_int16(row, N, n32, P, odd, xg, ig, 4, ahead); break;
-                case 8: pairs_int16(row, N, n32, P, odd, xg, ig, 8, ahead); break;
-                default: pairs_int16(row, N, n32, P, odd, xg, ig, rows, ahead); break;
+                case 1: pairs_int16(row, N, n_int, P, odd, xg, ig, 1, ahead); break;
+                case 2: pairs_int16(row, N, n_int, P, odd, xg, ig, 2, ahead); break;
+                case 3: pairs_int16(row, N, n_int, P, odd, xg, ig, 3, ahead); break;
+                case 4: pairs_int16(row, N, n_int, P, odd, xg, ig, 4, ahead); break;
+#if GROUP_ROWS == 8
+                case 8: pairs_int16(row, N, n_int, P, odd, xg, ig, 8, ahead); break;
+#endif
+                default: pairs_int16(row, N, n_int, P, odd, xg, ig, rows, ahead); break;
                 }
             }
         }
-        convert_chunk(isum, scales + (int64_t)(k / group) * N, xscale, acc, N, n32, M);
+        convert_chunk(isum, scales + (int64_t)(k / group) * N, xscale, acc, N, n_int, M);
         k = end;
     }
 }
-#else
-#define INT16_PATH 0
 #endif
 
 /* x [M, K] contiguous (M <= PASS_ROWS), q [K, N] in pairs of rows, scales [ceil(K / group), N], bias [N] or NULL,
@@ -219,9 +264,9 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
     float *partial = line_aligned(sizeof(float) * (size_t)threads * M * N);
     if (!partial) return 0;
 #if INT16_PATH
-    const int n32 = N / 32 * 32;
+    const int n_int = N / BLOCK * BLOCK;
     /* each thread's chunk sums (+ 1: an allocation of 0 bytes may return NULL, which would read as no memory) */
-    const size_t sum_bytes = sizeof(int32_t) * ((size_t)threads * M * n32 + 1);
+    const size_t sum_bytes = sizeof(int32_t) * ((size_t)threads * M * n_int + 1);
     int32_t *sums = line_aligned(sum_bytes);
     if (sums) memset(sums, 0, sum_bytes);
     if (!sums) {
@@ -229,7 +274,7 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
         return 0;
     }
 #else
-    const int n32 = 0;
+    const int n_int = 0;
 #endif
     const int vector_end = N / 8 * 8;
 #pragma omp parallel num_threads(threads)
@@ -240,16 +285,16 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
         float *acc = partial + (int64_t)t * M * N;
         memset(acc, 0, sizeof(float) * M * N);
 #if INT16_PATH
-        if (n32) rows_int16(x, q, scales, group, acc, sums + (int64_t)t * M * n32, M, K, N, n32, k0, k1);
+        if (n_int) rows_int16(x, q, scales, group, acc, sums + (int64_t)t * M * n_int, M, K, N, n_int, k0, k1);
 #endif
         float xs[PASS_ROWS * STEP];
-        int k = n32 < N ? k0 : k1; /* the float path's columns [n32, N): none when the integer path took them all */
+        int k = n_int < N ? k0 : k1; /* the float path's columns [n_int, N): none when the integer path took them all */
         for (; k + STEP <= k1; k += STEP) {
             for (int m = 0; m < M; m++)
                 for (int j = 0; j < STEP; j++) xs[m * STEP + j] = x[(int64_t)m * K + k + j];
             const int8_t *rows = q + (int64_t)k * N; /* STEP / 2 whole pairs: k is even, k + STEP <= K */
             const float *scale = scales + (int64_t)(k / group) * N;
-            for (int c = n32; c < vector_end; c += 8) {
+            for (int c = n_int; c < vector_end; c += 8) {
                 v8 w[STEP];
                 for (int j = 0; j < STEP; j += 2) load8_pair(rows + j * (int64_t)N + 2 * c, &w[j], &w[j + 1]);
                 const v8 s = load8(scale + c);
@@ -276,7 +321,7 @@ static int int8_rows(const float *x, const int8_t *q, const float *scales, int g
             for (int m = 0; m < M; m++) {
                 const float xm = x[(int64_t)m * K + k];
                 float *am = acc + (int64_t)m * N;
-                for (int c = n32; c < N; c++) am[c] += xm * (float)row[(int64_t)c * stride] * scale[c];
+                for (int c = n_int; c < N; c++) am[c] += xm * (float)row[(int64_t)c * stride] * scale[c];
             }
         }
 #pragma omp barrier
@@ -321,6 +366,6 @@ int janus_linear_rows_int8(const float *x, const int8_t *q, const float *scales,
     return 1;
 }
 
-/* Bits the few-row kernel rounds activations to before multiplying: 16 on the integer path (AVX-512BW), 32 when
- * it multiplies in float32. */
+/* Bits the few-row kernel rounds activations to before multiplying: 16 on the integer path (AVX2 or AVX-512BW), 32
+ * when it multiplies in float32. */
 int janus_int8_rows_activation_bits(void) { return INT16_PATH ? 16 : 32; }
