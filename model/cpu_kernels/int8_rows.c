@@ -70,6 +70,7 @@ static inline void load8_pair(const int8_t *pair, v8 *first, v8 *second) {
 #define INT16_PATH 1
 #define IV_LANES 16
 #define GROUP_ROWS 8
+#define PAIRS 16 /* pairs of weight rows per sweep over the columns (see pairs_int16) */
 typedef __m512i ivec;
 typedef __m512 fvec;
 static inline ivec iv_load(const int32_t *p) { return _mm512_loadu_si512(p); }
@@ -101,6 +102,11 @@ static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm512_fmadd_ps(a, 
 #define INT16_PATH 1
 #define IV_LANES 8
 #define GROUP_ROWS 4
+/* A block's bytes of a pair are half a cache line, so each line is read at two blocks: in between, the sweep's other
+ * pairs must not push it out of L1. Their rows lie 2N bytes apart, and at N = 2048 (4 KiB) every pair's line falls in
+ * the same set of the 8-way L1: 16 pairs evicted each other and the kernel alone took 1.2-1.5x the time of 6 pairs at
+ * 2-32 rows (AMD EPYC, 24 layers' projections of Janus-Pro-1B, in turns; 4 pairs about as fast as 6, 8 in between). */
+#define PAIRS 6
 typedef __m256i ivec;
 typedef __m256 fvec;
 static inline ivec iv_load(const int32_t *p) { return _mm256_loadu_si256((const void *)p); }
@@ -122,27 +128,27 @@ static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm256_fmadd_ps(a, 
 
 #if INT16_PATH
 #define BLOCK (2 * IV_LANES)
-#define PAIRS 16 /* pairs of weight rows per sweep over the columns */
 #define CHUNK 128 /* weight rows summed in int32 before converting: 128 * 127 * 32767 < 2^31 */
 
-/* Up to PAIRS pairs of weight rows from `row` (the pairs' first row; with `odd`, the last "pair" is the lone last
- * row of an odd K, held plainly) times the M rows of x, added to the int32 sums isum [M, n_int] of columns
- * [0, n_int). xp: each row's activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the
- * high half, zero for a missing row), CHUNK / 2 of them a row of x.
+/* Up to PAIRS pairs of weight rows from `row` (the pairs' first row; with `odd`, the last "pair" is the lone last row
+ * of an odd K, held plainly) times the M rows of x, added to the int32 sums isum [M, n_int] of columns [0, n_int). xp:
+ * each row's activations as int16 pairs (x[k + 2p] in the low half of xp[p], x[k + 2p + 1] in the high half, zero for a
+ * missing row), CHUNK / 2 of them a row of x.
  *
  * Per pair of weight rows and BLOCK columns: 2 * BLOCK bytes, sign-extended to int16 half at a time (vpmovsxbw: a
- * column's two weights in one 32-bit lane), one vpdpwssd (vpmaddwd + vpaddd) per row of x and IV_LANES columns. A
- * lone row's bytes are sign-extended to int32 (its high half meets the zero activation). Whole sweeps over the
- * columns, 32 weight rows at a time: 16 sequential streams, which the prefetchers follow better than 8 (row by row,
- * 16 rows had been faster than 8 and 32 slower; walking down a chunk's 128 rows for each block of columns instead
- * ran no faster than the float path; prefetching 1 KiB ahead in software made it 10% slower).
+ * column's two weights in one 32-bit lane), one vpdpwssd (vpmaddwd + vpaddd) per row of x and IV_LANES columns. A lone
+ * row's bytes are sign-extended to int32 (its high half meets the zero activation). Whole sweeps over the columns,
+ * PAIRS pairs of weight rows at a time. With AVX-512 (a block's bytes of a pair a whole line): 16 sequential streams,
+ * which the prefetchers follow better than 8 (row by row, 16 rows had been faster than 8 and 32 slower; walking down a
+ * chunk's 128 rows for each block of columns instead ran no faster than the float path; prefetching 1 KiB ahead in
+ * software made it 10% slower).
  *
- * next: the following sweep's first row (NULL: none, or not all of its PAIRS pairs are this thread's). With two
- * rows of x or more, each 32 columns ask for the same line of the next sweep's pairs (into L2): 16 more lines in
- * flight at a time, so a sweep's 16 streams are under way when it starts instead of each starting cold. Whole 1B
- * decode steps, int8, in turns with and without it (AVX-512): 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows
- * 0.96, 32 rows 0.98 of the time; with one row it made the step 2% slower (the hardware prefetchers keep up with
- * one row's arithmetic), so one row goes without. */
+ * next: the following sweep's first row (NULL: none, or not all of its PAIRS pairs are this thread's). With two rows of
+ * x or more, each 32 columns ask for the same line of the next sweep's pairs (into L2): PAIRS more lines in flight at a
+ * time, so a sweep's streams are under way when it starts instead of each starting cold. Whole 1B decode steps, int8,
+ * in turns with and without it (AVX-512): 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows 0.96, 32 rows 0.98 of the
+ * time; with one row it made the step 2% slower (the hardware prefetchers keep up with one row's arithmetic), so one
+ * row goes without. */
 static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n_int, int P,
                                                               int odd, const uint32_t *xp, int32_t *isum, int M,
                                                               const int8_t *next) {
@@ -196,7 +202,7 @@ static void convert_chunk(int32_t *isum, const float *scale, const float *xscale
 
 /* Weight rows [k0, k1) of one thread, columns [0, n_int), through the integer path, chunk by chunk (a chunk: at
  * most CHUNK rows, never across two scale groups). isum: [M, n_int] int32, zero on entry. Each sweep's weights
- * (PAIRS pairs of rows, all columns: 64-512 KiB on Janus-Pro-1B's shapes) go to every group of GROUP_ROWS rows of x
+ * (PAIRS pairs of rows, all columns: 24-512 KiB on Janus-Pro-1B's shapes) go to every group of GROUP_ROWS rows of x
  * in turn, the later groups reading them from L2: more than a group's rows had been done a pass each, and 32 rows
  * read the weights from memory four times. */
 static void rows_int16(const float *x, const int8_t *q, const float *scales, int group, float *acc, int32_t *isum,
