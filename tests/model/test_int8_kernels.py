@@ -91,7 +91,7 @@ def _assert_close(ours: np.ndarray, x: np.ndarray, w: np.ndarray, bias: np.ndarr
 
 
 def _bits(lib, kernel: str) -> int:
-    """Bits of the activations inside a kernel: the few-row one rounds them to int16 on AVX-512BW CPUs."""
+    """Bits of the activations inside a kernel: the few-row one rounds them to int16 on AVX2 and AVX-512BW CPUs."""
     return lib.janus_int8_rows_activation_bits() if kernel == "janus_linear_rows_int8" else 32
 
 
@@ -175,7 +175,8 @@ def test_int8_linear_gives_a_row_the_same_result_beside_other_rows_on_the_intege
     before, rows of a step of 5 or more came out in float32 and differed from the same rows alone.)"""
     lib = cpu_kernels.library()
     if lib.janus_int8_rows_activation_bits() != 16:
-        pytest.skip("no integer path on this CPU (AVX-512BW): the float path keeps the blocked kernel from 5 rows")
+        pytest.skip("no integer path on this CPU (neither AVX2 nor AVX-512BW): the float path keeps the blocked kernel "
+                    "from 5 rows")
     x, q, scales, bias = _case(77, rows, 300, 547, 64)
     qt, st, bt = paddle.to_tensor(_held(q)), paddle.to_tensor(scales), paddle.to_tensor(bias)
     together = int8.linear(paddle.to_tensor(x), qt, st, 64, bt).numpy()

@@ -95,8 +95,8 @@ def _image_logits(model, prompt: np.ndarray, rows: int) -> np.ndarray:
 def test_int8_network_computes_what_its_dequantized_weights_do(models):
     quantized, _, dequantized = models
     cfg = quantized.cfg
-    # The streaming kernel (up to 127 activation rows) rounds activations to int16 on AVX-512BW CPUs: 1/65534 of a
-    # chunk's largest |x|, which moves these logits by up to ~1e-3 (measured 2.4e-4 for two decode rows, 9.4e-4 for
+    # The streaming kernel (up to 127 activation rows) rounds activations to int16 on AVX2 and AVX-512BW CPUs: 1/65534
+    # of a chunk's largest |x|, which moves these logits by up to ~1e-3 (measured 2.4e-4 for two decode rows, 9.4e-4 for
     # the understanding prompt's prefill, under 128 positions on this tiny network): far under what a lost weight
     # row or a wrong scale does, and under the weights' own rounding (the next test allows 2% of the logits' range).
     lib = cpu_kernels.library()
