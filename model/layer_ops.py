@@ -25,7 +25,7 @@ from model import cpu_kernels
 from model.cpu_kernels import int8
 
 # rows up to which bf16 products take the row-streaming kernel (each thread streams a contiguous share of the weight
-# rows, every row of x in register tiles of up to 8 (4 with AVX2), 32 rows a pass); past it the register-blocked
+# rows, every row of x in register tiles of up to 8 (4 without AVX-512), 32 rows a pass); past it the register-blocked
 # kernel, which reads the weights a panel of columns at a time. Streaming measured faster at every row count up to
 # 64 on Janus-Pro-1B's projections (Xeon with AVX-512, in turns: 8 rows 0.52, 32 rows 0.75, 48 rows 0.86, 64 rows
 # 0.94 of the blocked kernel's time; AMD EPYC with AVX2: 8 rows 0.58, 32-64 rows 0.82-0.98), and with it a row's

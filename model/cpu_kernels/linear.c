@@ -9,7 +9,7 @@
  * partial y; the partials are added at the end. bf16 weights are widened in registers as they are loaded.
  *
  * With bf16 weights the same streaming serves up to 32 rows a pass (a decode step of several rows, a speculative
- * window): the rows go in register tiles (up to 8 rows with AVX-512, 4 with AVX2), whose sums stay in registers
+ * window): the rows go in register tiles (up to 8 rows with AVX-512, 4 without), whose sums stay in registers
  * over eight weight rows, so that the arithmetic keeps up with the stream. On a Xeon with AVX-512 this beat the
  * register-blocked kernel of linear_blocked.c at every row count up to 64 (that one reads the weights a panel of
  * columns at a time, in runs of 512 bytes per weight row, which its hardware prefetchers followed at half the
@@ -48,8 +48,8 @@ static inline __attribute__((always_inline)) float weight1(const void *w, int64_
 #endif
 #define PAIR_COLS (2 * PAIR_LANES)
 /* Rows of x in a register tile: each takes two vectors of sums, beside the two of widened weights and a broadcast.
- * AVX-512's 32 registers hold 8 rows' sums; with AVX2's 16, 8 rows spilled and the kernel alone took 1.3x the time
- * of tiles of 4, and 5-6 rows were 4-18% slower than 4 past 12 rows (AMD EPYC, 24 layers' 7 projections of
+ * AVX-512's 32 registers hold 8 rows' sums; with AVX2's 16, 8 rows spilled and the kernel alone took 1.3-1.5x the
+ * time of tiles of 4, and 5-6 rows were 4-18% slower than 4 past 12 rows (AMD EPYC, 24 layers' 7 projections of
  * Janus-Pro-1B, in turns). */
 #define TILE_ROWS (PAIR_LANES == 16 ? 8 : 4)
 typedef float vp __attribute__((vector_size(PAIR_LANES * 4)));
@@ -131,10 +131,12 @@ static void bf16_rows_of(int R, const float *xs, const uint16_t *w, int64_t r0, 
         ROWS_CASE(2)
         ROWS_CASE(3)
         ROWS_CASE(4)
+#if TILE_ROWS == 8
         ROWS_CASE(5)
         ROWS_CASE(6)
         ROWS_CASE(7)
         ROWS_CASE(8)
+#endif
 #undef ROWS_CASE
     }
 }
