@@ -100,7 +100,7 @@ static inline __attribute__((always_inline)) void bf16_rows(const int R, const f
     for (int c = c0; c < c1; c += PAIR_COLS) {
         if (next && !(c & 31))
             for (int j = 0; j < 8; j++) __builtin_prefetch(next + j * N + c, 0, 2);
-        vp sum_even[8], sum_odd[8];
+        vp sum_even[TILE_ROWS], sum_odd[TILE_ROWS];
         for (int r = 0; r < R; r++) {
             sum_even[r] = load_vp(acc + r * N + c);
             sum_odd[r] = load_vp(acc + r * N + c + PAIR_LANES);
@@ -162,7 +162,7 @@ static void bf16_part(const float *x, const uint16_t *w, int M, int K, int N, in
              * L2), so their streams are under way when their turn comes. Whole 1B bf16 decode steps in turns with
              * and without: 2 rows 0.88-0.93, 4 rows 0.88-0.90 of the time; one row goes without (no gain). */
             const uint16_t *next = M >= 2 && k + 16 <= k1 ? w + (int64_t)(k + 8) * N : NULL;
-            for (int b = 0; b < tiles; b++) { /* tiles of sizes differing by at most one: 12 rows are 6 + 6 */
+            for (int b = 0; b < tiles; b++) { /* sizes differing by at most one: 12 rows are 6 + 6 (or 4 + 4 + 4) */
                 const int m0 = b * M / tiles, m1 = (b + 1) * M / tiles;
                 bf16_rows_of(m1 - m0, xs + m0 * 8, w, (int64_t)k * N, N, c0, c1, acc + (int64_t)m0 * N,
                              b == 0 ? next : NULL);

@@ -6,8 +6,8 @@ without MKL, AVX2 without AVX-512, and the compiler's portable default (plain SS
 Its blocking (see linear_blocked.c): tiles of up to 3 (portable), 6 (AVX2) or 8 (AVX-512) rows by 16 or 32
 columns, tasks of 256 columns, panels of 256 weight rows, passes of 128 rows. K = 300 is one panel and a part one,
 N = 547 two tasks and a part one whose last strip is partly filled. The row-streaming kernel (up to 32 rows a pass,
-tiles of up to 8 rows by 16 or 32 columns, columns in chunks of 65,536 / rows sums) is checked the same way in each
-build, and `linear` with the kernels switched off."""
+tiles of up to 8 rows by 32 columns with AVX-512 and 4 rows by 16 columns otherwise, columns in chunks of 65,536 /
+rows sums) is checked the same way in each build, and `linear` with the kernels switched off."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ FEW_ROW_COUNTS = [*range(1, 18), 23, 24, 31, 32, 33, 40, 64, 65]
 @pytest.mark.parametrize(("K", "N"), [(300, 547), (17, 5), (1, 40), (64, 2080)])
 def test_few_row_kernel_matches_float64_in_every_build(built, rows, K, N):
     """janus_linear_rows_bf16, what `linear` calls up to BF16_ROWS_MAX rows, in each build: every row count of one
-    tile (up to 8 rows) and of two and three, row counts of one pass (up to 32) and of two and three passes;
+    tile (up to 4 or 8 rows) and of two and three, row counts of one pass (up to 32) and of two and three passes;
     K = 300 leaves each thread's range of weight rows a part group of eight, N = 547 columns past its last vector
     pair, (17, 5) no vector at all, (1, 40) a single weight row, (64, 2080) many vectors on one thread and, from 32
     rows, two column chunks."""
