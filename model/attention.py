@@ -9,6 +9,7 @@ Both paths compute the same function; tests hold them to each other.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import numpy as np
 import paddle
@@ -60,28 +61,44 @@ def paged_attention(q: paddle.Tensor, key_pool: paddle.Tensor, value_pool: paddl
     if not _rows_of_heads(q):
         q = q.contiguous()
     KVH, block_size = key_pool.shape[1], key_pool.shape[2]
-    tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
     out = cpu_kernels.empty_float32([B, T, H * D])
-    if T == 1 and not rows.pad.any():
-        lengths = np.ascontiguousarray(rows.lengths(1), dtype=np.int64)
-        if q.strides[0] != H * D:
+    few = few_positions_call(lib, rows, T, H, KVH, D, block_size)
+    if few is not None:
+        if T == 1 and q.strides[0] != H * D:
             q = q.contiguous()
-        lib.janus_paged_decode_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
-                                         B, H, KVH, D, block_size, tables.ctypes.data, tables.shape[1],
-                                         lengths.ctypes.data, D**-0.5)
+        few(q.data_ptr(), q.strides[0], q.strides[1], key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr())
         return out
+    tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
     pad = np.ascontiguousarray(rows.pad, dtype=np.int64)
-    if T <= WINDOW_MAX_POSITIONS:
-        ends = np.ascontiguousarray(rows.lengths(T), dtype=np.int64)
-        lib.janus_paged_window_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
-                                         B, T, H, KVH, D, q.strides[0], q.strides[1], block_size, tables.ctypes.data,
-                                         tables.shape[1], ends.ctypes.data, pad.ctypes.data, D**-0.5)
-        return out
     cached = np.ascontiguousarray(rows.cached, dtype=np.int64)
     lib.janus_paged_prompt_attention(q.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(), out.data_ptr(),
                                      B, T, H, KVH, D, q.strides[0], q.strides[1], block_size, tables.ctypes.data,
                                      tables.shape[1], cached.ctypes.data, pad.ctypes.data, D**-0.5)
     return out
+
+
+def few_positions_call(lib: ctypes.CDLL, rows: RowBatch, T: int, H: int, KVH: int, D: int,
+                       block_size: int) -> Callable[[int, int, int, int, int, int], None] | None:
+    """The kernel call of `paged_attention` for a forward of T <= WINDOW_MAX_POSITIONS columns (a decode step, a
+    window), its row arguments made once for every layer: (q, q_b, q_t, key pool, value pool, out) addresses and q's
+    strides -> None. None for longer forwards. q's rows of T = 1 must be H * D floats apart."""
+    if T > WINDOW_MAX_POSITIONS:
+        return None
+    B = rows.tables.shape[0]
+    tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
+    ends = np.ascontiguousarray(rows.lengths(T), dtype=np.int64)
+    if T == 1 and not rows.pad.any():
+        def decode(q: int, q_b: int, q_t: int, keys: int, values: int, out: int) -> None:
+            lib.janus_paged_decode_attention(q, keys, values, out, B, H, KVH, D, block_size, tables.ctypes.data,
+                                             tables.shape[1], ends.ctypes.data, D**-0.5)
+        return decode
+    pad = np.ascontiguousarray(rows.pad, dtype=np.int64)
+
+    def window(q: int, q_b: int, q_t: int, keys: int, values: int, out: int) -> None:
+        lib.janus_paged_window_attention(q, keys, values, out, B, T, H, KVH, D, q_b, q_t, block_size,
+                                         tables.ctypes.data, tables.shape[1], ends.ctypes.data, pad.ctypes.data,
+                                         D**-0.5)
+    return window
 
 
 def _native(*tensors: paddle.Tensor, strided: bool = False) -> ctypes.CDLL | None:

@@ -108,10 +108,7 @@ class PagedKVCache:
     def write(self, layer: int, keys: paddle.Tensor, values: paddle.Tensor) -> None:
         """keys/values [B, T, kv_heads, head_dim] of the forward started last."""
         if self.on_host:
-            assert self._target is not None, "start() first"
-            b, t, block, offset = self._target
-            self._keys[layer][block, :, offset] = host_view(keys.contiguous())[b, t]
-            self._values[layer][block, :, offset] = host_view(values.contiguous())[b, t]
+            self.write_host(layer, host_view(keys.contiguous()), host_view(values.contiguous()))
             return
         assert self._index is not None, "start() first"
         sources, pool_rows = self._index
@@ -119,6 +116,13 @@ class PagedKVCache:
         for flat, new in ((self._flat_keys[layer], keys), (self._flat_values[layer], values)):
             chosen = paddle.index_select(new.reshape([B * T, KVH, D]), sources).reshape([-1, D])
             paddle.scatter_(flat, pool_rows, chosen.astype(flat.dtype), overwrite=True)
+
+    def write_host(self, layer: int, keys: np.ndarray, values: np.ndarray) -> None:
+        """`write` from float arrays [B, T, kv_heads, head_dim] (a cache on the host only)."""
+        assert self._target is not None, "start() first"
+        b, t, block, offset = self._target
+        self._keys[layer][block, :, offset] = keys[b, t]
+        self._values[layer][block, :, offset] = values[b, t]
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole blocks (source, destination) in every layer: a shared block a row is about to write into."""

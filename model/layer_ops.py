@@ -78,9 +78,14 @@ def bf16_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | N
         raise ValueError(f"input width {x.shape[-1]} does not match the weight's {K} rows")
     out = cpu_kernels.empty_float32([*x.shape[:-1], N])
     args = (x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, K, N)
-    if not (lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16)(*args):
+    if not bf16_kernel(lib, rows)(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
     return out
+
+
+def bf16_kernel(lib, rows: int):  # noqa: ANN001, ANN201 (the loaded kernels, one of their functions)
+    """The kernel of a product of `rows` rows with bf16 weights: (x, w, bias, y, rows, K, N) -> 0 when out of memory."""
+    return lib.janus_linear_rows_bf16 if rows <= BF16_ROWS_MAX else lib.janus_linear_bf16
 
 
 def embedding(layer: nn.Embedding, ids: paddle.Tensor) -> paddle.Tensor:

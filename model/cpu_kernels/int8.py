@@ -149,10 +149,14 @@ def linear(x: paddle.Tensor, q: paddle.Tensor, scales: paddle.Tensor, group: int
     out = cpu_kernels.empty_float32([*x.shape[:-1], N])
     args = (x.data_ptr(), q.data_ptr(), scales.data_ptr(), group, None if bias is None else bias.data_ptr(),
             out.data_ptr(), rows, K, N)
-    kernel = lib.janus_linear_rows_int8 if rows <= rows_max(lib) else lib.janus_linear_int8
-    if not kernel(*args):
+    if not kernel(lib, rows)(*args):
         raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} int8 product")
     return out
+
+
+def kernel(lib, rows: int):  # noqa: ANN001, ANN201 (the loaded kernels, one of their functions)
+    """The kernel of a product of `rows` rows: (x, q, scales, group, bias, y, rows, K, N) -> 0 when out of memory."""
+    return lib.janus_linear_rows_int8 if rows <= rows_max(lib) else lib.janus_linear_int8
 
 
 def _unpair_rows_paddle(held: paddle.Tensor) -> paddle.Tensor:
