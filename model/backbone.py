@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
+from model import native_layers
 from model.attention import paged_attention, prompt_attention
 from model.config import LanguageConfig
 from model.kv_cache import PagedKVCache, RowBatch
@@ -92,6 +93,10 @@ class Backbone:
                              f"{self.cfg.max_position_embeddings}")
         cache.start(rows, T)
         rope = self.rotary.plan(rows.positions(T), embeds.dtype, self.cfg.num_attention_heads)
+        hidden = native_layers.forward(self.lm, self.cfg, embeds, cache, rows, rope.positions,
+                                       (self.rotary.half_cos, self.rotary.half_sin), last_only)
+        if hidden is not None:  # a few positions a row, all of it kernels: without the checks of each call
+            return hidden
 
         def attend(layer: int, q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
             cache.write(layer, k, v)
