@@ -16,6 +16,7 @@ kernel serves, weights held some other way) returns None, and the general loop r
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -30,8 +31,9 @@ from model.host_memory import host_view
 from model.kv_cache import PagedKVCache, RowBatch
 from model.layer_ops import bf16_kernel
 
-# (x address, y address) -> None: one projection of the forward's rows
-Projection = Callable[[int, int], None]
+# One projection of the forward's rows: (kernel, weight, int8 scales or None, int8 group, bias, rows, K, N), addresses
+# as ints; called as kernel(x, weight, [scales, group,] bias, y, rows, K, N)
+Projection = tuple
 
 
 def forward(lm: nn.Layer, cfg: LanguageConfig, embeds: paddle.Tensor, cache: PagedKVCache, rows: RowBatch,
@@ -48,7 +50,7 @@ def forward(lm: nn.Layer, cfg: LanguageConfig, embeds: paddle.Tensor, cache: Pag
                                    cache.block_size)
     if attention is None:
         return None
-    layers = lm.llama.layers
+    layers, final_norm = _sublayers(lm)
     M = B * T
     plans = []
     for i, layer in enumerate(layers):  # with last_only the last layer's output projection and MLP take B rows
@@ -56,13 +58,12 @@ def forward(lm: nn.Layer, cfg: LanguageConfig, embeds: paddle.Tensor, cache: Pag
         if plan is None:
             return None
         plans.append(plan)
-    norms = [layer.input_layernorm for layer in layers] + [lm.llama.norm]
-    if not all(_float32_cpu(norm.weight) for norm in norms):
+    if not _float32_cpu(final_norm.weight):
         return None
-    return _run(lib, cfg, plans, norms, embeds, cache, positions, rotary_tables, attention, last_only)
+    return _run(lib, cfg, plans, final_norm, embeds, cache, positions, rotary_tables, attention, last_only)
 
 
-def _run(lib: ctypes.CDLL, cfg: LanguageConfig, plans: list[_LayerPlan], norms: list[nn.Layer],
+def _run(lib: ctypes.CDLL, cfg: LanguageConfig, plans: list[_LayerPlan], final_norm: nn.Layer,
          embeds: paddle.Tensor, cache: PagedKVCache, positions: np.ndarray,
          rotary_tables: tuple[paddle.Tensor, paddle.Tensor], attention: Callable[[int, int, int, int, int, int], None],
          last_only: bool) -> paddle.Tensor:
@@ -78,68 +79,86 @@ def _run(lib: ctypes.CDLL, cfg: LanguageConfig, plans: list[_LayerPlan], norms: 
     projected = np.empty((M, hidden), np.float32)
     gate, up, act = (np.empty((M, inter), np.float32) for _ in range(3))
     positions = np.ascontiguousarray(positions, dtype=np.int64)
+    # numpy's .ctypes.data costs microseconds: every address once
+    h_at, h_next_at, x_at, q_at, attended_at, k_at, v_at, projected_at, gate_at, up_at, act_at, positions_at = (
+        a.ctypes.data for a in (h, h_next, x, q, attended, k, v, projected, gate, up, act, positions))
     cos, sin = rotary_tables[0].data_ptr(), rotary_tables[1].data_ptr()
-    at = _address
 
-    lib.janus_rms_norm(at(h), norms[0].weight.data_ptr(), at(x), M, hidden, norms[0].variance_epsilon)
+    first = plans[0]
+    lib.janus_rms_norm(h_at, first.input_norm, x_at, M, hidden, first.input_eps)
     rows = M
     for i, plan in enumerate(plans):
         last = i == len(plans) - 1
-        plan.q(at(x), at(q))
-        plan.k(at(x), at(k))
-        plan.v(at(x), at(v))
-        lib.janus_rope(at(q), at(positions), cos, sin, M, H, D)
-        lib.janus_rope(at(k), at(positions), cos, sin, M, KVH, D)
+        _project(plan.q, x_at, q_at)
+        _project(plan.k, x_at, k_at)
+        _project(plan.v, x_at, v_at)
+        lib.janus_rope(q_at, positions_at, cos, sin, M, H, D)
+        lib.janus_rope(k_at, positions_at, cos, sin, M, KVH, D)
         cache.write_host(i, k, v)
-        attention(at(q), T * H * D, H * D, cache.keys[i].data_ptr(), cache.values[i].data_ptr(), at(attended))
-        if last and last_only and T > 1:  # only each row's last position goes on
-            attended = np.ascontiguousarray(attended.reshape(B, T, H * D)[:, -1])
-            h = np.ascontiguousarray(h.reshape(B, T, hidden)[:, -1])
+        attention(q_at, T * H * D, H * D, cache.keys[i].data_ptr(), cache.values[i].data_ptr(), attended_at)
+        if last and last_only and T > 1:  # only each row's last position goes on (numpy copies overlaps first)
             rows = B
-        plan.o(at(attended), at(projected))
-        lib.janus_add_rms_norm(at(h), at(projected), plan.post_norm, at(h_next), at(x), rows, hidden, plan.post_eps)
-        plan.gate(at(x), at(gate))
-        plan.up(at(x), at(up))
-        lib.janus_swiglu(at(gate), at(up), at(act), rows * inter)
-        plan.down(at(act), at(projected))
-        after = norms[i + 1]
-        lib.janus_add_rms_norm(at(h_next), at(projected), after.weight.data_ptr(), at(h),
-                               result.data_ptr() if last else at(x), rows, hidden, after.variance_epsilon)
+            attended[:B] = attended.reshape(B, T, H * D)[:, -1]
+            h[:B] = h.reshape(B, T, hidden)[:, -1]
+        _project(plan.o, attended_at, projected_at)
+        lib.janus_add_rms_norm(h_at, projected_at, plan.post_norm, h_next_at, x_at, rows, hidden, plan.post_eps)
+        _project(plan.gate, x_at, gate_at)
+        _project(plan.up, x_at, up_at)
+        lib.janus_swiglu(gate_at, up_at, act_at, rows * inter)
+        _project(plan.down, act_at, projected_at)
+        after, after_eps = ((final_norm.weight.data_ptr(), final_norm.variance_epsilon) if last
+                            else (plans[i + 1].input_norm, plans[i + 1].input_eps))
+        lib.janus_add_rms_norm(h_next_at, projected_at, after, h_at, result.data_ptr() if last else x_at, rows,
+                               hidden, after_eps)
     return result
 
 
-def _address(array: np.ndarray) -> int:
-    return array.ctypes.data
+def _project(projection: Projection, x: int, y: int) -> None:
+    kernel, weight, scales, group, bias, rows, K, N = projection
+    done = (kernel(x, weight, bias, y, rows, K, N) if scales is None
+            else kernel(x, weight, scales, group, bias, y, rows, K, N))
+    if not done:
+        raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
 
 
 def _float32_cpu(tensor: paddle.Tensor) -> bool:
     return tensor.place.is_cpu_place() and cpu_kernels.is_dtype(tensor, paddle.float32) and tensor.is_contiguous()
 
 
-class _LayerPlan:
-    """One decoder layer's projections as kernel calls, and its post-attention norm's weight."""
+# The decoder layers' sublayers, looked up once per model (Paddle's Layer.__getattr__ costs a microsecond or two a
+# name, and a step would look up some 300): (input norm, q, k, v, o, gate, up, down, post-attention norm) per
+# layer, and the final norm. Weights are read from them at every forward (a set_value may move them).
+_SUBLAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    __slots__ = ("q", "k", "v", "o", "gate", "up", "down", "post_norm", "post_eps")
+
+def _sublayers(lm: nn.Layer) -> tuple[list[tuple[nn.Layer, ...]], nn.Layer]:
+    found = _SUBLAYERS.get(lm)
+    if found is None:
+        layers = [(layer.input_layernorm, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                   layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
+                   layer.post_attention_layernorm) for layer in lm.llama.layers]
+        found = _SUBLAYERS[lm] = (layers, lm.llama.norm)
+    return found
+
+
+class _LayerPlan:
+    """One decoder layer's projections as kernel calls, and its norms' weights."""
+
+    __slots__ = ("input_norm", "input_eps", "q", "k", "v", "o", "gate", "up", "down", "post_norm", "post_eps")
 
     @classmethod
-    def of(cls, lib: ctypes.CDLL, layer: nn.Layer, rows: int, later_rows: int) -> _LayerPlan | None:
+    def of(cls, lib: ctypes.CDLL, layer: tuple[nn.Layer, ...], rows: int, later_rows: int) -> _LayerPlan | None:
         """rows: the forward's rows; later_rows: those after this layer's attention (fewer with last_only)."""
-        attn, mlp = layer.self_attn, layer.mlp
-        calls = [_projection(lib, attn.q_proj, rows), _projection(lib, attn.k_proj, rows),
-                 _projection(lib, attn.v_proj, rows), _projection(lib, attn.o_proj, later_rows),
-                 _projection(lib, mlp.gate_proj, later_rows), _projection(lib, mlp.up_proj, later_rows),
-                 _projection(lib, mlp.down_proj, later_rows)]
-        norm = layer.post_attention_layernorm
-        if any(call is None for call in calls) or not _float32_cpu(norm.weight):
+        input_norm, *linears, post_norm = layer
+        calls = [_projection(lib, linear, rows if n < 3 else later_rows) for n, linear in enumerate(linears)]
+        if any(call is None for call in calls) or not (_float32_cpu(input_norm.weight)
+                                                       and _float32_cpu(post_norm.weight)):
             return None
         plan = cls()
         plan.q, plan.k, plan.v, plan.o, plan.gate, plan.up, plan.down = calls
-        plan.post_norm, plan.post_eps = norm.weight.data_ptr(), norm.variance_epsilon
+        plan.input_norm, plan.input_eps = input_norm.weight.data_ptr(), input_norm.variance_epsilon
+        plan.post_norm, plan.post_eps = post_norm.weight.data_ptr(), post_norm.variance_epsilon
         return plan
-
-
-def _is_int8(layer: nn.Linear) -> bool:
-    return cpu_kernels.is_dtype(layer.weight, paddle.int8)
 
 
 def _projection(lib: ctypes.CDLL, layer: nn.Linear, rows: int) -> Projection | None:
@@ -149,25 +168,13 @@ def _projection(lib: ctypes.CDLL, layer: nn.Linear, rows: int) -> Projection | N
         return None
     K, N = weight.shape
     bias_at = None if bias is None else bias.data_ptr()
-    w = weight.data_ptr()
-    if _is_int8(layer):
+    if cpu_kernels.is_dtype(weight, paddle.bfloat16):
+        return bf16_kernel(lib, rows), weight.data_ptr(), None, 0, bias_at, rows, K, N
+    if cpu_kernels.is_dtype(weight, paddle.int8):
         if layer.__dict__.get("int8_device", "cpu") != "cpu":
             return None
-        kernel = int8.kernel(lib, rows)
-        scales, group = layer.weight_scale.data_ptr(), layer.int8_group
-
-        def product(x: int, y: int) -> None:
-            if not kernel(x, w, scales, group, bias_at, y, rows, K, N):
-                raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} int8 product")
-        return product
-    if cpu_kernels.is_dtype(weight, paddle.bfloat16):
-        kernel = bf16_kernel(lib, rows)
-    elif cpu_kernels.is_dtype(weight, paddle.float32) and rows <= cpu_kernels.LINEAR_MAX_ROWS:
-        kernel = lib.janus_linear_rows
-    else:  # float32 weights past LINEAR_MAX_ROWS: paddle.matmul in the general loop
-        return None
-
-    def product(x: int, y: int) -> None:
-        if not kernel(x, w, bias_at, y, rows, K, N):
-            raise MemoryError(f"no memory for the buffers of a {rows} x {K} x {N} product")
-    return product
+        return (int8.kernel(lib, rows), weight.data_ptr(), layer.weight_scale.data_ptr(), layer.int8_group, bias_at,
+                rows, K, N)
+    if cpu_kernels.is_dtype(weight, paddle.float32) and rows <= cpu_kernels.LINEAR_MAX_ROWS:
+        return lib.janus_linear_rows, weight.data_ptr(), None, 0, bias_at, rows, K, N
+    return None  # float32 weights past LINEAR_MAX_ROWS: paddle.matmul in the general loop
