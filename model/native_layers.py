@@ -43,8 +43,8 @@ def forward(lm: nn.Layer, cfg: LanguageConfig, embeds: paddle.Tensor, cache: Pag
     kernels cannot run it all. positions: [B, T] rotary positions; rotary_tables: half cos and sin [P, D / 2]."""
     B, T, _ = embeds.shape
     lib = cpu_kernels.library()
-    if (lib is None or not cache.on_host or not _float32_cpu(embeds) or not _float32_cpu(cache.keys[0])
-            or cfg.head_dim % 8):
+    if (lib is None or not cache.on_host or not embeds.place.is_cpu_place()
+            or not cpu_kernels.is_dtype(embeds, paddle.float32) or not _float32_cpu(cache.keys[0]) or cfg.head_dim % 8):
         return None
     attention = few_positions_call(lib, rows, T, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                                    cache.block_size)
@@ -71,7 +71,7 @@ def _run(lib: ctypes.CDLL, cfg: LanguageConfig, plans: list[_LayerPlan], final_n
     M = B * T
     H, KVH, D, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
     result = cpu_kernels.empty_float32([B, 1, hidden] if last_only else [B, T, hidden])  # the final norm's output
-    h = host_view(embeds).reshape(M, hidden).copy()  # the residual stream
+    h = host_view(embeds if embeds.is_contiguous() else embeds.contiguous()).reshape(M, hidden).copy()  # residual
     h_next = np.empty((M, hidden), np.float32)  # the sums after attention
     x = np.empty((M, hidden), np.float32)  # the normed input of the next projections
     q, attended = np.empty((M, H * D), np.float32), np.empty((M, H * D), np.float32)

@@ -112,3 +112,21 @@ def test_forwards_the_kernels_cannot_run_whole_return_none(models, monkeypatch):
     assert attempt(1, 17) is None  # longer than a window: the prompt path of attention
     monkeypatch.setenv("JANUS_CPU_KERNELS", "off")
     assert attempt(2, 1) is None
+
+
+def test_embeddings_in_a_strided_view_give_what_contiguous_ones_give(models, monkeypatch):
+    model = models["bf16"]
+    ids = paddle.to_tensor(np.random.default_rng(2).integers(0, 500, (3, 1)))
+    embeds = model.embed_text(ids)
+    wide = paddle.concat([embeds, embeds * 2], axis=-1)
+    strided = wide[:, :, :embeds.shape[-1]]
+    if strided.is_contiguous():
+        pytest.skip("this Paddle copies slices")
+    spy = Spy(monkeypatch, enabled=True)
+    outputs = []
+    for given in (embeds, strided):
+        cache = model.new_cache(16, BLOCK)
+        rows = RowBatch.of([[0, 1], [2, 3], [4, 5]], [0, 0, 0])
+        outputs.append(model.extend(given, cache, rows).numpy())
+    assert spy.ran == 2
+    assert np.array_equal(outputs[0], outputs[1])
