@@ -20,7 +20,9 @@ memory as a real step of that many rows does; the floor then counts those bytes 
 every step with both, the one that goes first alternating, and the first round only warms up. Prints the median
 times, the median and quartiles of the rounds' after / before ratios (measured seconds apart: a drift of the
 machine's speed cancels out), the floors and after / floor, as JSON. `--profile` adds where one step's time goes
-(projections, attention, norms, the generation head, sampling) for each row count, with this checkout's kernels.
+(projections, attention, norms, the generation head, sampling) for each row count, with this checkout's kernels,
+through the general layer loop (`Backbone._layers`, whose operations can be timed one by one; timed steps make the
+same kernel calls straight from `model.native_layers`).
 """
 
 from __future__ import annotations
@@ -180,10 +182,12 @@ def sample_rows(logits: np.ndarray, rng: np.random.Generator) -> float:
 
 
 def profile_step(janus, cache, tables: list[list[int]]) -> dict[str, float]:  # noqa: ANN001
-    """Seconds of one decode step by part, timed around the backbone's and the heads' calls."""
+    """Seconds of one decode step by part, timed around the backbone's and the heads' calls. The step goes through
+    the general layer loop, whose operations are the calls timed here: the same kernels as the plain kernel calls
+    of `model.native_layers` (what steps take otherwise) plus each call's Python, which "other" holds with the rest."""
     import paddle
 
-    from model import backbone, projector
+    from model import backbone, native_layers, projector
     from model.kv_cache import RowBatch
 
     spent: dict[str, float] = defaultdict(float)
@@ -203,8 +207,9 @@ def profile_step(janus, cache, tables: list[list[int]]) -> dict[str, float]:  # 
     for (module, name), part in patches.items():
         setattr(module, name, timed(part, saved[(module, name)]))
     from model.layer_ops import RotaryPlan
-    saved_apply = RotaryPlan.apply
+    saved_apply, saved_forward = RotaryPlan.apply, native_layers.forward
     RotaryPlan.apply = timed("rotary", saved_apply)
+    native_layers.forward = lambda *_, **__: None  # the general loop, whose parts the wrappers above time
     try:
         token = paddle.zeros([len(tables)], "int64")
         started = time.perf_counter()
@@ -217,7 +222,7 @@ def profile_step(janus, cache, tables: list[list[int]]) -> dict[str, float]:  # 
     finally:
         for (module, name), fn in saved.items():
             setattr(module, name, fn)
-        RotaryPlan.apply = saved_apply
+        RotaryPlan.apply, native_layers.forward = saved_apply, saved_forward
     spent["other"] = spent["step"] - sum(v for k, v in spent.items() if k not in ("step", "sampling"))
     return dict(spent)
 
