@@ -83,7 +83,8 @@ def test_decode_steps_and_windows_equal_the_general_loop_bit_for_bit(models, mon
     general, general_pools, ran = _steps(model, monkeypatch, native=False, rows=rows)
     assert ran == 0
     native, native_pools, ran = _steps(model, monkeypatch, native=True, rows=rows)
-    # the prefill goes the general way; every step after it and (at most 4 rows of float32 weights) the windows not
+    # the prefill takes the general loop, the decode steps the kernel calls, and so do the windows but where
+    # float32 weights meet more rows than their few-row kernel takes (3 rows x 3 positions)
     windows = 2 if weights != "float32" or 3 * rows <= cpu_kernels.LINEAR_MAX_ROWS else 0
     assert ran == 5 + windows
     assert len(native) == len(general) == 8
