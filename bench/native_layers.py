@@ -32,25 +32,15 @@ LOOPS = ("native", "general")
 
 def overhead_checkpoint(out: Path) -> Path:
     """Janus-Pro-1B's 24 layers, 16 heads and vocabulary around a 128-wide backbone, bf16 like the published files."""
-    from model import tiny_checkpoint
+    from model.tiny_checkpoint import build_tiny_checkpoint, preset_config
 
     if (out / "config.json").exists():
         return out
-    demo = tiny_checkpoint.preset_config
-
-    def shaped(preset: str):  # noqa: ANN202
-        cfg = demo("demo")
-        language = cfg.language
-        language.num_hidden_layers, language.num_attention_heads, language.num_key_value_heads = 24, 16, 16
-        language.vocab_size = 102400  # the one-image prompt's ids
-        return cfg
-
-    tiny_checkpoint.preset_config = shaped
-    try:
-        tiny_checkpoint.build_tiny_checkpoint(out, "demo", dtype="bfloat16")
-    finally:
-        tiny_checkpoint.preset_config = demo
-    return out
+    cfg = preset_config("demo")
+    language = cfg.language
+    language.num_hidden_layers, language.num_attention_heads, language.num_key_value_heads = 24, 16, 16
+    language.vocab_size = 102400  # the one-image prompt's ids
+    return build_tiny_checkpoint(out, dtype="bfloat16", cfg=cfg)
 
 
 def main() -> None:

@@ -165,11 +165,12 @@ def vq_encoder_shapes(vq: VQConfig) -> dict[str, list[int]]:
 
 
 def build_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dtype: str = "float32",
-                          shards: int = 1) -> Path:
-    """Write a complete checkpoint folder. dtype "bfloat16" stores bf16 like the published files."""
+                          shards: int = 1, cfg: JanusConfig | None = None) -> Path:
+    """Write a complete checkpoint folder. dtype "bfloat16" stores bf16 like the published files. cfg: a
+    configuration to write instead of the preset's (a benchmark's shape)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = preset_config(preset)
+    cfg = cfg or preset_config(preset)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     build_tiny_tokenizer(out, vocab_size=TOKENIZER_VOCAB)
     write_preprocessor_config(out, cfg.vision.image_size)
