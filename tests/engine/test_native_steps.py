@@ -7,7 +7,8 @@ import asyncio
 
 import numpy as np
 
-from model import native_layers, reference
+from model import cpu_kernels, native_layers, reference
+from model.attention import WINDOW_MAX_POSITIONS
 from service.engine.types import GenerateResult, UnderstandResult
 
 FORWARD = native_layers.forward
@@ -15,11 +16,11 @@ FORWARD = native_layers.forward
 
 def test_engine_steps_run_as_kernel_calls_and_give_the_reference_outputs(make_engine, understand_params,
                                                                         generate_params, tiny_model, monkeypatch):
-    ran = []
+    ran = []  # (rows, positions a row, whether the kernel calls ran it) of each forward
 
-    def counted(*args, **kwargs):
-        out = FORWARD(*args, **kwargs)
-        ran.append(out is not None)
+    def counted(lm, cfg, embeds, *args, **kwargs):
+        out = FORWARD(lm, cfg, embeds, *args, **kwargs)
+        ran.append((embeds.shape[0], embeds.shape[1], out is not None))
         return out
     monkeypatch.setattr(native_layers, "forward", counted)
     engine = make_engine()
@@ -38,4 +39,10 @@ def test_engine_steps_run_as_kernel_calls_and_give_the_reference_outputs(make_en
     np.testing.assert_array_equal(image.tokens, reference.generate(
         tiny_model, np.array(drawn.prompt_ids), drawn.pad_id, 1, drawn.cfg_weight, drawn.temperature, drawn.seed))
     steps = tiny_model.cfg.gen_vision.num_tokens - 1  # the first image token comes from the prefill
-    assert sum(ran) >= steps  # every decode step (the prompts' prefills take the general loop)
+    decodes = [native for _, positions, native in ran if positions == 1]
+    assert len(decodes) >= steps and all(decodes)  # every decode step
+    # the general loop took only what the kernel calls leave to it: the image prompt (longer than a window) and,
+    # these weights being float32, the two guidance prompts (more rows than the few-row float32 kernel takes)
+    general = [(rows, positions) for rows, positions, native in ran if not native]
+    assert len(general) == 2 and all(positions > WINDOW_MAX_POSITIONS or rows * positions > cpu_kernels.LINEAR_MAX_ROWS
+                                           for rows, positions in general)
