@@ -44,5 +44,6 @@ def test_engine_steps_run_as_kernel_calls_and_give_the_reference_outputs(make_en
     # the general loop took only what the kernel calls leave to it: the image prompt (longer than a window) and,
     # these weights being float32, the two guidance prompts (more rows than the few-row float32 kernel takes)
     general = [(rows, positions) for rows, positions, native in ran if not native]
-    assert len(general) == 2 and all(positions > WINDOW_MAX_POSITIONS or rows * positions > cpu_kernels.LINEAR_MAX_ROWS
-                                           for rows, positions in general)
+    assert len(general) == 2
+    assert all(positions > WINDOW_MAX_POSITIONS or rows * positions > cpu_kernels.LINEAR_MAX_ROWS
+               for rows, positions in general)
