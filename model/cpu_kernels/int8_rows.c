@@ -71,6 +71,7 @@ static inline void load8_pair(const int8_t *pair, v8 *first, v8 *second) {
 #define IV_LANES 16
 #define GROUP_ROWS 8
 #define PAIRS 16 /* pairs of weight rows per sweep over the columns (see pairs_int16) */
+#define AHEAD_ROWS 2 /* rows of x from which a sweep asks for the next one (see pairs_int16) */
 typedef __m512i ivec;
 typedef __m512 fvec;
 static inline ivec iv_load(const int32_t *p) { return _mm512_loadu_si512(p); }
@@ -107,6 +108,7 @@ static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm512_fmadd_ps(a, 
  * the same set of the 8-way L1: 16 pairs evicted each other and the kernel alone took 1.2-1.5x the time of 6 pairs at
  * 2-32 rows (AMD EPYC, 24 layers' projections of Janus-Pro-1B, in turns; 4 pairs about as fast as 6, 8 in between). */
 #define PAIRS 6
+#define AHEAD_ROWS 1 /* see pairs_int16 */
 typedef __m256i ivec;
 typedef __m256 fvec;
 static inline ivec iv_load(const int32_t *p) { return _mm256_loadu_si256((const void *)p); }
@@ -143,17 +145,18 @@ static inline fvec fv_fmadd(fvec a, fvec b, fvec c) { return _mm256_fmadd_ps(a, 
  * chunk's 128 rows for each block of columns instead ran no faster than the float path; prefetching 1 KiB ahead in
  * software made it 10% slower).
  *
- * next: the following sweep's first row (NULL: none, or not all of its PAIRS pairs are this thread's). With two rows of
- * x or more, each 32 columns ask for the same line of the next sweep's pairs (into L2): PAIRS more lines in flight at a
- * time, so a sweep's streams are under way when it starts instead of each starting cold. Whole 1B decode steps, int8,
- * in turns with and without it (AVX-512): 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows 0.96, 32 rows 0.98 of the
- * time; with one row it made the step 2% slower (the hardware prefetchers keep up with one row's arithmetic), so one
- * row goes without. */
+ * next: the following sweep's first row (NULL: none, or not all of its PAIRS pairs are this thread's). From AHEAD_ROWS
+ * rows of x on, each 32 columns ask for the same line of the next sweep's pairs (into L2): PAIRS more lines in flight
+ * at a time, so a sweep's streams are under way when it starts instead of each starting cold. Whole 1B decode steps,
+ * int8, in turns with and without it (AVX-512): 2 rows 0.955, 4 rows 0.93, 8 rows 0.95, 16 rows 0.96, 32 rows 0.98
+ * of the time; with one row it made the step 2% slower there (its hardware prefetchers kept up with one row's
+ * arithmetic), so with AVX-512 one row goes without. With AVX2 (AMD EPYC, 24 layers' projections of Janus-Pro-1B
+ * alone, in turns) one row took 0.87-0.93 of the time with it, in five runs: with AVX2 one row asks too. */
 static inline __attribute__((always_inline)) void pairs_int16(const int8_t *row, int64_t N, int n_int, int P,
                                                               int odd, const uint32_t *xp, int32_t *isum, int M,
                                                               const int8_t *next) {
     for (int c = 0; c < n_int; c += BLOCK) {
-        if (next && M >= 2 && !(c & 31))
+        if (next && M >= AHEAD_ROWS && !(c & 31))
             for (int p = 0; p < PAIRS; p++) __builtin_prefetch(next + 2 * p * N + 2 * c, 0, 2);
         ivec lo[GROUP_ROWS], hi[GROUP_ROWS];
         for (int m = 0; m < M; m++) {
