@@ -93,17 +93,18 @@ def decode_tables(prompt_table: list[int], rows: int, context: int, steps: int, 
     return [shared + list(range(first_free + r * own, first_free + (r + 1) * own)) for r in range(rows)]
 
 
-def decode_step(janus, cache, tables: list[list[int]], position: int) -> float:  # noqa: ANN001
-    """Seconds for one image-token decode step of len(tables) rows, each writing `position`."""
+def decode_step(janus, cache, tables: list[list[int]], position: int, text: bool = False) -> float:  # noqa: ANN001
+    """Seconds for one image-token decode step of len(tables) rows, each writing `position` (text: a text-token step,
+    the token embedding and the language model's head instead of the generation path's)."""
     import paddle
 
     from model.kv_cache import RowBatch
 
     token = paddle.zeros([len(tables)], "int64")
     started = time.perf_counter()
-    embeds = janus.embed_image_tokens(token).unsqueeze(1)
+    embeds = janus.embed_text(token.unsqueeze(1)) if text else janus.embed_image_tokens(token).unsqueeze(1)
     hidden = janus.extend(embeds, cache, RowBatch.of(tables, [position] * len(tables)))
-    janus.image_logits(hidden[:, 0]).numpy()
+    (janus.text_logits if text else janus.image_logits)(hidden[:, 0]).numpy()
     return time.perf_counter() - started
 
 

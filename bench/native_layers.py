@@ -2,13 +2,15 @@
 (`Backbone._layers`, each operation through `layer_ops` with its checks and a Paddle tensor per output), taking turns
 in one process, on the Janus-Pro-1B shape with bf16 and int8 weights.
 
-    python -m bench.native_layers [--rows 1 2 8 32] [--rounds 5] [--storages bf16 int8] [--overhead]
+    python -m bench.native_layers [--rows 1 2 8 32] [--rounds 5] [--storages bf16 int8] [--overhead] [--text]
 
 A step of R rows is one image-token decode step continuing a one-image prompt at position 300 (`bench.int8`'s
-workload). Each round times every (storage, loop) pair at each row count, the one that goes first rotating; the
-first round only warms up. Prints the median times, the median and quartiles of the rounds' native / general
-ratios and, with both storages, int8 / bf16 for each loop, as JSON. `--overhead` runs the same on a model of the 1B's
-24 layers and 16 heads but 128 wide, whose kernels take almost nothing: what is left is each loop's fixed cost.
+workload); with `--text`, a text-token step (an answer's: the language model's head over the 102,400-token
+vocabulary instead of the generation head's 16,384). Each round times every (storage, loop) pair at each row
+count, the one that goes first rotating; the first round only warms up. Prints the median times, the median and
+quartiles of the rounds' native / general ratios and, with both storages, int8 / bf16 for each loop, as JSON.
+`--overhead` runs the same on a model of the 1B's 24 layers and 16 heads but 128 wide, whose kernels take almost
+nothing: what is left is each loop's fixed cost.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--storages", nargs="+", choices=["bf16", "int8"], default=["bf16", "int8"])
     parser.add_argument("--overhead", action="store_true", help="a 128-wide model of the 1B's layers and heads")
+    parser.add_argument("--text", action="store_true", help="text-token steps instead of image-token ones")
     args = parser.parse_args()
     paddle.set_grad_enabled(False)
     temp = Path(tempfile.gettempdir())
@@ -81,7 +84,8 @@ def main() -> None:
                     native_layers.forward = real_forward if loop == "native" else (lambda *_, **__: None)
                     janus, cache, table = work[storage]
                     tables = decode_tables(table, rows, CONTEXT, longest, prompt_blocks)
-                    taken = float(np.median([decode_step(janus, cache, tables, CONTEXT + i) for i in range(3)]))
+                    steps = [decode_step(janus, cache, tables, CONTEXT + i, args.text) for i in range(3)]
+                    taken = float(np.median(steps))
                     if round_:
                         times[storage, loop][rows].append(taken)
     finally:
@@ -96,7 +100,7 @@ def main() -> None:
         return out
 
     output = {"model": "128-wide, 1B's layers and heads" if args.overhead else "Janus-Pro-1B shape, random weights",
-              "rounds": args.rounds,
+              "step": "text token" if args.text else "image token", "rounds": args.rounds,
               "ms": {f"{s} {loop}": {f"{rows} rows": round(1e3 * float(np.median(t)), 2) for rows, t in v.items()}
                      for (s, loop), v in times.items()},
               "native_over_general": {s: ratios((s, "native"), (s, "general")) for s in args.storages}}
