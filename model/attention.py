@@ -87,17 +87,20 @@ def few_positions_call(lib: ctypes.CDLL, rows: RowBatch, T: int, H: int, KVH: in
     B = rows.tables.shape[0]
     tables = np.ascontiguousarray(rows.tables, dtype=np.int64)
     ends = np.ascontiguousarray(rows.lengths(T), dtype=np.int64)
-    if T == 1 and not rows.pad.any():
-        def decode(q: int, q_b: int, q_t: int, keys: int, values: int, out: int) -> None:
-            lib.janus_paged_decode_attention(q, keys, values, out, B, H, KVH, D, block_size, tables.ctypes.data,
-                                             tables.shape[1], ends.ctypes.data, D**-0.5)
-        return decode
     pad = np.ascontiguousarray(rows.pad, dtype=np.int64)
+    # the arrays' addresses once (numpy's .ctypes.data costs microseconds); the closures keep the arrays alive
+    held = (tables, ends, pad)
+    tables_at, ends_at, pad_at = tables.ctypes.data, ends.ctypes.data, pad.ctypes.data
+    width, scale = tables.shape[1], D**-0.5
+    if T == 1 and not pad.any():
+        def decode(q: int, q_b: int, q_t: int, keys: int, values: int, out: int, _held: tuple = held) -> None:
+            lib.janus_paged_decode_attention(q, keys, values, out, B, H, KVH, D, block_size, tables_at, width, ends_at,
+                                             scale)
+        return decode
 
-    def window(q: int, q_b: int, q_t: int, keys: int, values: int, out: int) -> None:
-        lib.janus_paged_window_attention(q, keys, values, out, B, T, H, KVH, D, q_b, q_t, block_size,
-                                         tables.ctypes.data, tables.shape[1], ends.ctypes.data, pad.ctypes.data,
-                                         D**-0.5)
+    def window(q: int, q_b: int, q_t: int, keys: int, values: int, out: int, _held: tuple = held) -> None:
+        lib.janus_paged_window_attention(q, keys, values, out, B, T, H, KVH, D, q_b, q_t, block_size, tables_at, width,
+                                         ends_at, pad_at, scale)
     return window
 
 

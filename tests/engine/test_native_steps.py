@@ -41,8 +41,9 @@ def test_engine_steps_run_as_kernel_calls_and_give_the_reference_outputs(make_en
     steps = tiny_model.cfg.gen_vision.num_tokens - 1  # the first image token comes from the prefill
     decodes = [native for _, positions, native in ran if positions == 1]
     assert len(decodes) >= steps and all(decodes)  # every decode step
-    # the general loop took only what the kernel calls leave to it: the image prompt (longer than a window) and,
-    # these weights being float32, the two guidance prompts (more rows than the few-row float32 kernel takes)
+    # the general loop took only what the kernel calls leave to it: the question's prompt (with its image: longer
+    # than a window) and the guided pair's prompt (both rows in one forward; longer than a window and, these weights
+    # being float32, more rows than their few-row kernel takes)
     general = [(rows, positions) for rows, positions, native in ran if not native]
     assert len(general) == 2
     assert all(positions > WINDOW_MAX_POSITIONS or rows * positions > cpu_kernels.LINEAR_MAX_ROWS
